@@ -1,0 +1,119 @@
+"""One settings object, built from CLI flags and ASSISTANT_* environment variables.
+
+Precedence, as in uvicorn: an explicit CLI flag beats the environment, which beats the
+default. Every field's name carries its unit (`vad_silence_ms`, `max_session_s`), and
+its flag is the same name with dashes (`--vad-silence-ms`); its variable is upper case
+with the prefix (`ASSISTANT_VAD_SILENCE_MS`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+ENV_PREFIX = "ASSISTANT_"
+
+
+def opt(default: Any, help: str, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Server
+    host: str = opt("127.0.0.1", "address to bind; a non-loopback host needs --api-key or --allow-insecure-bind")
+    port: int = opt(8000, "TCP port (0 picks a free one)")
+    api_key: str = opt("", "require this key as 'Authorization: Bearer KEY' (except on / and /health)", secret=True)
+    allow_insecure_bind: bool = opt(False, "allow a non-loopback --host without an API key")
+    allowed_origins: str = opt("", "comma-separated browser origins allowed on websocket upgrades ('' = same host only)")
+    ice_servers: str = opt("", "comma-separated STUN/TURN URLs for WebRTC (none by default)")
+    log_level: str = opt("info", "logging level")
+    # Model
+    model: str = opt("auto", "'auto', 'tiny', a hub id or a local checkpoint directory")
+    device: str = opt("auto", "'auto', 'cpu' or 'cuda[:N]'")
+    dtype: str = opt("auto", "'auto' (bf16 on CUDA, fp32 on CPU), 'bfloat16', 'float16' or 'float32'")
+    attn_implementation: str = opt("sdpa", "attention implementation: 'sdpa', 'eager' or 'flash_attention_2'")
+    cache_dir: str = opt("", "where the tiny checkpoint is built ('' = the user cache directory)")
+    warmup: bool = opt(True, "run one short response before accepting traffic")
+    # Engine
+    voice: str = opt("Ethan", "default voice: Ethan, Chelsie or Aiden")
+    max_answer_tokens: int = opt(256, "upper bound on text tokens per answer")
+    max_answer_frames: int = opt(600, "upper bound on 80 ms codec frames per answer")
+    min_answer_tokens: int = opt(0, "suppress end-of-answer before this many text tokens (tests, benchmarks)")
+    chunk_ramp_frames: str = opt("1,2,4,8,16,25", "codec frames per audio chunk, ramping up (comma-separated)")
+    codec_left_context_frames: int = opt(25, "left context frames for incremental Code2Wav")
+    engine_queue_size: int = opt(64, "bound on requests waiting for the model worker")
+    # Turn-taking
+    vad_threshold: float = opt(0.5, "Silero speech probability threshold")
+    vad_prefix_padding_ms: int = opt(300, "audio kept before detected speech")
+    vad_silence_ms: int = opt(500, "silence that ends a turn")
+    echo_guard_ms: int = opt(300, "ignore barge-in this long after the assistant starts speaking")
+    # Limits
+    max_sessions: int = opt(8, "concurrent sessions; more get HTTP 503 / session_limit_reached")
+    max_session_s: int = opt(1800, "maximum session duration")
+    idle_timeout_s: int = opt(300, "close a session idle for this long")
+    max_input_audio_s: int = opt(120, "maximum buffered input audio per turn")
+    max_conversation_items: int = opt(200, "oldest items are dropped past this count")
+
+
+def _parse_value(kind: Any, text: str) -> Any:
+    if kind in (bool, "bool"):
+        value = text.strip().lower()
+        if value in ("1", "true", "yes", "on"):
+            return True
+        if value in ("0", "false", "no", "off", ""):
+            return False
+        raise ValueError(f"not a boolean: {text!r}")
+    if kind in (int, "int"):
+        return int(text)
+    if kind in (float, "float"):
+        return float(text)
+    return text
+
+
+def add_arguments(parser: argparse.ArgumentParser, only: set[str] | None = None) -> None:
+    """Add one flag per settings field (or per field in `only`). Defaults stay unset so
+    that the environment can fill what the command line does not say."""
+    for f in fields(Settings):
+        if only is not None and f.name not in only:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        env = ENV_PREFIX + f.name.upper()
+        help_text = f"{f.metadata['help']} (env {env}; default {f.default!r})"
+        if f.type in (bool, "bool"):
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            parser.add_argument(flag, dest=f.name, default=None, help=help_text, metavar=f.name.upper())
+
+
+def from_sources(args: argparse.Namespace | None = None, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        raw = getattr(args, f.name, None) if args is not None else None
+        if raw is None:
+            raw = env.get(ENV_PREFIX + f.name.upper())
+        if raw is None:
+            continue
+        values[f.name] = raw if not isinstance(raw, str) else _parse_value(f.type, raw)
+    values.update(overrides)
+    return Settings(**values)
+
+
+def redacted(settings: Settings) -> dict[str, Any]:
+    """The settings as a dict, with secrets masked: safe to log."""
+    out = dataclasses.asdict(settings)
+    for f in fields(Settings):
+        if f.metadata.get("secret") and out[f.name]:
+            out[f.name] = "***"
+    return out
+
+
+def chunk_ramp(settings: Settings) -> list[int]:
+    ramp = [int(x) for x in settings.chunk_ramp_frames.split(",") if x.strip()]
+    if not ramp or any(x < 1 for x in ramp):
+        raise ValueError(f"chunk_ramp_frames must be positive integers, got {settings.chunk_ramp_frames!r}")
+    return ramp
