@@ -56,3 +56,91 @@ def tiny_dir(tmp_path_factory) -> Path:
     from assistant import tiny
 
     return tiny.build(tmp_path_factory.mktemp("tiny") / "tiny-qwen3-omni")
+
+
+# ---------------------------------------------------------------------------- network namespaces (tests/netns.py)
+# Tests marked `netns` run in a child pytest inside a private network namespace (one child per module); the
+# parent reports the child's per-test outcomes. Inside the child they run normally and get `netns_addrs`.
+import netns as _netns  # noqa: E402
+
+_NETNS_TEST_TIMEOUT_S = 150  # per test inside the child; the child as a whole gets their sum plus start-up
+_netns_runs: dict[str, _netns.ChildRun] = {}
+
+
+def _netns_batch(item) -> list:
+    module = item.nodeid.split("::")[0]
+    return [i for i in item.session.items if i.nodeid.split("::")[0] == module and i.get_closest_marker("netns")]
+
+
+def _netns_child_timeout_s(batch: list) -> int:
+    return _NETNS_TEST_TIMEOUT_S * len(batch) + 60
+
+
+def pytest_collection_finish(session):
+    """Give the first `netns` test of each module (the one that runs the child) a timeout covering the batch."""
+    if _netns.inside():
+        return
+    seen: set[str] = set()
+    for item in session.items:
+        module = item.nodeid.split("::")[0]
+        if item.get_closest_marker("netns") and module not in seen:
+            seen.add(module)
+            item.add_marker(pytest.mark.timeout(_netns_child_timeout_s(_netns_batch(item)) + 30))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item, nextitem):
+    if item.get_closest_marker("netns") is None or _netns.inside() or _netns.unavailable_reason():
+        return None  # normal run; the `netns_addrs` fixture skips with the reason
+    module = item.nodeid.split("::")[0]
+    if module not in _netns_runs:
+        batch = _netns_batch(item)
+        _netns_runs[module] = _netns.run_pytest_inside(
+            [i.nodeid for i in batch],
+            rootdir=item.config.rootpath,
+            timeout_s=_netns_child_timeout_s(batch),
+            per_test_timeout_s=_NETNS_TEST_TIMEOUT_S,
+        )
+    run = _netns_runs[module]
+    result = run.results.get(_netns.junit_key(item.nodeid))
+    if result is None:
+        result = _netns.ChildResult(
+            "failed", f"no result from the namespace child (rc {run.returncode}):\n" + run.output[-6000:], 0.0
+        )
+    _netns_report(item, result)
+    return True
+
+
+def _netns_report(item, result) -> None:
+    item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+    keywords = {k: 1 for k in item.keywords}
+    for when in ("setup", "call", "teardown"):
+        outcome, longrepr, duration = "passed", None, 0.0
+        if result.outcome == "skipped" and when == "setup":
+            outcome, longrepr = "skipped", (str(item.path), item.location[1] or 0, result.message)
+        elif result.outcome == "failed" and when == "call":
+            outcome, longrepr, duration = (
+                "failed",
+                "[inside the network namespace]\n" + result.message,
+                result.duration_s,
+            )
+        elif result.outcome == "skipped" and when == "call":
+            continue
+        elif when == "call":
+            duration = result.duration_s
+        sections = (
+            [("Captured output (namespace child)", result.output)] if when == "call" and result.output.strip() else []
+        )
+        report = pytest.TestReport(
+            item.nodeid, item.location, keywords, outcome, longrepr, when, sections=sections, duration=duration
+        )
+        item.ihook.pytest_runtest_logreport(report=report)
+    item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+
+
+@pytest.fixture(scope="session")
+def netns_addrs() -> _netns.Netns:
+    """The private addresses of the namespace this test runs in (only inside the child)."""
+    if not _netns.inside():
+        pytest.skip(_netns.unavailable_reason() or "mark the test `netns` so that it runs inside a namespace")
+    return _netns.Netns()
