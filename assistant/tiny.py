@@ -225,6 +225,22 @@ def _transformers_version() -> str:
     return transformers.__version__
 
 
+def _init_talker_experts(model) -> None:
+    """transformers 5.24's `_init_weights` initialises the thinker's fused MoE experts but
+    not the talker's (`Qwen3OmniMoeTalkerTextExperts` allocates them with torch.empty),
+    so without this the talker experts hold whatever memory held before: near-zero
+    denormals that differ from run to run (found by the byte-identity test). Draw them
+    like the thinker's, normal(0, initializer_range), from the seeded generator."""
+    import torch
+
+    std = model.config.talker_config.text_config.initializer_range
+    with torch.no_grad():
+        for module in model.talker.modules():
+            if type(module).__name__ == "Qwen3OmniMoeTalkerTextExperts":
+                module.gate_up_proj.normal_(mean=0.0, std=std)
+                module.down_proj.normal_(mean=0.0, std=std)
+
+
 def build(out_dir: str | Path) -> Path:
     """Write the checkpoint to `out_dir` (atomically) and return its path."""
     import torch
@@ -237,6 +253,7 @@ def build(out_dir: str | Path) -> Path:
         config = tiny_config()
         with torch.device("cpu"):
             model = Qwen3OmniMoeForConditionalGeneration(config).to(torch.float32).eval()
+        _init_talker_experts(model)
         model.save_pretrained(tmp, safe_serialization=True)
         _generation_config(tmp)  # the model's own is replaced by an explicit, stable one
         _processor(tmp)

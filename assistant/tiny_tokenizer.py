@@ -95,6 +95,40 @@ def _regex(pattern: str):
     return Regex(pattern)
 
 
+_CONSONANTS = "bdfghklmnprstvwz"
+_VOWELS = "aeiou"
+
+
+def _pseudo_word(i: int) -> str:
+    """A pronounceable filler word for id i (3 syllables cover 80^3 > 152k ids)."""
+    syllables = [c + v for c in _CONSONANTS for v in _VOWELS]
+    parts = []
+    for _ in range(3):
+        i, r = divmod(i, len(syllables))
+        parts.append(syllables[r])
+    return "".join(parts)
+
+
+def _fill(vocab: dict[str, int]) -> dict[str, int]:
+    """Give every unused id below the specials a filler token.
+
+    Random weights pick ids anywhere in the 152k vocabulary; without fillers those decode
+    to nothing and transcripts stay empty. Fillers decode to pseudo-words (" bakemo"),
+    so a random answer reads as babble. No merge produces them, so encoding is unchanged.
+    """
+    used_ids = set(vocab.values())
+    taken = set(vocab)
+    for i in range(FIRST_SPECIAL_ID):
+        if i in used_ids:
+            continue
+        word = "\u0120" + _pseudo_word(i)  # byte-level form of " word"
+        while word in taken:
+            word += "a"
+        vocab[word] = i
+        taken.add(word)
+    return vocab
+
+
 def _renumber(vocab: dict[str, int]) -> dict[str, int]:
     """Move the role words onto their real ids; everything else keeps a dense id."""
     renumbered = {}
@@ -127,7 +161,7 @@ def build_tokenizer() -> Tokenizer:
     )
     trainer_tok.train_from_iterator(_corpus(), trainer=trainer)
     model = json.loads(trainer_tok.to_str())["model"]
-    vocab = _renumber(model["vocab"])
+    vocab = _fill(_renumber(model["vocab"]))
     # Specials live in the BPE vocabulary itself at their real ids: `tokenizers` (and
     # transformers when it re-saves) keep an added token's id when the vocab has it.
     vocab.update(special_token_ids())

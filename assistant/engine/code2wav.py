@@ -1,0 +1,65 @@
+"""Incremental Code2Wav: codec frames in, seamless 24 kHz audio out.
+
+Code2Wav is causal except for its transposed convolutions, which each trim one input
+frame of look-ahead: one forward over N frames returns N*1920 - 555 samples, and the
+last 555 samples (about 23 ms) only become final once more frames exist
+(../shared/reference/qwen3-omni-streaming.md §1.5, §2.5; vLLM-Omni's
+`chunked_decode_streaming` handles the same tail).
+
+So every decode call covers `[a, n)` with `a = max(0, s - left_context)`, returns the
+samples `[a*1920, n*1920 - 555)`, and we emit from what was already emitted up to that
+end. Emitted samples are never revised, so chunk boundaries are seamless. The left
+context truncation (25 frames) is the same approximation stock `chunked_decode` makes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+FRAME_SAMPLES = 1920
+
+
+class IncrementalCode2Wav:
+    def __init__(self, code2wav, left_context: int = 25, ramp: list[int] | None = None) -> None:
+        if left_context < 1:
+            raise ValueError("left_context must be >= 1 frame to cover the 555-sample look-ahead")
+        self.code2wav = code2wav
+        self.left_context = left_context
+        self.ramp = list(ramp or [1, 2, 4, 8, 16, 25])
+        self.frames: list[torch.Tensor] = []  # each [Q] long
+        self.decoded_frames = 0  # frames whose audio has been emitted (up to their look-ahead)
+        self.emitted = 0  # samples emitted so far
+        self.chunks = 0
+
+    def push(self, codes: torch.Tensor) -> None:
+        """Add one frame of codes, [Q] (Q = 16 code groups)."""
+        self.frames.append(codes.reshape(-1))
+
+    def next_chunk_size(self) -> int:
+        return self.ramp[min(self.chunks, len(self.ramp) - 1)]
+
+    def ready(self) -> bool:
+        return len(self.frames) - self.decoded_frames >= self.next_chunk_size()
+
+    @torch.no_grad()
+    def decode(self, final: bool = False) -> np.ndarray | None:
+        """Decode the pending frames if a whole chunk is ready (or `final`), returning
+        float32 samples in [-1, 1], or None when there is nothing to emit."""
+        n = len(self.frames)
+        if n == self.decoded_frames or not (final or self.ready()):
+            return None
+        start = max(0, self.decoded_frames - self.left_context)
+        codes = torch.stack(self.frames[start:n], dim=-1).unsqueeze(0)  # [1, Q, n - start]
+        wav = self.code2wav(codes).reshape(-1)  # [(n - start) * 1920 - tail]
+        end = start * FRAME_SAMPLES + wav.shape[-1]  # absolute sample index of the decode's end
+        out = wav[self.emitted - start * FRAME_SAMPLES : end - start * FRAME_SAMPLES]
+        self.emitted = end
+        self.decoded_frames = n
+        self.chunks += 1
+        return out.float().cpu().numpy()
+
+
+def to_pcm16(samples: np.ndarray) -> bytes:
+    """float32 [-1, 1] -> little-endian int16 bytes."""
+    return (np.clip(samples, -1.0, 1.0) * 32767.0).round().astype("<i2").tobytes()

@@ -1,0 +1,112 @@
+"""LocalEngine: one resident Qwen3-Omni in this process, shared by all conversations."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+
+import torch
+
+from ..settings import Settings, chunk_ramp
+from .api import FRAME_MS, Conversation, EngineError, EngineInfo, Sampling, TextPart, Turn, now
+from .stream import Resident, StreamConfig, StreamJob
+from .worker import LocalResponse, ModelWorker
+
+log = logging.getLogger("assistant.engine")
+
+
+def load_resident(path: str, device: torch.device, dtype: torch.dtype, attn_implementation: str = "sdpa") -> Resident:
+    """Load model and processor with exactly the calls used for the published checkpoint."""
+    from transformers import Qwen3OmniMoeForConditionalGeneration, Qwen3OmniMoeProcessor
+
+    from ..compat import patch_loaded_model
+
+    # On CUDA, accelerate places weights straight on the GPU (no 66 GB detour through host memory).
+    placement = {"device_map": {"": device}} if device.type == "cuda" else {}
+    model = Qwen3OmniMoeForConditionalGeneration.from_pretrained(
+        path, dtype=dtype, attn_implementation=attn_implementation, **placement
+    ).eval()
+    patch_loaded_model(model)
+    processor = Qwen3OmniMoeProcessor.from_pretrained(path)
+    return Resident(model, processor, device, dtype)
+
+
+class LocalEngine:
+    def __init__(self, settings: Settings, resident: Resident | None = None, info: EngineInfo | None = None) -> None:
+        self.settings = settings
+        self.resident = resident
+        self.info = info or EngineInfo("local", settings.model, settings.device, settings.dtype, False)
+        self.stream_config = StreamConfig(tuple(chunk_ramp(settings)), settings.codec_left_context_frames)
+        self.worker = ModelWorker(settings.engine_queue_size)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        if self.resident is None:
+            self.resident = await asyncio.to_thread(self._load)
+        self.worker.start()
+        if self.settings.warmup:
+            await self.warmup()
+
+    def _load(self) -> Resident:
+        from ..modelres import device_and_dtype, resolve_model
+
+        resolved = resolve_model(self.settings)
+        device, dtype = device_and_dtype(self.settings)
+        if device.type == "cpu":
+            # One intra-op thread per core is what a 2-core box can give; the event loop needs the rest.
+            torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
+        log.info("loading %s on %s (%s): %s", resolved.path_or_id, device, dtype, resolved.reason)
+        resident = load_resident(resolved.path_or_id, device, dtype, self.settings.attn_implementation)
+        self.info = EngineInfo(
+            "local", resolved.path_or_id, str(device), str(dtype).removeprefix("torch."), resolved.is_tiny
+        )
+        return resident
+
+    async def warmup(self) -> None:
+        """One short spoken response, so the first user does not pay for lazy init."""
+        conv = self.new_conversation()
+        conv.sampling = Sampling(greedy=True, max_tokens=4, max_frames=3)
+        conv.add_user([TextPart("Hello.")])
+        t0 = now()
+        async for ev in self.respond(conv):
+            if getattr(ev, "status", None) == "failed":
+                raise RuntimeError(f"warm-up failed: {ev.error}")
+        log.info("warm-up done in %.0f ms", (now() - t0) * 1000)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.worker.stop)
+
+    # ------------------------------------------------------------------ conversations
+
+    def new_conversation(self, voice: str | None = None, instructions: str = "") -> Conversation:
+        s = self.settings
+        sampling = Sampling(
+            min_tokens=s.min_answer_tokens, max_tokens=s.max_answer_tokens, max_frames=s.max_answer_frames
+        )
+        return Conversation(voice=voice or s.voice, instructions=instructions, sampling=sampling)
+
+    def respond(self, conversation: Conversation, *, t_committed: float | None = None, audio: bool = True):
+        job = StreamJob(self.resident, conversation, audio=audio, t_committed=t_committed, config=self.stream_config)
+        response = LocalResponse(job, conversation, self.worker)
+        if not self.worker.submit(job, response.deliver):
+            response.fail_now(EngineError("overloaded", "the model worker's queue is full; try again shortly"))
+        return response
+
+    def truncate(self, conversation: Conversation, item_id: str, audio_end_ms: int) -> Turn:
+        """Keep the text spoken in the first `audio_end_ms`. The talker reads one text
+        token per codec frame (frame g is conditioned on token g), so F heard frames
+        cover tokens 0..F-1."""
+        turn = conversation.find(item_id)
+        if turn is None or turn.role != "assistant":
+            raise KeyError(f"no assistant item {item_id!r}")
+        if audio_end_ms < 0:
+            raise ValueError("audio_end_ms must be >= 0")
+        heard_frames = min(turn.frames, math.ceil(audio_end_ms / FRAME_MS))
+        kept = turn.token_ids[:heard_frames]
+        turn.token_ids = kept
+        turn.frames = heard_frames
+        turn.text = self.resident.processor.tokenizer.decode(kept, skip_special_tokens=True)
+        turn.parts = [TextPart(turn.text)]
+        return turn

@@ -1,0 +1,152 @@
+"""The one owner of the model: a worker thread fed through a bounded queue.
+
+`ModelWorker` runs `StreamJob.step()` for every active response, one step at a time,
+so responses interleave at step granularity and a cancel takes effect within one step.
+Events cross to the asyncio side with `loop.call_soon_threadsafe`; nothing here ever
+blocks the event loop that paces media.
+
+Scheduling is deadline-aware (issue #7): a response still waiting for its first packet
+goes first; otherwise the response with the least audio buffered ahead of real-time
+playback goes next, so nobody underruns while the total real-time factor is below 1.
+
+Bounds and drop policies:
+- `pending` (requests not yet started): `maxsize` from settings.engine_queue_size; when
+  full, `respond()` fails fast with `EngineError("overloaded")` instead of queueing.
+- each response's event queue: unbounded in type but bounded in practice by the
+  response's own limits (max_tokens text deltas + max_frames audio chunks + 1); its
+  consumer is the session that asked for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import AsyncIterator, Callable
+
+from .api import OUTPUT_SAMPLE_RATE, Conversation, EngineError, Event, ResponseDone, ResponseStats, now
+from .stream import StreamJob
+
+log = logging.getLogger("assistant.engine")
+
+Sink = Callable[[list[Event]], None]
+
+
+class LocalResponse:
+    """The asyncio face of one StreamJob."""
+
+    def __init__(self, job: StreamJob | None, conversation: Conversation, worker: ModelWorker | None) -> None:
+        self.job = job
+        self.id = job.item_id if job else "resp_failed"
+        self._conversation = conversation
+        self._worker = worker
+        self._events: asyncio.Queue[Event] = asyncio.Queue()
+        self._loop = asyncio.get_running_loop()
+        self._finished = False
+
+    def deliver(self, events: list[Event]) -> None:
+        """Called from the worker thread."""
+        self._loop.call_soon_threadsafe(self._put_all, events)
+
+    def _put_all(self, events: list[Event]) -> None:
+        for ev in events:
+            self._events.put_nowait(ev)
+
+    def fail_now(self, error: EngineError) -> None:
+        self._put_all([ResponseDone("failed", None, ResponseStats(t_done=now()), error)])
+
+    def cancel(self) -> None:
+        if self.job is not None:
+            self.job.cancelled = True
+            if self._worker is not None:
+                self._worker.wake()
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Event]:
+        while not self._finished:
+            ev = await self._events.get()
+            if isinstance(ev, ResponseDone):
+                self._finished = True
+                if ev.turn is not None:
+                    # History is edited on the event loop thread only.
+                    self._conversation.turns.append(ev.turn)
+            yield ev
+
+
+class ModelWorker:
+    def __init__(self, maxsize: int) -> None:
+        self.pending: queue.Queue[tuple[StreamJob, Sink]] = queue.Queue(maxsize=maxsize)
+        self._active: list[tuple[StreamJob, Sink]] = []
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="model-worker", daemon=True)
+        self.steps = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout_s)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def submit(self, job: StreamJob, sink: Sink) -> bool:
+        try:
+            self.pending.put_nowait((job, sink))
+        except queue.Full:
+            return False
+        self._wake.set()
+        return True
+
+    @property
+    def load(self) -> int:
+        return len(self._active) + self.pending.qsize()
+
+    def _admit(self) -> None:
+        while True:
+            try:
+                self._active.append(self.pending.get_nowait())
+            except queue.Empty:
+                return
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._admit()
+            if not self._active:
+                self._wake.wait(0.5)
+                self._wake.clear()
+                continue
+            entry = self._pick()
+            job, sink = entry
+            try:
+                events = job.step()
+            except Exception as exc:  # a bug in one response must not kill the worker
+                log.exception("response %s crashed", job.item_id)
+                events = job._finish("failed", EngineError("engine_error", f"{type(exc).__name__}: {exc}"[:500]))
+            self.steps += 1
+            if events:
+                sink(events)
+            if job.done:
+                self._active.remove(entry)
+
+    def _pick(self) -> tuple[StreamJob, Sink]:
+        """Deadline-aware choice of the next response to step."""
+        t = now()
+
+        def slack(entry: tuple[StreamJob, Sink]) -> tuple[int, float]:
+            job = entry[0]
+            if job.cancelled:
+                return (0, 0.0)  # finishing a cancel is cheap and frees its client at once
+            if job.first_packet_pending:
+                return (1, job.stats.t_started or 0.0)  # oldest first
+            played = t - (job.stats.t_first_audio or t)
+            buffered = job.stats.audio_samples / OUTPUT_SAMPLE_RATE - played
+            return (2, buffered)
+
+        return min(self._active, key=slack)
