@@ -28,7 +28,9 @@ class Settings:
     port: int = opt(8000, "TCP port (0 picks a free one)")
     api_key: str = opt("", "require this key as 'Authorization: Bearer KEY' (except on / and /health)", secret=True)
     allow_insecure_bind: bool = opt(False, "allow a non-loopback --host without an API key")
-    allowed_origins: str = opt("", "comma-separated browser origins allowed on websocket upgrades ('' = same host only)")
+    allowed_origins: str = opt(
+        "", "comma-separated browser origins allowed on websocket upgrades ('' = same host only)"
+    )
     ice_servers: str = opt("", "comma-separated STUN/TURN URLs for WebRTC (none by default)")
     log_level: str = opt("info", "logging level")
     # Model
@@ -51,6 +53,15 @@ class Settings:
     vad_prefix_padding_ms: int = opt(300, "audio kept before detected speech")
     vad_silence_ms: int = opt(500, "silence that ends a turn")
     echo_guard_ms: int = opt(300, "ignore barge-in this long after the assistant starts speaking")
+    vad_min_speech_ms: int = opt(64, "speech must last this long before it counts as a turn start (clicks do not)")
+    # Camera
+    image_fps: float = opt(
+        2.0, "camera frames kept per second (Qwen3-Omni reads video at 2 fps); extra frames are dropped"
+    )
+    max_turn_images: int = opt(4, "latest camera frames attached to a user turn")
+    max_image_pixels: int = opt(16_777_216, "largest image accepted (width x height); larger ones get an error")
+    # Websocket transport
+    ws_outbound_queue_events: int = opt(4096, "events queued for a slow websocket client before it is disconnected")
     # Limits
     max_sessions: int = opt(8, "concurrent sessions; more get HTTP 503 / session_limit_reached")
     max_session_s: int = opt(1800, "maximum session duration")
@@ -89,7 +100,9 @@ def add_arguments(parser: argparse.ArgumentParser, only: set[str] | None = None)
             parser.add_argument(flag, dest=f.name, default=None, help=help_text, metavar=f.name.upper())
 
 
-def from_sources(args: argparse.Namespace | None = None, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
+def from_sources(
+    args: argparse.Namespace | None = None, env: dict[str, str] | None = None, **overrides: Any
+) -> Settings:
     env = os.environ if env is None else env
     values: dict[str, Any] = {}
     for f in fields(Settings):

@@ -1,0 +1,74 @@
+"""Conversation items on the wire: engine `Turn`s -> OpenAI Realtime item objects, and
+client item content -> engine parts."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+
+from ..audio import float_to_pcm16, pcm16_to_float, resample
+from ..engine.api import INPUT_SAMPLE_RATE, AudioPart, ImagePart, Part, TextPart, Turn, VideoPart
+from .events import ContentIn, b64
+from .images import decode_image
+
+OutputKind = Literal["audio", "text"]
+
+
+def _user_content(part: Part, with_audio: bool, rate_hz: int) -> list[dict[str, Any]]:
+    if isinstance(part, TextPart):
+        return [{"type": "input_text", "text": part.text}]
+    if isinstance(part, AudioPart):
+        audio = None
+        if with_audio:  # conversation.item.retrieve returns the audio, at the client's rate
+            audio = b64(float_to_pcm16(resample(part.pcm, part.sample_rate, rate_hz)))
+        return [{"type": "input_audio", "audio": audio, "transcript": None}]
+    if isinstance(part, ImagePart):
+        return [{"type": "input_image", "image_url": None}]
+    if isinstance(part, VideoPart):  # one entry per frame, as a client would have sent them
+        return [{"type": "input_image", "image_url": None} for _ in part.frames]
+    raise TypeError(f"unknown part {type(part).__name__}")
+
+
+def item_json(
+    turn: Turn,
+    *,
+    status: str = "completed",
+    output: OutputKind = "audio",
+    with_audio: bool = False,
+    input_rate_hz: int = 24_000,
+) -> dict[str, Any]:
+    """The GA item object for a turn (assistant items: `output_audio` with its
+    transcript, or `output_text`)."""
+    if turn.role == "assistant":
+        text = turn.text_content()
+        content = [
+            {"type": "output_audio", "transcript": text} if output == "audio" else {"type": "output_text", "text": text}
+        ]
+    elif turn.role == "system":
+        content = [{"type": "input_text", "text": turn.text_content()}]
+    else:
+        content = [c for p in turn.parts for c in _user_content(p, with_audio, input_rate_hz)]
+    return {
+        "id": turn.id,
+        "object": "realtime.item",
+        "type": "message",
+        "role": turn.role,
+        "status": status,
+        "content": content,
+    }
+
+
+def parts_from_content(content: tuple[ContentIn, ...], *, input_rate_hz: int, max_image_pixels: int) -> list[Part]:
+    """Client item content -> engine parts (audio resampled to the engine's 16 kHz).
+    Raises ValueError for an undecodable image."""
+    parts: list[Part] = []
+    for c in content:
+        if c.type == "input_audio":
+            pcm = resample(pcm16_to_float(c.audio), input_rate_hz, INPUT_SAMPLE_RATE)
+            parts.append(AudioPart(pcm.astype(np.float32), INPUT_SAMPLE_RATE))
+        elif c.type == "input_image":
+            parts.append(ImagePart(decode_image(c.image, max_pixels=max_image_pixels)))
+        else:
+            parts.append(TextPart(c.text))
+    return parts
