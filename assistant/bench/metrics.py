@@ -1,0 +1,92 @@
+"""Per-turn latency metrics and their summaries. Pure functions, no I/O.
+
+Names follow vLLM-Omni's vocabulary so figures compare with `vllm bench serve --omni`
+(realtime-landscape.md §2, §8.6): `audio_ttfp_ms` (server: commit -> first audio packet),
+`audio_rtf` (generation time / audio duration), underruns = gaps longer than 100 ms
+(vLLM-Omni's AUDIO_CONTINUITY_DEFAULT_THRESHOLD_S). Voice-to-voice runs from the end of
+speech in the input to the first *audible* output sample (pipecat's TTFA: first packet plus
+its leading silence), with the VAD's silence wait reported separately.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+# Qwen3-Omni technical report, Table 2 (qwen3-omni-streaming.md §4): theoretical first
+# packet at concurrency 1, audio / video input.
+TARGET_AUDIO_MS = 234.0
+TARGET_VIDEO_MS = 547.0
+UNDERRUN_GAP_MS = 100.0
+# -40 dBFS: quieter than this counts as silence when looking for the first audible sample.
+AUDIBLE_THRESHOLD = 0.01
+PERCENTILES = (50, 90, 99)
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """Linear-interpolated percentile (numpy's default); None for no values."""
+    clean = [float(v) for v in values if v is not None and not math.isnan(v)]
+    if not clean:
+        return None
+    return round(float(np.percentile(clean, q)), 3)
+
+
+def first_audible_offset_ms(pcm16: bytes, sample_rate_hz: int, threshold: float = AUDIBLE_THRESHOLD) -> float | None:
+    """Milliseconds into `pcm16` of the first sample louder than `threshold` (None if none)."""
+    samples = np.frombuffer(pcm16, dtype="<i2")
+    loud = np.flatnonzero(np.abs(samples.astype(np.int32)) > threshold * 32768)
+    return None if loud.size == 0 else float(loud[0]) * 1000.0 / sample_rate_hz
+
+
+def playout(arrivals: Iterable[tuple[float, float]], jitter_ms: float = 0.0, gap_ms: float = UNDERRUN_GAP_MS) -> dict:
+    """Play chunks as they arrive and count underruns.
+
+    `arrivals`: (arrival time in ms, chunk duration in ms), in arrival order. Playback
+    starts `jitter_ms` after the first arrival; each chunk plays right after the previous
+    one, or when it arrives if the player ran dry. A wait longer than `gap_ms` is an
+    underrun (shorter ones are counted in `stall_ms` only).
+    """
+    cursor = None
+    underruns, stall_ms, worst_ms = 0, 0.0, 0.0
+    for t_ms, dur_ms in arrivals:
+        if cursor is None:
+            cursor = t_ms + jitter_ms
+        elif t_ms > cursor:
+            gap = t_ms - cursor
+            stall_ms += gap
+            worst_ms = max(worst_ms, gap)
+            underruns += gap > gap_ms
+            cursor = t_ms
+        cursor += dur_ms
+    return {"underruns": underruns, "stall_ms": round(stall_ms, 3), "worst_gap_ms": round(worst_ms, 3)}
+
+
+def summarize(records: Sequence[dict], keys: Sequence[str]) -> dict[str, dict[str, float | None]]:
+    """{key: {n, p50, p90, p99, mean}} over the records that have the key."""
+    out = {}
+    for key in keys:
+        values = [r[key] for r in records if r.get(key) is not None]
+        row: dict[str, float | None] = {"n": len(values)}
+        for q in PERCENTILES:
+            row[f"p{q}"] = percentile(values, q)
+        row["mean"] = round(float(np.mean(values)), 3) if values else None
+        out[key] = row
+    return out
+
+
+def group(records: Sequence[dict], *fields: str) -> dict[tuple, list[dict]]:
+    """Records grouped by the values of `fields`, groups in sorted order."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        groups.setdefault(tuple(r.get(f) for f in fields), []).append(r)
+    return dict(sorted(groups.items(), key=lambda kv: tuple(str(v) for v in kv[0])))
+
+
+def target_ms(kind: str) -> float:
+    return TARGET_VIDEO_MS if kind == "video" else TARGET_AUDIO_MS
+
+
+def median(values: Sequence[float]) -> float | None:
+    return percentile(values, 50)
