@@ -86,12 +86,13 @@ def cuda_free_bytes(settings: Settings) -> int | None:
 # ---------------------------------------------------------------------------- weights
 
 
-def weights_cached(repo_id: str = REAL_MODEL_ID) -> bool:
-    """True when config.json, the shard index and every shard it names are in the HF cache."""
+def weights_cached(repo_id: str = REAL_MODEL_ID, cache_dir: str | Path | None = None) -> bool:
+    """True when config.json, the shard index and every shard it names are in the HF
+    cache (`cache_dir`, default: HF_HUB_CACHE). Local file look-ups only."""
     from huggingface_hub import try_to_load_from_cache
 
     def cached(name: str) -> str | None:
-        hit = try_to_load_from_cache(repo_id, name)
+        hit = try_to_load_from_cache(repo_id, name, cache_dir=cache_dir)
         return hit if isinstance(hit, str) else None  # _CACHED_NO_EXIST or None: not there
 
     if cached("config.json") is None:
