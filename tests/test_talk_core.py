@@ -52,9 +52,11 @@ def test_jitter_buffer_waits_for_prebuffer_then_plays_in_order():
     jb.push(np.arange(60, dtype=np.float32))
     assert not jb.pull(10).any() and jb.played == 0  # 60 < 100 queued: still buffering
     jb.push(np.arange(60, 120, dtype=np.float32))
+    jb.mark(offset=-70)  # time sample 50 (120 queued - 70)
     out = jb.pull(50, now=7.0)
-    assert out.tolist() == list(range(50)) and jb.played == 50 and jb.first_played_at == 7.0
-    out = jb.pull(100)
+    assert out.tolist() == list(range(50)) and jb.played == 50 and jb.mark_played_at is None
+    out = jb.pull(100, now=8.0)
+    assert jb.mark_played_at == 8.0
     assert out[:70].tolist() == list(range(50, 120)) and not out[70:].any()
     assert jb.underruns == 1 and jb.played == 120
 

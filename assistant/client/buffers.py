@@ -60,7 +60,8 @@ class JitterBuffer:
         self._complete = False
         self.played = 0
         self.underruns = 0  # times the device ran dry after playback had started
-        self.first_played_at: float | None = None  # caller's clock, set by `pull(now=...)`
+        self._mark: int | None = None  # a `played` position to time (see `mark`)
+        self.mark_played_at: float | None = None  # caller's clock, set by `pull(now=...)`
 
     def push(self, samples: np.ndarray) -> None:
         samples = np.asarray(samples, dtype=np.float32).reshape(-1)
@@ -75,6 +76,19 @@ class JitterBuffer:
         with self._lock:
             self._complete = True
 
+    def mark(self, offset: int = 0) -> None:
+        """Time the moment the sample `offset` past everything queued now reaches the
+        device (e.g. the first audible sample of a new response): `mark_played_at`."""
+        with self._lock:
+            self._mark = self.played + self._queued + offset
+            self.mark_played_at = None
+
+    def reopen(self) -> None:
+        """A new response starts: wait for its pre-buffer again before it ends; forget the old mark."""
+        with self._lock:
+            self._complete = False
+            self._mark, self.mark_played_at = None, None
+
     def clear(self) -> int:
         """Drop queued audio (barge-in); returns the samples dropped. Resets counters."""
         with self._lock:
@@ -83,7 +97,7 @@ class JitterBuffer:
             self._queued = self._head = 0
             self._started = self._complete = False
             self.played = 0
-            self.first_played_at = None
+            self._mark, self.mark_played_at = None, None
             return dropped
 
     @property
@@ -114,9 +128,9 @@ class JitterBuffer:
                     self._chunks.popleft()
                     self._head = 0
             self._queued -= filled
-            if filled and self.played == 0 and now is not None:
-                self.first_played_at = now
             self.played += filled
+            if self._mark is not None and self.mark_played_at is None and self.played > self._mark:
+                self.mark_played_at = now
             if filled < n and not self._complete:
                 self.underruns += 1
                 self._started = False  # re-buffer before resuming

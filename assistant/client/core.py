@@ -93,13 +93,19 @@ class TurnMetrics:
     def _ms(self, a: float | None, b: float | None) -> float | None:
         return None if a is None or b is None else round((b - a) * 1000, 3)
 
+    @property
+    def onset_found(self) -> bool:
+        return first_audible_offset_ms(bytes(self.audio), OUTPUT_RATE_HZ) is not None
+
     def first_audible(self) -> float | None:
+        """The first sample above -40 dBFS; when the whole answer is quieter (the tiny
+        random-weight model's Code2Wav outputs near-silence) the first sample at all."""
         if self.t_first_audible is not None:
             return self.t_first_audible
-        offset = first_audible_offset_ms(bytes(self.audio), OUTPUT_RATE_HZ)
-        if self.t_first_delta is None or offset is None:
+        if self.t_first_delta is None:
             return None
-        return self.t_first_delta + offset / 1000
+        offset = first_audible_offset_ms(bytes(self.audio), OUTPUT_RATE_HZ)
+        return self.t_first_delta + (offset or 0.0) / 1000
 
     def summary(self) -> dict[str, Any]:
         """Flat, stable keys (the benchmark's per-turn record uses them)."""
@@ -110,7 +116,9 @@ class TurnMetrics:
             "vad_wait_ms": self._ms(self.t_speech_end, self.t_commit),
             "first_delta_ms": self._ms(self.t_commit, self.t_first_delta),
             "voice_to_voice_ms": self._ms(self.t_speech_end, self.first_audible()),
+            "onset_found": self.onset_found,
             "audio_ttfp_ms": self.server.get("audio_ttfp_ms"),
+            "engine_audio_ttfp_ms": self.server.get("engine_audio_ttfp_ms"),
             "audio_rtf": self.server.get("audio_rtf"),
             # Client view of generation speed: arrival span over the audio it carried
             # (the first chunk's own duration excluded from the span's audio).
@@ -308,5 +316,5 @@ class ClientCore:
         turn.t_done = t
         turn.status = resp.get("status")
         # Our server's extra: `latency` on the response (or, tolerated, on the event).
-        turn.server = dict(resp.get("latency") or ev.get("latency") or {})
+        turn.server = dict(ev.get("latency") or resp.get("latency") or {})
         return [Transcript("assistant", "", True), TurnReport(turn)]
