@@ -108,6 +108,11 @@ def pytest_runtest_protocol(item, nextitem):
             "failed", f"no result from the namespace child (rc {run.returncode}):\n" + run.output[-6000:], 0.0
         )
     _netns_report(item, result)
+    # This replaces pytest's own protocol, which would tear down what the next item does not
+    # share (runner.runtestprotocol); without it, a module fixture set up by an earlier
+    # non-netns test stays on the stack and the next module errors with "previous item was
+    # not torn down properly".
+    item.session._setupstate.teardown_exact(nextitem)
     return True
 
 
