@@ -476,6 +476,18 @@ class RealtimeSession:
             raise ev.ProtocolError("invalid_image", str(exc), param="image") from None
         self._frames.add(t, image)
 
+    def append_frame(self, rgb: np.ndarray) -> list[Output]:
+        """A decoded camera frame (uint8 [H, W, 3]), e.g. from a WebRTC video track. Sampled
+        like `input_image_buffer.append`: over the frame rate it is dropped."""
+        t = self.clock()
+        if self._frames.wants(t):
+            self._frames.add(t, rgb)
+        return self._drain()
+
+    def wants_frame(self) -> bool:
+        """Whether a frame arriving now would be kept (skip decoding it otherwise)."""
+        return self._frames.wants(self.clock())
+
     def _visual_parts(self, t: float) -> list[Part]:
         frames = self._frames.take()
         if not frames:

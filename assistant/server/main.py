@@ -1,0 +1,182 @@
+"""`assistant serve`: load the model, then listen.
+
+Order matters: the model is resolved, loaded and warmed up before the socket is bound,
+so the first client never waits for a load and /health never reports a server that
+cannot answer. A non-loopback bind needs an API key (or an explicit override): the
+server has no other authentication, and a microphone endpoint open to a network is a
+privacy problem.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import sys
+import threading
+from collections.abc import Callable
+
+import uvicorn
+
+from ..realtime.events import MAX_EVENT_BYTES
+from ..settings import Settings, redacted
+from .app import create_app
+from .metrics import Metrics
+
+log = logging.getLogger("assistant.server")
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a hostname other than localhost: assume it is reachable from elsewhere
+
+
+def check_bind(settings: Settings) -> str | None:
+    """Why this bind is refused, or None."""
+    if is_loopback(settings.host) or settings.api_key or settings.allow_insecure_bind:
+        return None
+    return (
+        f"refusing to listen on {settings.host} without an API key: set --api-key (or ASSISTANT_API_KEY), "
+        "or pass --allow-insecure-bind if the network is trusted"
+    )
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, announcing the URL once the socket listens (port 0 resolved)."""
+
+    url: str = ""
+    on_ready: Callable[[str], None] | None = None
+
+    async def startup(self, sockets=None) -> None:
+        await super().startup(sockets)
+        if self.should_exit or not self.servers:
+            return
+        host, port = self.servers[0].sockets[0].getsockname()[:2]
+        shown = f"[{host}]" if ":" in host else host
+        self.url = f"http://{shown}:{port}"
+        print(f"Open {self.url}/", flush=True)
+        if self.on_ready is not None:
+            self.on_ready(self.url)
+
+
+def uvicorn_config(app, settings: Settings) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        # Above the protocol's 15 MiB event limit, so an oversized event gets an `error`
+        # event from the codec rather than a bare close 1009.
+        ws_max_size=2 * MAX_EVENT_BYTES,
+        ws_per_message_deflate=False,  # base64 audio barely compresses; deflate costs latency
+        lifespan="on",
+        timeout_graceful_shutdown=5,
+    )
+
+
+def build_app(settings: Settings, engine):
+    """The app with every transport: websocket, plus WebRTC's router sharing the
+    session limit and the metrics."""
+    from .webrtc import Calls, webrtc_router
+
+    metrics = Metrics()
+
+    def observe(cmd) -> None:
+        metrics.observe_response(cmd.status, cmd.latency)
+
+    calls = Calls(settings, engine, on_metrics=observe)
+    return create_app(
+        settings, engine, routers=[webrtc_router(calls)], metrics=metrics, other_sessions=lambda: len(calls.calls)
+    )
+
+
+async def _serve(settings: Settings) -> int:
+    from ..engine import load_engine
+
+    engine = load_engine(settings)
+    await engine.start()
+    info = engine.info
+    log.info(
+        "model %s on %s (%s)%s", info.model, info.device, info.dtype, " [tiny: speech is noise]" if info.is_tiny else ""
+    )
+    try:
+        server = _Server(uvicorn_config(build_app(settings, engine), settings))
+        await server.serve()
+    finally:
+        await engine.close()
+    return 0
+
+
+def serve(settings: Settings) -> int:
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    refusal = check_bind(settings)
+    if refusal is not None:
+        print(refusal, file=sys.stderr)
+        return 2
+    log.info("settings: %s", redacted(settings))
+    try:
+        return asyncio.run(_serve(settings))
+    except KeyboardInterrupt:
+        return 0
+
+
+class ServerThread:
+    """The whole server (engine + app + uvicorn) on its own thread and event loop, for
+    tests, benchmarks and embedding. `start()` returns once it listens (or raises)."""
+
+    def __init__(self, settings: Settings, *, startup_timeout_s: float = 600.0) -> None:
+        self.settings = settings
+        self.url = ""
+        self.engine = None
+        self._timeout_s = startup_timeout_s
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._server: _Server | None = None
+        self._thread = threading.Thread(target=self._run, name="assistant-server", daemon=True)
+
+    def start(self) -> ServerThread:
+        self._thread.start()
+        if not self._ready.wait(self._timeout_s):
+            raise TimeoutError(f"server not ready after {self._timeout_s} s")
+        if self._error is not None:
+            raise RuntimeError("server failed to start") from self._error
+        return self
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        self._thread.join(timeout_s)
+
+    def _on_ready(self, url: str) -> None:
+        self.url = url
+        self._ready.set()
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:  # reported to start(); the thread ends
+            self._error = exc
+        finally:
+            self._ready.set()
+
+    async def _main(self) -> None:
+        from ..engine import load_engine
+
+        self.engine = load_engine(self.settings)
+        await self.engine.start()
+        try:
+            self._server = _Server(uvicorn_config(build_app(self.settings, self.engine), self.settings))
+            self._server.on_ready = self._on_ready
+            await self._server.serve()
+        finally:
+            await self.engine.close()
+
+    def __enter__(self) -> ServerThread:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,196 @@
+"""The websocket transport: a thin adapter between a websocket and a `RealtimeSession`.
+
+It makes no protocol decisions; it reads client messages into the session, writes the
+session's events out, runs the session's commands (engine calls, VAD) and nothing else.
+
+Tasks, all owned by one `WsConnection`, named, and cancelled and awaited on close:
+- reader: websocket -> session.receive_text();
+- writer: outbound queue -> websocket; reports tagged writes back (`session.sent`);
+- vad: scores the session's VAD work on the VAD thread (never on the event loop);
+- one pump per running response: engine events -> session.on_engine_event().
+
+Bounds and policies:
+- outbound queue: `settings.ws_outbound_queue_events` events. Dropping protocol events
+  would desynchronise the client (a missing audio delta is a gap, a missing
+  response.done a hang), so a client that does not read is disconnected instead
+  (close 1008, "client too slow"), as websockets' own write-buffer limit would.
+- inbound: one message at a time; an event is at most 15 MiB (the codec enforces it,
+  uvicorn's `ws_max_size` is set above that so the client gets an `error`, not a close).
+- VAD work: the session hands out all pending windows at once, so a client appending
+  faster than real time is scored in batches; the input buffer's limit bounds memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from fastapi import WebSocket, WebSocketDisconnect
+
+from ..realtime import events as ev
+from ..realtime.session import (
+    CancelResponse,
+    Output,
+    RealtimeSession,
+    ResponseMetrics,
+    Send,
+    StartResponse,
+    TruncateTurn,
+)
+from ..realtime.vad import SileroModel
+
+log = logging.getLogger("assistant.ws")
+
+CLOSE_POLICY = 1008  # RFC 6455: policy violation (here: a client too slow to read its events)
+CLOSE_BUSY = 1013  # try again later (session limit)
+
+
+async def serve_websocket(websocket: WebSocket, state: Any) -> None:
+    from .app import authorized
+
+    settings = state.settings
+    if not authorized(settings, websocket.headers, websocket.query_params):
+        await websocket.close(code=CLOSE_POLICY, reason="invalid API key")
+        return
+    offered = [p.strip() for p in websocket.headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
+    await websocket.accept(subprotocol="realtime" if "realtime" in offered else None)
+    if not state.sessions.admit():
+        err = ev.ProtocolError(
+            "session_limit_reached", f"all {settings.max_sessions} sessions are in use", type="server_error"
+        )
+        await websocket.send_text(ev.dumps(ev.Encoder().error(err)))
+        await websocket.close(code=CLOSE_BUSY, reason="session limit reached")
+        return
+    beta = websocket.headers.get("openai-beta", "").startswith("realtime")
+    session = RealtimeSession(settings, transport="websocket", model=state.engine.info.model, beta=beta)
+    state.metrics.active_sessions.labels("websocket").inc()
+    try:
+        await WsConnection(websocket, session, state).run()
+    finally:
+        state.sessions.release()
+        state.metrics.active_sessions.labels("websocket").dec()
+
+
+class WsConnection:
+    def __init__(self, websocket: WebSocket, session: RealtimeSession, state: Any) -> None:
+        self.ws, self.session = websocket, session
+        self.engine, self.metrics, self.vad_pool = state.engine, state.metrics, state.vad_pool
+        self.out: asyncio.Queue[Send] = asyncio.Queue(maxsize=state.settings.ws_outbound_queue_events)
+        self.responses: dict[str, Any] = {}  # response id -> engine Response
+        self.tasks: set[asyncio.Task] = set()
+        self._vad_wake = asyncio.Event()
+        self._closing = asyncio.Event()
+        self._close_code = 1000
+        self._close_reason = ""
+
+    def _spawn(self, coro, name: str) -> asyncio.Task:
+        task = asyncio.create_task(coro, name=f"{name}-{self.session.id}")
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    async def run(self) -> None:
+        self.dispatch(self.session.start())
+        reader = self._spawn(self._read(), "ws-read")
+        writer = self._spawn(self._write(), "ws-write")
+        self._spawn(self._vad(), "ws-vad")
+        closing = self._spawn(self._closing.wait(), "ws-closing")
+        try:
+            done, _ = await asyncio.wait({reader, writer, closing}, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if not task.cancelled() and task.exception() is not None:
+                    log.error("session %s: %s failed", self.session.id, task.get_name(), exc_info=task.exception())
+                    self._close_code, self._close_reason = 1011, "internal error"
+        finally:
+            await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        self.dispatch(self.session.close())  # cancels the active response in the engine
+        for response in self.responses.values():
+            response.cancel()
+        tasks = list(self.tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            await self.ws.close(code=self._close_code, reason=self._close_reason)
+        except (RuntimeError, WebSocketDisconnect, OSError):
+            pass  # already closed by the peer
+
+    def _fail(self, code: int, reason: str) -> None:
+        self._close_code, self._close_reason = code, reason
+        self._closing.set()
+
+    # ------------------------------------------------------------------ commands
+
+    def dispatch(self, outputs: list[Output]) -> None:
+        for out in outputs:
+            if isinstance(out, Send):
+                try:
+                    self.out.put_nowait(out)
+                except asyncio.QueueFull:
+                    log.warning("session %s: client too slow, %d events unread", self.session.id, self.out.qsize())
+                    self._fail(CLOSE_POLICY, "client too slow: outbound queue full")
+                    return
+            elif isinstance(out, StartResponse):
+                response = self.engine.respond(out.conversation, t_committed=out.t_committed, audio=out.audio)
+                self.responses[out.response_id] = response
+                self._spawn(self._pump(out.response_id, response), f"ws-resp-{out.response_id}")
+            elif isinstance(out, CancelResponse):
+                response = self.responses.get(out.response_id)
+                if response is not None:
+                    response.cancel()
+            elif isinstance(out, TruncateTurn):
+                self._truncate(out)
+            elif isinstance(out, ResponseMetrics):
+                self.metrics.observe_response(out.status, out.latency)
+
+    def _truncate(self, cmd: TruncateTurn) -> None:
+        try:
+            self.engine.truncate(self.session.conversation, cmd.item_id, cmd.audio_end_ms)
+        except (KeyError, ValueError) as exc:
+            err = ev.ProtocolError("item_not_found", f"cannot truncate {cmd.item_id!r}: {exc}", param="item_id")
+            self.dispatch([Send(self.session.enc.error(err))])
+
+    # ------------------------------------------------------------------ tasks
+
+    async def _read(self) -> None:
+        while True:
+            message = await self.ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            data = message.get("text")
+            if data is None:
+                data = message.get("bytes") or b""
+            self.dispatch(self.session.receive_text(data))
+            if self.session.vad_enabled:
+                self._vad_wake.set()
+
+    async def _write(self) -> None:
+        while True:
+            item = await self.out.get()
+            # Serialised at write time: response.done's `latency` is completed by the
+            # first audio packet's write, which precedes it in this queue.
+            await self.ws.send_text(ev.dumps(item.event))
+            if item.tag is not None:
+                self.dispatch(self.session.sent(item.tag))
+
+    async def _pump(self, response_id: str, response: Any) -> None:
+        try:
+            async for event in response:
+                self.dispatch(self.session.on_engine_event(response_id, event))
+        finally:
+            self.responses.pop(response_id, None)
+
+    async def _vad(self) -> None:
+        loop = asyncio.get_running_loop()
+        model: SileroModel | None = None
+        while True:
+            await self._vad_wake.wait()
+            self._vad_wake.clear()
+            while (work := self.session.take_vad_work()) is not None:
+                if model is None:
+                    model = await loop.run_in_executor(self.vad_pool, SileroModel)
+                probs = await loop.run_in_executor(self.vad_pool, model.probabilities, work.samples)
+                self.dispatch(self.session.on_vad(work, probs))
