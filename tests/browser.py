@@ -26,7 +26,6 @@ CHROMIUM_FLAGS = [
     "--no-first-run",
     "--allow-loopback-in-peer-connection",
     "--use-fake-device-for-media-stream",
-    "--use-fake-ui-for-media-stream",
     "--autoplay-policy=no-user-gesture-required",
     # Real host candidates instead of mDNS names, which the server's ICE agent would have to resolve.
     "--disable-features=WebRtcHideLocalIpsWithMdns",
@@ -55,12 +54,21 @@ def mic_wav(out: Path, clip: str, silence_s: float) -> Path:
 
 
 @contextmanager
-def chromium(mic: Path | None = None, *, viewport: tuple[int, int] = (1280, 900), extra_args: list[str] = ()):
+def chromium(
+    mic: Path | None = None,
+    *,
+    viewport: tuple[int, int] = (1280, 900),
+    grant_media: bool = True,
+    extra_args: tuple[str, ...] = (),
+):
     """A fresh Chromium (own --user-data-dir, removed afterwards) playing `mic` as the microphone.
-    Yields the first page."""
+    `grant_media=False` leaves out --use-fake-ui-for-media-stream, so headless Chromium denies
+    the permission as a user clicking "Block" would. Yields the first page."""
     from playwright.sync_api import sync_playwright
 
     args = [*CHROMIUM_FLAGS, *extra_args]
+    if grant_media:
+        args.append("--use-fake-ui-for-media-stream")
     if mic is not None:
         args.append(f"--use-file-for-fake-audio-capture={mic}")
     profile = tempfile.mkdtemp(prefix="chromium-profile-")

@@ -13,6 +13,7 @@ const STAGES = [
   ["talker_ttft", "talker first frame"],
   ["code_predictor", "code predictor"],
   ["codec", "codec"],
+  ["send", "sent on the wire"], // engine's first audio -> first packet on the track (audio_ttfp - engine's)
 ];
 const AUDIBLE_RMS = 0.01; // about -40 dBFS: well above Opus-decoded digital silence, below any speech
 const MONITOR_MS = 10; // how often the output analyser is polled for the first audible frame
@@ -28,6 +29,7 @@ const S = {
   health: null,
   pc: null,
   dc: null,
+  callUrl: null, // the Location of our call: DELETE on it hangs up at once, freeing the server's slot
   micStream: null, // what getUserMedia gave (audio, and video when the camera is on)
   meterTrack: null, // a clone of the mic track that keeps the level meter live while PTT mutes sending
   audioCtx: null,
@@ -120,6 +122,9 @@ async function connect() {
     S.videoOn = $("camera").checked;
     S.micStream = await openMedia(S.videoOn);
     setupAudioGraph();
+    // Gate the mic before any RTP flows: until our session.update lands the server runs its
+    // default (server VAD), and push-to-talk must not start a turn in that window.
+    applyMicGate();
     await negotiate();
   } catch (err) {
     showError(err.userMessage || `connection failed: ${err.message || err}`);
@@ -180,7 +185,7 @@ async function negotiate() {
   dc.onclose = () => {
     if (S.dc === dc && S.connected) {
       showError("the server closed the session");
-      teardown("disconnected");
+      teardown("disconnected", { hangUp: false });
     }
   };
   dc.onmessage = (ev) => onServerEvent(ev.data);
@@ -201,6 +206,8 @@ async function negotiate() {
   if (resp.status !== 201 && resp.status !== 200) {
     throw Object.assign(new Error(`HTTP ${resp.status}`), { userMessage: await httpErrorMessage(resp) });
   }
+  const location = resp.headers.get("Location");
+  S.callUrl = location ? new URL(location, window.location.href).href : null;
   await pc.setRemoteDescription({ type: "answer", sdp: await resp.text() });
 }
 
@@ -264,18 +271,29 @@ function onChannelOpen() {
   sendSessionUpdate();
   applyMicGate();
   renderControls();
+  checkHealth(); // the session count now includes ours
 }
 
-function disconnect() {
-  teardown("disconnected");
+async function disconnect() {
+  await teardown("disconnected");
   checkHealth();
 }
 
-function teardown(state) {
+function teardown(state, { hangUp = true } = {}) {
   clearInterval(S.monitor);
   clearTimeout(S.ptt.tail);
   if (S.dc) S.dc.onclose = null;
-  if (S.pc) S.pc.close();
+  const pc = S.pc;
+  let hungUp = Promise.resolve();
+  if (pc && S.callUrl && hangUp) {
+    // Hang up first, then close: closing first races the server's own cleanup, and the
+    // DELETE would find no call. Either way the server's session slot is free at once.
+    hungUp = fetch(S.callUrl, { method: "DELETE", keepalive: true })
+      .catch(() => {})
+      .finally(() => pc.close());
+  } else if (pc) {
+    pc.close();
+  }
   for (const t of S.micStream ? S.micStream.getTracks() : []) t.stop();
   if (S.meterTrack) S.meterTrack.stop();
   if (S.audioCtx) S.audioCtx.close();
@@ -285,6 +303,7 @@ function teardown(state) {
   Object.assign(S, {
     pc: null,
     dc: null,
+    callUrl: null,
     micStream: null,
     meterTrack: null,
     audioCtx: null,
@@ -302,6 +321,7 @@ function teardown(state) {
   $("mic-state").textContent = "off";
   $("out-state").textContent = "silent";
   renderControls();
+  return hungUp;
 }
 
 // ---------------------------------------------------------------------------- client events
@@ -454,6 +474,8 @@ const HANDLERS = {
   },
   error: (ev) => {
     const e = ev.error || {};
+    // A barge-in can cross the response's own end on the wire: nothing was left to cancel.
+    if (e.code === "response_cancel_not_active") return;
     if (e.code === "session_limit_reached") showError("server busy: too many sessions, try again later");
     else showError(`server error: ${e.message || e.code || "unknown"}`);
   },
@@ -485,7 +507,10 @@ function onResponseDone(ev) {
   const latency = ev.latency || response.latency || {};
   turn.status = response.status || "completed";
   turn.ttfpMs = typeof latency.audio_ttfp_ms === "number" ? latency.audio_ttfp_ms : null;
-  turn.stages = latency.stages_ms || null;
+  turn.stages = latency.stages_ms ? { ...latency.stages_ms } : null;
+  if (turn.stages && typeof latency.engine_audio_ttfp_ms === "number" && turn.ttfpMs !== null) {
+    turn.stages.send = Math.max(0, turn.ttfpMs - latency.engine_audio_ttfp_ms);
+  }
   if (typeof latency.has_video === "boolean") turn.video = latency.has_video;
   for (const output of response.output || []) {
     const li = S.assistantItems.get(output.id);
@@ -607,9 +632,28 @@ function renderHud() {
   const lastHeard = heard[heard.length - 1];
   $("hud-e2e").textContent = lastHeard ? fmtMs(lastHeard.audibleMs) : "–";
   $("hud-e2e-from").textContent = lastHeard ? `from ${lastHeard.endOfSpeechFrom}` : "";
+  $("hud-medians").textContent = medianLine(withTtfp);
   renderChart();
   renderWaterfall(last);
   renderTurnTable();
+}
+
+function median(values) {
+  const v = [...values].sort((a, b) => a - b);
+  const mid = Math.floor(v.length / 2);
+  return v.length % 2 ? v[mid] : (v[mid - 1] + v[mid]) / 2;
+}
+
+function medianLine(turns) {
+  const parts = [];
+  for (const [video, label, ref] of [
+    [false, "audio-only", REF_AUDIO_MS],
+    [true, "with video", REF_VIDEO_MS],
+  ]) {
+    const ms = turns.filter((t) => t.video === video).map((t) => t.ttfpMs);
+    if (ms.length) parts.push(`${label}: median ${fmtMs(median(ms))} over ${ms.length} (ref ${ref} ms)`);
+  }
+  return parts.length ? `First packet ${parts.join(" · ")}` : "";
 }
 
 const SVG_NS = "http://www.w3.org/2000/svg";
@@ -754,6 +798,8 @@ function bindControls() {
   document.addEventListener("keydown", (ev) => {
     if (ev.code !== "Space" || S.mode !== "ptt" || isTextEntry(ev.target)) return;
     ev.preventDefault();
+    // Space would also "click" a focused button (Disconnect!) on release: take focus off it.
+    if (document.activeElement && document.activeElement !== document.body) document.activeElement.blur();
     if (!ev.repeat) pttDown();
   });
   document.addEventListener("keyup", (ev) => {
@@ -771,6 +817,7 @@ window.demo = Object.freeze({
   turns: () => S.turns.map((t) => ({ ...t })),
   events: () => S.eventLog.map((e) => e.type),
   state: () => ({ connected: S.connected, mode: S.mode, playing: S.playing, responseActive: S.responseActive }),
+  levels: () => ({ mic: S.micAnalyser ? rms(S.micAnalyser) : 0, out: S.outAnalyser ? rms(S.outAnalyser) : 0 }),
 });
 
 bindControls();
