@@ -109,7 +109,8 @@ async def test_clear_silences_the_very_next_frame_and_reports_the_position():
     for _ in range(3):
         assert np.abs(samples_of(await track.recv())).max() > 1000
     cleared = track.clear()
-    assert cleared == PlaybackEvent("cleared", "r1", "i1", 60)
+    assert cleared == PlaybackEvent("cleared", "r1", "i1", 60, 3)
+    assert track.cleared_frame == 3
     assert events[-1] == cleared
     assert track.queued_ms == 0
     assert not np.any(samples_of(await track.recv()))
@@ -223,12 +224,13 @@ async def test_two_peer_loopback_audio_both_ways_and_clear(netns_addrs):
     fixture: audio flows both ways, the data channel carries messages, and clear() stops the
     audio the client hears within one 20 ms frame."""
     from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-    from webrtc_peer import FIXTURES, ClientPeer, read_wav
+    from webrtc_peer import FIXTURES, LOUD_RMS, ClientPeer, read_wav
 
     server = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     owner = TaskOwner("server")
     playing = asyncio.Event()
-    out_track = OutboundAudioTrack(on_playback=lambda e: e.kind == "started" and playing.set())
+    started: list[PlaybackEvent] = []
+    out_track = OutboundAudioTrack(on_playback=lambda e: e.kind == "started" and (started.append(e), playing.set()))
     mic_pcm: list[bytes] = []
     server_messages: list[str] = []
 
@@ -288,6 +290,11 @@ async def test_two_peer_loopback_audio_both_ways_and_clear(netns_addrs):
             f"{client.received.loud_frames() - loud_before} loud frames"
         )
         assert -5 <= late_ms <= FRAME_MS, "the client hears at most one frame after clear()"
+        # Frame i the client decodes is frame i the track produced (one Opus packet per frame, no loss on a
+        # veth): sound starts at the started frame and nothing is heard past the first frame after the clear.
+        loud = [i for i, r in enumerate(client.received.rms) if r > LOUD_RMS]
+        assert loud[0] == started[0].frame
+        assert loud[-1] <= cleared.frame
         assert client.received.rms[-1] < 5, "then silence"
     finally:
         await client.close()

@@ -73,7 +73,9 @@ class ClientPeer:
     def __init__(self, *, mic_rate: int = 16_000, with_audio_in: bool = True) -> None:
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.tasks = TaskOwner("client")
-        self.mic = OutboundAudioTrack(sample_rate=mic_rate)
+        self.mic = OutboundAudioTrack(sample_rate=mic_rate, on_playback=self._on_mic_playback)
+        self._mic_done: set[str] = set()
+        self._mic_event = asyncio.Event()
         self.pc.addTrack(self.mic)
         self.received = Received()
         self.events: list[dict] = []
@@ -110,8 +112,22 @@ class ClientPeer:
         self.events.append(event)
         self._event_added.set()
 
+    def _on_mic_playback(self, event) -> None:
+        if event.kind == "stopped":
+            self._mic_done.add(event.response_id)
+            self._mic_event.set()
+
     def play(self, pcm16: bytes, tag: str = "mic") -> None:
+        """Queue audio on the microphone (played in real time after what is queued)."""
         self.mic.push(pcm16, response_id=tag, item_id=tag)
+        self.mic.finish(tag)
+
+    async def played(self, tag: str = "mic", *, timeout_s: float = 60.0) -> None:
+        """Until the microphone has sent all of `tag` (later than its duration on a loaded machine)."""
+        async with asyncio.timeout(timeout_s):
+            while tag not in self._mic_done:
+                self._mic_event.clear()
+                await self._mic_event.wait()
 
     def play_silence(self, ms: int) -> None:
         self.play(bytes(self.mic.sample_rate * ms // 1000 * 2), "silence")
@@ -162,7 +178,7 @@ async def _main(url: str, wav: str) -> None:
     await asyncio.wait_for(client.connected.wait(), 30)
     pcm, _ = read_wav(Path(wav))
     client.play(pcm)
-    print("connected", flush=True)
+    print("connected", reply.headers["location"].rsplit("/", 1)[1], flush=True)
     while True:
         await client.wait_for("response.created", timeout_s=3600)
         print("response", flush=True)

@@ -101,6 +101,7 @@ class PlaybackEvent:
     response_id: str
     item_id: str
     played_ms: int  # of item_id, at the time of the event
+    frame: int  # index of the frame it happened in (started: the first frame with this audio; cleared: the first silent one)
 
 
 @dataclass
@@ -153,11 +154,12 @@ class OutboundAudioTrack(MediaStreamTrack):
         self._playing: _Segment | None = None  # segment of the response being played
         self._played: OrderedDict[str, int] = OrderedDict()  # item_id -> samples handed out
         self._start: float | None = None
-        self._frames_sent = 0
+        self._paced_frames = 0
         self._pts = 0
         self.dropped_samples = 0
         self.frames_sent = 0
         self.audio_frames_sent = 0  # frames that carried some queued audio
+        self.cleared_frame: int | None = None  # first frame after the last clear() that dropped audio
 
     # -- feeding (called by the adapter)
 
@@ -194,7 +196,8 @@ class OutboundAudioTrack(MediaStreamTrack):
         self._finished.clear()
         if head is None:
             return None
-        event = PlaybackEvent("cleared", head.response_id, head.item_id, self.played_ms(head.item_id))
+        self.cleared_frame = self.frames_sent
+        event = PlaybackEvent("cleared", head.response_id, head.item_id, self.played_ms(head.item_id), self.frames_sent)
         self._notify(event)
         return event
 
@@ -242,13 +245,13 @@ class OutboundAudioTrack(MediaStreamTrack):
         if self._start is None:
             self._start = now
         else:
-            self._frames_sent += 1
-            wait = self._start + self._frames_sent * frame_s - now
+            self._paced_frames += 1
+            wait = self._start + self._paced_frames * frame_s - now
             if wait > 0:
                 await self._sleep(wait)
             elif -wait > MAX_PACING_LAG_S:
                 log.debug("outbound audio pacing fell %.0f ms behind; resyncing", -wait * 1000)
-                self._start = now - self._frames_sent * frame_s
+                self._start = now - self._paced_frames * frame_s
 
     def _take(self, samples: int) -> bytes:
         """Take one frame's worth of audio from the queue, zero-padded."""
@@ -260,7 +263,11 @@ class OutboundAudioTrack(MediaStreamTrack):
                 if self._playing is not None:
                     self._stop_playing()
                 self._playing = seg
-                self._notify(PlaybackEvent("started", seg.response_id, seg.item_id, self.played_ms(seg.item_id)))
+                self._notify(
+                    PlaybackEvent(
+                        "started", seg.response_id, seg.item_id, self.played_ms(seg.item_id), self.frames_sent
+                    )
+                )
             self._playing = seg
             n = min(need - len(out), seg.remaining)
             out += seg.pcm[seg.offset : seg.offset + n]
@@ -287,7 +294,9 @@ class OutboundAudioTrack(MediaStreamTrack):
         self._playing = None
         if seg is not None:
             self._finished.discard(seg.response_id)
-            self._notify(PlaybackEvent("stopped", seg.response_id, seg.item_id, self.played_ms(seg.item_id)))
+            self._notify(
+                PlaybackEvent("stopped", seg.response_id, seg.item_id, self.played_ms(seg.item_id), self.frames_sent)
+            )
 
     def _notify(self, event: PlaybackEvent) -> None:
         if self.on_playback is None:

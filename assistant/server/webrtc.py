@@ -1,0 +1,540 @@
+"""WebRTC transport: `POST /v1/realtime/calls`, the OpenAI Realtime WebRTC handshake.
+
+The client POSTs an SDP offer (application/sdp, or multipart with `sdp` and `session`),
+gets the answer (201, `Location: /v1/realtime/calls/{id}`), then:
+- its microphone arrives as an audio track, its camera (if any) as a video track;
+- response audio goes back on one Opus track paced in real time (webrtc_media.py); no
+  audio deltas travel on the data channel, as on OpenAI's WebRTC endpoint;
+- JSON events travel on the `oai-events` data channel the client creates, the same
+  events as the websocket.
+
+This adapter makes no protocol decisions: a `RealtimeSession` (transport="webrtc")
+decides everything and returns outputs; `Call.dispatch` carries them out. The server
+owns playback: the session says `PlayAudio`/`ClearPlayback`, the track plays or drops,
+and reports back started/stopped and the real playback position for truncation.
+
+A peer can vanish without a goodbye (no DTLS close, no RTCP BYE). aiortc has no
+"disconnected" state and ICE consent freshness needs ~30 s to fail (aioice:
+6 failures x 5 s), so a call whose microphone RTP stops for `peer_timeout_s` is
+closed; a call without a microphone falls back on ICE consent. Closing cancels the
+response, ends every task of the call and frees its session slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+
+from ..audio import pcm16_to_float
+from ..engine.api import Engine, ResponseDone
+from ..engine.api import Response as EngineResponse
+from ..realtime import events as ev
+from ..realtime.session import (
+    CancelResponse,
+    ClearPlayback,
+    Output,
+    PlayAudio,
+    RealtimeSession,
+    ResponseMetrics,
+    Send,
+    StartResponse,
+    TruncateTurn,
+)
+from ..realtime.vad import SileroModel
+from ..settings import Settings
+from .app import authorized
+from .webrtc_media import OutboundAudioTrack, PlaybackEvent, TaskOwner, read_audio, read_video
+from .webrtc_offer import MAX_BODY_BYTES, Offer, OfferError, check_content_type, ice_servers, parse_body
+
+log = logging.getLogger("assistant.webrtc")
+
+EVENTS_CHANNEL = "oai-events"
+MIC_RATE_HZ = 16_000  # the session's (and the VAD's) rate: no second resampling inside the session
+# aiortc advertises a=max-message-size:262144 (rtcsctptransport.LOCAL_MAX_MESSAGE_SIZE); a
+# client that sends more ignores our SDP. Outbound we stay under the RFC 8841 default a
+# peer must accept when it advertises nothing.
+MAX_IN_MESSAGE_BYTES = 262_144
+MAX_OUT_MESSAGE_BYTES = 65_536
+# Before the client's channel opens, at most this many events wait (session.created and
+# a few more); later ones are dropped (and counted): a client that never opens the
+# channel cannot make us buffer without bound.
+PREOPEN_EVENTS = 256
+# A client that does not read its events: past this much unsent data the call is closed,
+# as a websocket client that stops reading is disconnected.
+MAX_CHANNEL_BUFFERED_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class CallLimits:
+    """Transport timings (tests shorten them)."""
+
+    peer_timeout_s: float = 5.0  # microphone RTP silent this long -> peer gone
+    connect_timeout_s: float = 30.0  # offer answered but never connected -> slot freed
+    watchdog_period_s: float = 0.25
+    messages_per_s: float = 50.0  # data-channel flood control: a token bucket...
+    message_burst: int = 200  # ...of this depth; excess messages are dropped with one error per second
+    error_repeat_s: float = 5.0  # the same microphone-path error is reported at most this often
+
+
+class _TokenBucket:
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate, self.burst, self.clock = rate, burst, clock
+        self.tokens, self.t = float(burst), clock()
+
+    def take(self) -> bool:
+        now = self.clock()
+        self.tokens = min(self.burst, self.tokens + (now - self.t) * self.rate)
+        self.t = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+# ---------------------------------------------------------------------------- one call
+
+
+class Call:
+    """One peer connection and its session. Created by `Calls.open`."""
+
+    def __init__(self, calls: Calls, call_id: str, session: RealtimeSession) -> None:
+        self.calls, self.id, self.session = calls, call_id, session
+        self.limits = calls.limits
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=calls.ice_servers))
+        self.track = OutboundAudioTrack(on_playback=self._on_playback)
+        self.tasks = TaskOwner(f"call-{call_id}")
+        self.channel = None
+        self.closed = asyncio.Event()  # set once close() has finished: tasks ended, peer connection closed
+        self._closing = False
+        self.close_reason: str | None = None
+        self.answer_sdp = ""
+        self._pending: deque[str] = deque()
+        self.dropped_events = 0
+        self._responses: dict[str, EngineResponse] = {}
+        self._vad_wake = asyncio.Event()
+        self._t_created = time.monotonic()
+        self._t_heard: float | None = None  # last microphone frame
+        self._t_connected: float | None = None
+        self._has_mic = False
+        self._bucket = _TokenBucket(self.limits.messages_per_s, self.limits.message_burst)
+        self._t_flood_error = 0.0
+        self._mic_errors: dict[str, float] = {}
+        self.pc.on("datachannel", self._on_datachannel)
+        self.pc.on("track", self._on_track)
+        self.pc.on("connectionstatechange", self._on_state)
+        # connectionstatechange may not fire on ICE failure (aiortc #1344, per speaches).
+        self.pc.on("iceconnectionstatechange", self._on_state)
+
+    # -- signalling
+
+    async def answer(self, offer: Offer) -> str:
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer.sdp, type="offer"))
+        opus_first = _opus_first()
+        for transceiver in self.pc.getTransceivers():
+            if transceiver.kind == "audio" and transceiver.sender.track is None and self.track is not None:
+                # One outbound track, on the first audio section. Forcing sendrecv: aiortc
+                # answers the intersection with the offer's direction (pipecat, speaches).
+                transceiver.sender.replaceTrack(self.track)
+                transceiver.direction = "sendrecv"
+                transceiver.setCodecPreferences(opus_first)
+            elif transceiver.kind == "video":
+                transceiver.direction = "recvonly"
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        return self.pc.localDescription.sdp
+
+    def start(self) -> None:
+        self.dispatch(self.session.start())
+        self.tasks.spawn(self._watchdog(), "watchdog")
+        self.tasks.spawn(self._vad_loop(), "vad")
+
+    # -- carrying out the session's outputs
+
+    def dispatch(self, outputs: list[Output]) -> None:
+        for out in outputs:
+            if isinstance(out, Send):
+                self._send_event(out.event)
+                if out.tag is not None:
+                    self.dispatch(self.session.sent(out.tag))
+            elif isinstance(out, PlayAudio):
+                self.track.push(out.pcm16, response_id=out.response_id, item_id=out.item_id)
+            elif isinstance(out, ClearPlayback):
+                self.track.clear()
+                # What the listener heard of the item is what the track handed to the encoder.
+                self.dispatch(self.session.playback_truncated(out.item_id, self.track.played_ms(out.item_id)))
+            elif isinstance(out, StartResponse):
+                self._start_response(out)
+            elif isinstance(out, CancelResponse):
+                response = self._responses.get(out.response_id)
+                if response is not None:
+                    response.cancel()
+            elif isinstance(out, TruncateTurn):
+                self._truncate(out)
+            elif isinstance(out, ResponseMetrics):
+                self.calls.on_metrics(out)
+
+    def _truncate(self, cmd: TruncateTurn) -> None:
+        try:
+            self.calls.engine.truncate(self.session.conversation, cmd.item_id, cmd.audio_end_ms)
+        except (KeyError, ValueError) as exc:  # as the websocket adapter reports it
+            err = ev.ProtocolError("item_not_found", f"cannot truncate {cmd.item_id!r}: {exc}", param="item_id")
+            self._send_event(self.session.enc.error(err))
+
+    def _start_response(self, out: StartResponse) -> None:
+        response = self.calls.engine.respond(out.conversation, t_committed=out.t_committed, audio=out.audio)
+        self._responses[out.response_id] = response
+        self.tasks.spawn(self._pump(out.response_id, response), f"response-{out.response_id}")
+
+    async def _pump(self, response_id: str, response: EngineResponse) -> None:
+        """Feed one engine response's events to the session (its audio reaches the track
+        through PlayAudio outputs)."""
+        done = False
+        try:
+            async for event in response:
+                self.dispatch(self.session.on_engine_event(response_id, event))
+                if isinstance(event, ResponseDone):
+                    done = True
+                    self.track.finish(response_id)  # output_audio_buffer.stopped once played out
+        finally:
+            self._responses.pop(response_id, None)
+            if not done:
+                response.cancel()  # the pump was cancelled (call closing): stop the engine too
+
+    def _on_playback(self, event: PlaybackEvent) -> None:
+        if event.kind == "started":
+            self.dispatch(self.session.output_audio_started(event.response_id))
+        elif event.kind == "stopped":
+            self.dispatch(self.session.output_audio_stopped(event.response_id))
+        # "cleared" is reported through playback_truncated when ClearPlayback is carried out.
+
+    # -- events out
+
+    def _send_event(self, event: dict) -> None:
+        text = ev.dumps(event)
+        if len(text.encode()) > MAX_OUT_MESSAGE_BYTES:
+            # e.g. conversation.item.retrieved of a long audio item: base64 audio belongs on
+            # the websocket, not on a data channel.
+            err = ev.ProtocolError("event_too_large", f"{event.get('type')} is too large for the data channel")
+            text = ev.dumps(self.session.enc.error(err))
+        channel = self.channel
+        if channel is None or channel.readyState == "connecting":
+            if len(self._pending) < PREOPEN_EVENTS:
+                self._pending.append(text)
+            else:
+                self.dropped_events += 1
+        elif channel.readyState == "open":
+            if channel.bufferedAmount > MAX_CHANNEL_BUFFERED_BYTES:
+                self.request_close("client does not read its events")
+                return
+            channel.send(text)
+
+    def _flush_pending(self) -> None:
+        while self._pending and self.channel is not None and self.channel.readyState == "open":
+            self.channel.send(self._pending.popleft())
+
+    # -- events in
+
+    def _on_datachannel(self, channel) -> None:
+        if channel.label != EVENTS_CHANNEL or self.channel is not None:
+            log.info("call %s: closing unexpected data channel %r", self.id, channel.label)
+            channel.close()
+            return
+        self.channel = channel
+        channel.on("open", self._flush_pending)
+        channel.on("message", self._on_message)
+        channel.on("close", lambda: self.request_close("events channel closed"))
+        self._flush_pending()
+
+    def _on_message(self, message: str | bytes) -> None:
+        if len(message) > MAX_IN_MESSAGE_BYTES:
+            self._client_error(
+                "message_too_large", f"data-channel messages are limited to {MAX_IN_MESSAGE_BYTES} bytes"
+            )
+            return
+        if not self._bucket.take():
+            now = time.monotonic()
+            if now - self._t_flood_error >= 1.0:
+                self._t_flood_error = now
+                self._client_error("rate_limit_exceeded", "too many events; some were dropped")
+            return
+        self.dispatch(self.session.receive_text(message))
+
+    def _client_error(self, code: str, message: str) -> None:
+        self._send_event(self.session.enc.error(ev.ProtocolError(code, message)))
+
+    # -- media in
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind == "audio" and not self._has_mic:
+            self._has_mic = True
+            self.tasks.spawn(read_audio(track, self._on_mic, sample_rate=MIC_RATE_HZ), "microphone")
+        elif track.kind == "video":
+            fps = self.calls.settings.image_fps
+            self.tasks.spawn(read_video(track, self._on_camera, max_fps=fps), "camera")
+        else:
+            self.tasks.spawn(_drain(track), f"drain-{track.kind}")
+
+    def _on_mic(self, pcm16: bytes) -> None:
+        self._t_heard = time.monotonic()
+        outputs = self.session.append_audio(pcm16_to_float(pcm16), MIC_RATE_HZ)
+        self.dispatch(self._throttle_mic_errors(outputs))
+        self._vad_wake.set()
+
+    def _throttle_mic_errors(self, outputs: list[Output]) -> list[Output]:
+        """The microphone appends 50 times a second, so an error it causes (a full input
+        buffer in manual mode) would repeat 50 times a second: pass each code once per
+        `error_repeat_s`."""
+        now, kept = time.monotonic(), []
+        for out in outputs:
+            if isinstance(out, Send) and out.event.get("type") == "error":
+                code = out.event.get("error", {}).get("code", "")
+                if now - self._mic_errors.get(code, -1e9) < self.limits.error_repeat_s:
+                    continue
+                self._mic_errors[code] = now
+            kept.append(out)
+        return kept
+
+    def _on_camera(self, rgb: np.ndarray, t: float) -> None:
+        self.dispatch(self.session.append_frame(rgb))
+
+    async def _vad_loop(self) -> None:
+        """Score new microphone audio with this call's Silero model on the VAD threads,
+        one batch at a time (the model is stateful), never on the event loop."""
+        loop = asyncio.get_running_loop()
+        model = await loop.run_in_executor(self.calls.vad_pool, SileroModel)
+        while True:
+            await self._vad_wake.wait()
+            self._vad_wake.clear()
+            while (work := self.session.take_vad_work()) is not None:
+                probs = await loop.run_in_executor(self.calls.vad_pool, model.probabilities, work.samples)
+                self.dispatch(self.session.on_vad(work, probs))
+
+    # -- liveness and closing
+
+    def _on_state(self) -> None:
+        if self.pc.connectionState == "connected" and self._t_connected is None:
+            self._t_connected = time.monotonic()
+        if self.pc.connectionState in ("failed", "closed") or self.pc.iceConnectionState in ("failed", "closed"):
+            self.request_close(f"connection {self.pc.connectionState}, ICE {self.pc.iceConnectionState}")
+
+    async def _watchdog(self) -> None:
+        limits, max_session_s = self.limits, self.calls.settings.max_session_s
+        while True:
+            await asyncio.sleep(limits.watchdog_period_s)
+            now = time.monotonic()
+            reason = None
+            # Silence is counted from the connection (media cannot flow before it), then from the last frame.
+            last_heard = self._t_heard or self._t_connected
+            if self._t_connected is None and now - self._t_created > limits.connect_timeout_s:
+                reason = "never connected"
+            elif self._has_mic and last_heard is not None and now - last_heard > limits.peer_timeout_s:
+                reason = f"no microphone audio for {limits.peer_timeout_s:g} s: peer gone"
+            elif now - self._t_created > max_session_s:
+                self._client_error("session_expired", f"sessions last at most {max_session_s} s")
+                reason = "maximum session duration"
+            if reason is not None:
+                self.request_close(reason)
+                return
+
+    def request_close(self, reason: str) -> None:
+        """Close from a callback: the close runs as a task owned by the registry."""
+        if self.close_reason is None:
+            self.close_reason = reason
+            self.calls.tasks.spawn(self.close(), f"close-{self.id}")
+
+    async def close(self, reason: str = "closed") -> None:
+        if self._closing:
+            await self.closed.wait()
+            return
+        self._closing = True
+        self.close_reason = self.close_reason or reason
+        log.info("call %s closing: %s", self.id, self.close_reason)
+        self.dispatch(self.session.close())  # cancels the active response
+        for response in list(self._responses.values()):
+            response.cancel()
+        self.calls.forget(self)
+        self.track.stop()
+        try:
+            await self.tasks.close()
+            log.debug("call %s: tasks ended", self.id)
+            await self.pc.close()
+            log.debug("call %s: peer connection closed", self.id)
+        finally:
+            self.closed.set()
+
+
+async def _drain(track: MediaStreamTrack) -> None:
+    """Read and drop a track we do not use, so that aiortc's receiver queue stays empty."""
+    with contextlib.suppress(MediaStreamError):
+        while True:
+            await track.recv()
+
+
+def _opus_first() -> list:
+    codecs = RTCRtpSender.getCapabilities("audio").codecs
+    return sorted(codecs, key=lambda c: c.mimeType.lower() != "audio/opus")
+
+
+# ---------------------------------------------------------------------------- all calls
+
+
+class Calls:
+    """Every live call of one server, with admission control. Owns the close tasks and
+    the VAD threads."""
+
+    _ids = itertools.count(1)
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        *,
+        limits: CallLimits | None = None,
+        on_metrics: Callable[[ResponseMetrics], None] | None = None,
+        vad_threads: int = 2,
+    ) -> None:
+        self.settings, self.engine = settings, engine
+        self.limits = limits or CallLimits()
+        self.ice_servers = ice_servers(settings.ice_servers)
+        self.calls: dict[str, Call] = {}
+        self.tasks = TaskOwner("webrtc")
+        self.vad_pool = ThreadPoolExecutor(max_workers=vad_threads, thread_name_prefix="webrtc-vad")
+        self._on_metrics = on_metrics
+        self.active_gauge = None  # the app's active-sessions gauge, labelled "webrtc" (see `attach`)
+        self.sessions = None  # the app's admission control over all transports (see `attach`)
+
+    def attach(self, state) -> None:
+        """Share the app's admission control and metrics (create_app puts them on app.state)."""
+        self.sessions = getattr(state, "sessions", None)
+        metrics = getattr(state, "metrics", None)
+        if metrics is not None:
+            self.active_gauge = metrics.active_sessions.labels("webrtc")
+
+    def full(self) -> bool:
+        """All session slots taken, counting every transport when attached to an app."""
+        if self.sessions is not None:
+            return self.sessions.total >= self.sessions.limit
+        return len(self.calls) >= self.settings.max_sessions
+
+    def on_metrics(self, metrics: ResponseMetrics) -> None:
+        if self._on_metrics is not None:
+            self._on_metrics(metrics)
+
+    async def open(self, offer: Offer) -> Call:
+        """Admit, answer and start a call; OfferError(503) when full, (400) when aiortc
+        cannot answer the offer."""
+        if self.full():
+            raise OfferError(503, f"all {self.settings.max_sessions} sessions are in use")
+        session = RealtimeSession(self.settings, transport="webrtc", model=self.engine.info.model)
+        if offer.session is not None:
+            self._configure(session, offer.session)
+        call = Call(self, f"rtc_{next(self._ids):06d}", session)
+        self.calls[call.id] = call  # reserved before the first await, so admission cannot race
+        if self.active_gauge is not None:
+            self.active_gauge.inc()
+        try:
+            answer = await call.answer(offer)
+        except Exception as exc:
+            await call.close(f"offer rejected: {exc}")
+            log.info("offer rejected: %s: %s", type(exc).__name__, exc)
+            raise OfferError(400, f"cannot answer this offer: {type(exc).__name__}: {exc}") from None
+        call.answer_sdp = answer
+        call.start()
+        return call
+
+    @staticmethod
+    def _configure(session: RealtimeSession, config: dict) -> None:
+        """The multipart `session` part, applied as a session.update before session.created."""
+        event = ev.dumps({"type": "session.update", "session": config})
+        for out in session.receive_text(event):
+            if isinstance(out, Send) and out.event.get("type") == "error":
+                raise OfferError(400, f"invalid session: {out.event['error'].get('message')}")
+
+    def forget(self, call: Call) -> None:
+        if self.calls.pop(call.id, None) is not None and self.active_gauge is not None:
+            self.active_gauge.dec()
+
+    async def close_all(self) -> None:
+        await asyncio.gather(*(call.close("server shutting down") for call in list(self.calls.values())))
+        await self.tasks.close()
+        self.vad_pool.shutdown(wait=False, cancel_futures=True)
+
+
+# ---------------------------------------------------------------------------- HTTP
+
+
+def _error(status: int, message: str, code: str = "invalid_request") -> JSONResponse:
+    kind = "server_error" if status >= 500 else "invalid_request_error"
+    return JSONResponse({"error": {"type": kind, "code": code, "message": message}}, status_code=status)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise OfferError(413, f"request body over {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise OfferError(413, f"request body over {limit} bytes")
+    return bytes(body)
+
+
+def webrtc_router(calls: Calls) -> APIRouter:
+    """The calls endpoints, bound to one registry; its lifespan closes every call on shutdown."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        calls.attach(app.state)
+        app.state.webrtc_calls = calls
+        try:
+            yield
+        finally:
+            await calls.close_all()
+
+    router = APIRouter(lifespan=lifespan)
+
+    @router.post("/v1/realtime/calls", status_code=201)
+    async def create_call(request: Request) -> Response:
+        if not authorized(calls.settings, request.headers, request.query_params):
+            return _error(401, "a valid API key is required", "invalid_api_key")
+        try:
+            check_content_type(request.headers.get("content-type"))
+            body = await _read_body(request, MAX_BODY_BYTES)
+            offer = parse_body(request.headers.get("content-type"), body)
+            call = await calls.open(offer)
+        except OfferError as exc:
+            code = {415: "unsupported_media_type", 413: "payload_too_large", 503: "session_limit_reached"}
+            return _error(exc.status, exc.message, code.get(exc.status, "invalid_offer"))
+        return Response(
+            content=call.answer_sdp,
+            status_code=201,
+            media_type="application/sdp",
+            headers={"Location": f"/v1/realtime/calls/{call.id}"},
+        )
+
+    async def hangup(call_id: str, request: Request) -> Response:
+        if not authorized(calls.settings, request.headers, request.query_params):
+            return _error(401, "a valid API key is required", "invalid_api_key")
+        call = calls.calls.get(call_id)
+        if call is None:
+            return _error(404, f"no call {call_id!r}", "call_not_found")
+        await call.close("hung up by the client")
+        return Response(status_code=204)
+
+    # OpenAI spells hang-up POST .../hangup; DELETE on the Location is the REST reflex.
+    router.add_api_route("/v1/realtime/calls/{call_id}/hangup", hangup, methods=["POST"], status_code=204)
+    router.add_api_route("/v1/realtime/calls/{call_id}", hangup, methods=["DELETE"], status_code=204)
+    return router
