@@ -96,6 +96,7 @@ def prepare(processor, conv: Conversation) -> Prepared:
         kwargs["images"] = images
     if videos:
         kwargs["videos"] = videos
-        kwargs["videos_kwargs"] = {"fps": fps, "do_sample_frames": False}
+        # The processor takes one fps for the batch; frames were already thinned to <= 2 fps.
+        kwargs["videos_kwargs"] = {"fps": min(fps), "do_sample_frames": False}
     tensors = processor(text=text, return_tensors="pt", padding=True, **kwargs)
     return Prepared(dict(tensors), len(audios), len(images), len(videos))

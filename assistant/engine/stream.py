@@ -43,6 +43,7 @@ from .api import (
     now,
 )
 from .code2wav import IncrementalCode2Wav, to_pcm16
+from .predictor import FastCodePredictor
 from .sampling import Picker
 
 
@@ -69,6 +70,7 @@ class Resident:
         eos = self.tcfg.codec_eos_token_id
         # Stock generate() suppresses the talker's special range except codec EOS.
         self.talker_suppress = torch.tensor([i for i in range(vocab - 1024, vocab) if i != eos], device=device)
+        self.predictor = FastCodePredictor(self.talker.code_predictor)
         with torch.no_grad():
             special = torch.tensor([[cfg.tts_bos_token_id, cfg.tts_eos_token_id, cfg.tts_pad_token_id]], device=device)
             self.tts_bos, self.tts_eos, self.tts_pad = self.talker.text_projection(self.embed(special)).chunk(3, dim=1)
@@ -239,13 +241,16 @@ class StreamJob:
         eos = token == res.cfg.im_end_token_id
         self._thinker_done = eos or len(self._tokens) >= self.sampling.max_tokens
         if self.audio:
-            # The talker reads every generated token's layer-0 embedding (EOS included,
-            # as stock does), then tts_eos once the text has ended.
-            emb = res.talker.text_projection(res.embed(torch.tensor([[token]], device=res.device)))  # [1, 1, D]
-            if len(self._tokens) > 1:  # t0 enters through the talker's assistant prefix instead
-                self._text_queue.append(emb)
+            # The talker reads the layer-0 embedding of generated tokens 1..n-2, then
+            # tts_eos, then tts_pad: stock builds its text inputs from the thinker's
+            # hidden states, which never contain the last generated token (EOS, or the
+            # token that hit max_tokens) because it is never fed back. t0 enters through
+            # the talker's assistant prefix instead.
             if self._thinker_done:
                 self._text_queue.append(res.tts_eos)
+            elif len(self._tokens) > 1:
+                emb = res.talker.text_projection(res.embed(torch.tensor([[token]], device=res.device)))  # [1, 1, D]
+                self._text_queue.append(emb)
         self.stats.text_tokens = len(self._tokens)
         if eos:
             return []
@@ -370,27 +375,17 @@ class StreamJob:
         return events
 
     def _predict_residuals(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The 15 residual codebooks of one frame, as stock's nested `generate()` would
-        pick them, in a plain loop over the code predictor with its own KV cache."""
-        res, s = self.res, self.sampling
-        cp = res.talker.code_predictor
+        """The 15 residual codebooks of the current frame, picked as stock's nested
+        `generate()` would (greedy, or top-k 50 / top-p 0.8 when sampling), and the sum
+        of all 16 code embeddings that the next talker step consumes."""
+        res = self.res
         c0 = torch.tensor([[self._code0]], device=res.device)
         e0 = res.talker.get_input_embeddings()(c0)  # [1, 1, D]
-        cache = DynamicCache(config=cp.config)
-        picker = Picker(greedy=s.greedy, top_k=50, top_p=0.8, generator=self._gen)
-        out = cp(inputs_embeds=torch.cat([self._talker_last_hidden, e0], dim=1), cache=cache, use_cache=True)
-        codes = [self._code0]
-        codec_sum = e0
-        groups = res.tcfg.num_code_groups
-        for step in range(1, groups):
-            r = picker.pick(out.logits[0, -1])
-            codes.append(r)
-            r_t = torch.tensor([[r]], device=res.device)
-            r_emb = cp.get_input_embeddings()[step - 1](r_t)  # [1, 1, D]
-            codec_sum = codec_sum + r_emb
-            if step < groups - 1:
-                out = cp(input_ids=r_t, cache=cache, use_cache=True, generation_steps=step)
-        return torch.tensor(codes, device=res.device), codec_sum
+        picker = Picker(greedy=self.sampling.greedy, top_k=50, top_p=0.8, generator=self._gen)
+        residual, codec_sum = res.predictor.run(
+            self._talker_last_hidden, e0, lambda step, logits: torch.tensor([picker.pick(logits[0])], device=res.device)
+        )  # [1, 15], [1, 1, D]
+        return torch.cat([c0[0], residual[0]]), codec_sum
 
     def _audio_event(self, samples) -> AudioChunk:
         vocoder = self._vocoder
