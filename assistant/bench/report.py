@@ -340,9 +340,21 @@ def engine_markdown(run: dict) -> str:
         "",
         markdown_table(ENGINE_COLUMNS, engine_table(run)),
     ]
-    for key in ("turns", "prefill_tokens"):
-        if run.get(key):
-            lines += ["", f"## {key}", "", "```json", json.dumps(run[key], indent=1), "```"]
+    if run.get("turns"):
+        t = run["turns"]
+        rows = [[str(x["turn"]), _f(x["first_audio_ms"]), str(x["prefill_tokens"])] for x in t["per_turn"]]
+        lines += [
+            "",
+            f"## Turn 1 vs turn {len(rows)} (one conversation, equal user turns)",
+            "",
+            f"Last over first: {t['last_over_first']} (issue #7 target: <= 1.2).",
+            "",
+            markdown_table(("turn", "first audio", "prefill tokens"), rows),
+        ]
+    if run.get("prefill_tokens"):
+        rows = [[k, str(v)] for k, v in run["prefill_tokens"].items()]
+        lines += ["", "## Tokens prefilled after the commit (first turn)", ""]
+        lines += [markdown_table(("utterance", "prefill tokens"), rows)]
     if run.get("plots"):
         lines += ["", *(f"![{Path(p).stem}]({Path(p).name})" for p in run["plots"])]
     return "\n".join(lines) + "\n"
