@@ -137,6 +137,7 @@ class _Response:
     samples_sent: int = 0
     cancel_reason: str | None = None
     t_first_audio_sent: float | None = None
+    t_first_audio_received: float | None = None  # the engine's first chunk reached the session
     latency: dict[str, Any] | None = None
     restore: dict[str, Any] = field(default_factory=dict)
 
@@ -731,6 +732,8 @@ class RealtimeSession:
 
     def _audio_out(self, r: _Response, pcm16: bytes) -> None:
         first = r.samples_sent == 0
+        if first:
+            r.t_first_audio_received = self.clock()
         r.samples_sent += len(pcm16) // 2
         self._audio_sent_ms[r.item_id] = r.samples_sent * 1000.0 / OUTPUT_SAMPLE_RATE
         if self.webrtc:
@@ -808,7 +811,8 @@ class RealtimeSession:
         lat["audio_ttfp_ms"] = None
         lat["e2e_ms"] = None if stats.t_done is None else round((stats.t_done - r.t_committed) * 1000, 3)
         lat["t_committed_s"] = r.t_committed
-        lat["t_engine_first_audio_s"] = stats.t_first_audio
+        lat["t_engine_first_audio_s"] = stats.t_first_audio  # stamped by the engine's worker
+        lat["t_first_audio_received_s"] = r.t_first_audio_received  # the chunk reached this session
         lat["t_first_audio_sent_s"] = None
         if r.t_first_audio_sent is not None:
             self._fill_ttfp(lat, r.t_committed, r.t_first_audio_sent)
