@@ -90,6 +90,11 @@ class LocalEngine:
     def respond(self, conversation: Conversation, *, t_committed: float | None = None, audio: bool = True):
         job = StreamJob(self.resident, conversation, audio=audio, t_committed=t_committed, config=self.stream_config)
         response = LocalResponse(job, conversation, self.worker)
+        try:
+            self.resident.speaker_id(conversation.voice)
+        except ValueError as exc:  # refuse before any work: a bad setting, not an engine fault
+            response.fail_now(EngineError("invalid_input", str(exc)))
+            return response
         if not self.worker.submit(job, response.deliver):
             response.fail_now(EngineError("overloaded", "the model worker's queue is full; try again shortly"))
         return response

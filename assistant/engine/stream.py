@@ -415,7 +415,7 @@ class StreamJob:
         self.stats.frames = self._frames
         self.stats.t_done = now()
         turn = None
-        if self._tokens or status != "failed":
+        if status != "failed":  # a failed answer leaves no trace in the history
             spoken = self._spoken_tokens()
             turn = Turn("assistant", [], id=self.item_id, token_ids=spoken, frames=self._frames, text=self._text)
         events.append(ResponseDone(status, turn, self.stats, error))  # type: ignore[arg-type]
