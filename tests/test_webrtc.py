@@ -189,6 +189,39 @@ async def test_push_to_talk_over_the_data_channel(server):
     await server.wait_all_closed()
 
 
+async def test_camera_frames_join_the_user_turn(server):
+    """A video track's frames reach the committed turn, sampled to at most 2 fps, the latest few kept."""
+    from PIL import Image
+
+    frames = [np.asarray(Image.open(p).convert("RGB")) for p in sorted((FIXTURES / "frames").glob("*.png"))]
+    client = ClientPeer(camera=frames)
+    try:
+        await server.connect(client)
+        client.send(
+            {"type": "session.update", "session": {"type": "realtime", "audio": {"input": {"turn_detection": None}}}}
+        )
+        await client.wait_for("session.updated")
+        client.play(speech("describe_en_scotland.wav"), "ptt")
+        await client.played("ptt")
+        client.send({"type": "input_audio_buffer.commit"})
+        client.send({"type": "response.create"})
+        committed = await client.wait_for("input_audio_buffer.committed")
+        done = await client.wait_for("response.done", timeout_s=90)
+        assert done["response"]["status"] == "completed"
+        call = next(iter(server.calls.calls.values()))
+        turn = call.session.conversation.find(committed["item_id"])
+        visual = [p for p in turn.parts if type(p).__name__ in ("VideoPart", "ImagePart")]
+        assert len(visual) == 1, turn.parts
+        video = visual[0]
+        assert type(video).__name__ == "VideoPart", "several seconds of camera give a video"
+        assert 2 <= len(video.frames) <= server.settings.max_turn_images
+        assert all(b - a >= 0.45 for a, b in zip(video.timestamps_s, video.timestamps_s[1:], strict=False))
+        assert video.frames[0].shape == frames[0].shape and video.frames[0].dtype == np.uint8
+    finally:
+        await client.close()
+    await server.wait_all_closed()
+
+
 async def test_barge_in_stops_audio_within_one_frame_and_keeps_what_was_heard(server):
     client = ClientPeer()
     try:

@@ -16,9 +16,10 @@ import wave
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import av
 import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack, VideoStreamTrack
 
 from assistant.server.webrtc_media import OutboundAudioTrack, TaskOwner
 
@@ -67,11 +68,31 @@ class Received:
         return 0.0 if len(idx) == 0 else (idx[-1] - idx[0]) * 1000 / self.sample_rate
 
 
+class CameraTrack(VideoStreamTrack):
+    """A camera that shows the given RGB frames in a loop, one per 100 ms, at 30 fps."""
+
+    def __init__(self, frames: list[np.ndarray]) -> None:
+        super().__init__()
+        self.frames = frames
+        self.t0 = time.monotonic()
+
+    async def recv(self) -> av.VideoFrame:
+        pts, time_base = await self.next_timestamp()
+        index = int((time.monotonic() - self.t0) * 10) % len(self.frames)
+        frame = av.VideoFrame.from_ndarray(self.frames[index], format="rgb24")
+        frame.pts, frame.time_base = pts, time_base
+        return frame
+
+
 class ClientPeer:
     """One test client: mic out, audio in, events on `oai-events`."""
 
-    def __init__(self, *, mic_rate: int = 16_000, with_audio_in: bool = True) -> None:
+    def __init__(
+        self, *, mic_rate: int = 16_000, with_audio_in: bool = True, camera: list[np.ndarray] | None = None
+    ) -> None:
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        if camera:
+            self.pc.addTrack(CameraTrack(camera))
         self.tasks = TaskOwner("client")
         self.mic = OutboundAudioTrack(sample_rate=mic_rate, on_playback=self._on_mic_playback)
         self._mic_done: set[str] = set()
