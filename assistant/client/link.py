@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .core import ClientCore, Effect, ServerError
+from .core import ClientCore, Effect
 
 CHUNK_MS = 20  # what a microphone or a WebRTC track delivers
 
@@ -142,8 +142,3 @@ async def stream_pcm(
     for _, jpeg in pending:
         await link.send([link.core.append_image(jpeg)])
     return t0
-
-
-def raise_server_error(effect: Effect, fatal: tuple[str, ...] = ("session_limit_reached",)) -> None:
-    if isinstance(effect, ServerError) and effect.code in fatal:
-        raise ClientError(f"server error {effect.code}: {effect.message}")
