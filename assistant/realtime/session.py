@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -39,113 +38,54 @@ from ..engine.api import (
     INPUT_SAMPLE_RATE,
     OUTPUT_SAMPLE_RATE,
     VOICES,
-    AudioChunk,
-    AudioPart,
     Conversation,
-    ImagePart,
-    Part,
-    ResponseDone,
     Sampling,
-    TextDelta,
     TextPart,
     Turn,
-    VideoPart,
     new_id,
     now,
 )
 from ..settings import Settings
 from . import events as ev
-from .images import FrameSampler, decode_image
+from .commands import (
+    CancelResponse,
+    ClearPlayback,
+    Output,
+    PlayAudio,
+    ResponseMetrics,
+    Send,
+    StartResponse,
+    TruncateTurn,
+    VadWork,
+)
+from .images import FrameSampler
 from .inputbuf import InputBuffer
 from .items import item_json, parts_from_content
-from .vad import WINDOW_SAMPLES, Endpointer, SpeechStarted, SpeechStopped, VadParams
+from .session_input import MIN_COMMIT_MS, InputSide
+from .session_response import ResponseSide, _Response
+from .vad import Endpointer, VadParams
+
+__all__ = [
+    "MIN_COMMIT_MS",
+    "CancelResponse",
+    "ClearPlayback",
+    "Output",
+    "PlayAudio",
+    "RealtimeSession",
+    "ResponseMetrics",
+    "Send",
+    "StartResponse",
+    "TruncateTurn",
+    "VadWork",
+]
 
 log = logging.getLogger("assistant.realtime")
-
-MIN_COMMIT_MS = 100  # OpenAI refuses to commit less than 100 ms of audio
-
-
-# ---------------------------------------------------------------------------- outputs
-
-
-@dataclass(frozen=True)
-class Send:
-    """Write `event` to the client. If `tag` is set, call `session.sent(tag)` right after
-    the write (first audio packet and response.done are timed at the wire)."""
-
-    event: dict[str, Any]
-    tag: tuple[str, str] | None = None
-
-
-@dataclass(frozen=True)
-class StartResponse:
-    response_id: str
-    conversation: Conversation
-    t_committed: float
-    audio: bool
-
-
-@dataclass(frozen=True)
-class CancelResponse:
-    response_id: str
-
-
-@dataclass(frozen=True)
-class TruncateTurn:
-    item_id: str
-    audio_end_ms: int
-
-
-@dataclass(frozen=True)
-class PlayAudio:
-    response_id: str
-    item_id: str
-    pcm16: bytes  # 24 kHz
-
-
-@dataclass(frozen=True)
-class ClearPlayback:
-    response_id: str
-    item_id: str
-
-
-@dataclass(frozen=True)
-class ResponseMetrics:
-    status: str
-    latency: dict[str, Any]
-
-
-Output = Send | StartResponse | CancelResponse | TruncateTurn | PlayAudio | ClearPlayback | ResponseMetrics
-
-
-@dataclass(frozen=True)
-class VadWork:
-    """Whole 512-sample windows of 16 kHz audio for the VAD model (run it off the loop)."""
-
-    epoch: int
-    start_sample: int
-    samples: np.ndarray
-
-
-@dataclass
-class _Response:
-    id: str
-    item_id: str
-    audio: bool
-    t_committed: float
-    text: list[str] = field(default_factory=list)
-    samples_sent: int = 0
-    cancel_reason: str | None = None
-    t_first_audio_sent: float | None = None
-    t_first_audio_received: float | None = None  # the engine's first chunk reached the session
-    latency: dict[str, Any] | None = None
-    restore: dict[str, Any] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------- session
 
 
-class RealtimeSession:
+class RealtimeSession(InputSide, ResponseSide):
     def __init__(
         self,
         settings: Settings,
@@ -240,9 +180,9 @@ class RealtimeSession:
         return self.handle(event)
 
     def handle(self, event: ev.ClientEvent) -> list[Output]:
-        handler = self._HANDLERS[type(event)]
+        handler = getattr(self, self._HANDLERS[type(event)])
         try:
-            handler(self, event)
+            handler(event)
         except ev.ProtocolError as err:
             if err.event_id is None:
                 err.event_id = event.event_id
@@ -322,181 +262,6 @@ class RealtimeSession:
         if patch.instructions is not None:
             view["instructions"] = patch.instructions
         self._send("session.updated", session=view)
-
-    # ------------------------------------------------------------------ input audio
-
-    def append_audio(self, pcm: np.ndarray, sample_rate_hz: int) -> list[Output]:
-        """Microphone audio as float32 mono (WebRTC adapters call this directly)."""
-        try:
-            self._append(pcm, sample_rate_hz)
-        except ev.ProtocolError as err:
-            self._error(err)
-        return self._drain()
-
-    def _append(self, pcm: np.ndarray, rate_hz: int, event_id: str | None = None) -> None:
-        if rate_hz != self._resampler.from_hz:
-            self._resampler = StreamResampler(rate_hz, INPUT_SAMPLE_RATE)
-        x = self._resampler.process(pcm)
-        if not self._buf.fits(len(x)):
-            raise ev.ProtocolError(
-                "input_audio_buffer_full",
-                f"more than {self.settings.max_input_audio_s} s of input audio buffered; commit or clear it",
-                event_id=event_id,
-            )
-        self._buf.append(x)
-        if self.turn_detection is not None:
-            self._vad_pending.append(x)
-
-    def _audio_append(self, event: ev.AudioAppend) -> None:
-        from ..audio import pcm16_to_float
-
-        self._append(pcm16_to_float(event.pcm16), self.input_rate_hz, event.event_id)
-
-    def _audio_commit(self, event: ev.AudioCommit) -> None:
-        if self._buf.duration_ms < MIN_COMMIT_MS:
-            raise ev.ProtocolError(
-                "input_audio_buffer_commit_empty",
-                f"buffer too small: at least {MIN_COMMIT_MS} ms of audio is needed, got {self._buf.duration_ms:.0f} ms",
-            )
-        item_id = self._speech[0] if self._speech else new_id("item")
-        # The resampler holds a few ms back (filter delay); a manual commit means "all I sent".
-        self._buf.append(self._resampler.flush())
-        self._resampler = StreamResampler(self._resampler.from_hz, INPUT_SAMPLE_RATE)
-        audio = self._buf.take(self._buf.start, self._buf.end)
-        self._reset_vad()
-        self._commit(item_id, audio)
-
-    def _audio_clear(self, event: ev.AudioClear) -> None:
-        self._buf.clear()
-        self._reset_vad()
-        self._send("input_audio_buffer.cleared")
-
-    def _reset_vad(self) -> None:
-        """Forget VAD state and any VAD work in flight (its results come back stale)."""
-        self._vad_epoch += 1
-        self._vad_pending.clear()
-        self._vad_next = self._buf.end
-        self._endpointer.reset()
-        self._endpointer.position = self._buf.end
-        self._speech = None
-
-    def _commit(self, item_id: str, audio: np.ndarray) -> None:
-        t = self.clock()
-        parts: list[Part] = self._visual_parts(t)
-        parts.append(AudioPart(audio, INPUT_SAMPLE_RATE))
-        previous = self._items[-1] if self._items else None
-        self._send("input_audio_buffer.committed", previous_item_id=previous, item_id=item_id)
-        self._add_turn(Turn("user", parts, id=item_id), previous)
-        self._t_last_commit = t
-
-    # ------------------------------------------------------------------ VAD
-
-    @property
-    def vad_enabled(self) -> bool:
-        return self.turn_detection is not None
-
-    def take_vad_work(self) -> VadWork | None:
-        """The next whole windows to score, or None. Score them off the event loop, then
-        call `on_vad(work, probabilities)`."""
-        if not self._vad_pending:
-            return None
-        x = np.concatenate(self._vad_pending) if len(self._vad_pending) > 1 else self._vad_pending[0]
-        n = len(x) // WINDOW_SAMPLES * WINDOW_SAMPLES
-        self._vad_pending = [x[n:]] if n < len(x) else []
-        if n == 0:
-            return None
-        work = VadWork(self._vad_epoch, self._vad_next, x[:n])
-        self._vad_next += n
-        return work
-
-    def on_vad(self, work: VadWork, probs: np.ndarray) -> list[Output]:
-        if work.epoch != self._vad_epoch or self.turn_detection is None:
-            return self._drain()  # stale: the buffer was committed or cleared meanwhile
-        try:
-            for event in self._endpointer.feed(work.start_sample, probs):
-                if isinstance(event, SpeechStarted):
-                    self._speech_started(event)
-                elif isinstance(event, SpeechStopped) and self._speech is not None:
-                    self._speech_stopped(event)
-            if self._speech is None:  # between turns keep only the prefix padding
-                keep = self._endpointer.position - self.turn_detection.prefix_padding_ms * INPUT_SAMPLE_RATE // 1000
-                self._buf.drop_before(keep)
-        except ev.ProtocolError as err:
-            self._error(err)
-        return self._drain()
-
-    def _speech_started(self, event: SpeechStarted) -> None:
-        td = self.turn_detection
-        assert td is not None
-        if self.clock() < self._guard_until:
-            # Echo guard: the assistant just started talking; its own voice may leak back
-            # through the client's speaker before echo cancellation adapts (unmute, pipecat).
-            self._endpointer.reset()
-            return
-        item_id = new_id("item")
-        self._speech = (item_id, event.audio_start_ms * INPUT_SAMPLE_RATE // 1000)
-        self._send("input_audio_buffer.speech_started", audio_start_ms=event.audio_start_ms, item_id=item_id)
-        if td.interrupt_response:
-            self._barge_in()
-
-    def _barge_in(self) -> None:
-        active = self._active
-        if active is not None and active.cancel_reason is None:
-            active.cancel_reason = "turn_detected"
-            self._out.append(CancelResponse(active.id))
-        if self.webrtc and self._playing is not None:
-            item = active.item_id if active and active.id == self._playing else self._last_assistant()
-            self._out.append(ClearPlayback(self._playing, item or ""))
-
-    def _last_assistant(self) -> str | None:
-        return next((i for i in reversed(self._items) if self._roles.get(i) == "assistant"), None)
-
-    def _speech_stopped(self, event: SpeechStopped) -> None:
-        td = self.turn_detection
-        assert td is not None and self._speech is not None
-        item_id, start = self._speech
-        self._send("input_audio_buffer.speech_stopped", audio_end_ms=event.audio_end_ms, item_id=item_id)
-        audio = self._buf.take(start, event.audio_end_ms * INPUT_SAMPLE_RATE // 1000)
-        self._speech = None
-        self._commit(item_id, audio)
-        if td.create_response:
-            if self._active is None:
-                self._create_response(self._t_last_commit)
-            else:
-                self._auto_response = self._t_last_commit
-
-    # ------------------------------------------------------------------ camera
-
-    def _image_append(self, event: ev.ImageAppend) -> None:
-        t = self.clock()
-        if not self._frames.wants(t):
-            return  # over the frame rate: dropped before decoding
-        try:
-            image = decode_image(event.image, max_pixels=self.settings.max_image_pixels)
-        except ValueError as exc:
-            raise ev.ProtocolError("invalid_image", str(exc), param="image") from None
-        self._frames.add(t, image)
-
-    def append_frame(self, rgb: np.ndarray) -> list[Output]:
-        """A decoded camera frame (uint8 [H, W, 3]), e.g. from a WebRTC video track. Sampled
-        like `input_image_buffer.append`: over the frame rate it is dropped."""
-        t = self.clock()
-        if self._frames.wants(t):
-            self._frames.add(t, rgb)
-        return self._drain()
-
-    def wants_frame(self) -> bool:
-        """Whether a frame arriving now would be kept (skip decoding it otherwise)."""
-        return self._frames.wants(self.clock())
-
-    def _visual_parts(self, t: float) -> list[Part]:
-        frames = self._frames.take()
-        if not frames:
-            return []
-        if len(frames) == 1:
-            return [ImagePart(frames[0].image)]
-        t0 = frames[0].t_s
-        return [VideoPart([f.image for f in frames], [round(f.t_s - t0, 3) for f in frames])]
 
     # ------------------------------------------------------------------ items
 
@@ -618,286 +383,18 @@ class RealtimeSession:
         self._edit(lambda: self._out.append(TruncateTurn(item_id, clamped)))
         self._send("conversation.item.truncated", item_id=item_id, content_index=0, audio_end_ms=clamped)
 
-    # ------------------------------------------------------------------ responses
-
-    def _response_create(self, event: ev.ResponseCreate) -> None:
-        if self._active is not None:
-            raise ev.ProtocolError(
-                "conversation_already_has_active_response",
-                f"response {self._active.id} is in progress; cancel it or wait for response.done",
-            )
-        t = self._t_last_commit if self._t_last_commit is not None else self.clock()
-        self._create_response(t, event.output_modalities, event.instructions, event.max_output_tokens)
-
-    def _create_response(
-        self,
-        t_committed: float | None,
-        modalities: tuple[str, ...] | None = None,
-        instructions: str | None = None,
-        max_tokens: int | None = None,
-    ) -> None:
-        self._t_last_commit = None
-        audio = (modalities or self.output_modalities) == ("audio",)
-        r = _Response(new_id("resp"), new_id("item"), audio, t_committed if t_committed is not None else self.clock())
-        conv = self.conversation
-        if instructions is not None:
-            r.restore["instructions"] = conv.instructions
-            conv.instructions = instructions
-        if max_tokens is not None:
-            r.restore["sampling"] = conv.sampling
-            conv.sampling = replace(conv.sampling, max_tokens=min(max_tokens, conv.sampling.max_tokens))
-        self._active = r
-        self._items.append(r.item_id)
-        self._roles[r.item_id] = "assistant"
-        self._kinds[r.item_id] = "audio" if audio else "text"
-        previous = self._items[-2] if len(self._items) > 1 else None
-        mods = ["audio"] if audio else ["text"]
-        self._send("response.created", response=self._response_json(r, "in_progress", []))
-        item = {
-            "id": r.item_id,
-            "object": "realtime.item",
-            "type": "message",
-            "role": "assistant",
-            "status": "in_progress",
-            "content": [],
-        }
-        self._send("response.output_item.added", response_id=r.id, output_index=0, item=item)
-        self._send("conversation.item.added", previous_item_id=previous, item=item)
-        part = {"type": "audio", "transcript": ""} if audio else {"type": "text", "text": ""}
-        self._send("response.content_part.added", **self._where(r), part=part)
-        self._out.append(StartResponse(r.id, conv, r.t_committed, audio))
-        log.debug("session %s: response %s (%s)", self.id, r.id, mods)
-
-    def _response_json(self, r: _Response, status: str, output: list, details: dict | None = None, usage=None):
-        out = {
-            "object": "realtime.response",
-            "id": r.id,
-            "status": status,
-            "status_details": details,
-            "output": output,
-            "conversation_id": self.conversation.id,
-            "output_modalities": ["audio"] if r.audio else ["text"],
-            "audio": {
-                "output": {
-                    "format": {"type": "audio/pcm", "rate": OUTPUT_SAMPLE_RATE},
-                    "voice": self.conversation.voice,
-                }
-            },
-            "max_output_tokens": self.conversation.sampling.max_tokens,
-        }
-        if usage is not None:
-            out["usage"] = usage
-        return out
-
-    @staticmethod
-    def _where(r: _Response) -> dict[str, Any]:
-        return {"response_id": r.id, "item_id": r.item_id, "output_index": 0, "content_index": 0}
-
-    def _response_cancel(self, event: ev.ResponseCancel) -> None:
-        active = self._active
-        if active is None or (event.response_id and event.response_id != active.id):
-            raise ev.ProtocolError(
-                "response_cancel_not_active", "there is no such response in progress", param="response_id"
-            )
-        if active.cancel_reason is None:
-            active.cancel_reason = "client_cancelled"
-            self._out.append(CancelResponse(active.id))
-
-    def _output_audio_clear(self, event: ev.OutputAudioClear) -> None:
-        if not self.webrtc:
-            raise ev.ProtocolError(
-                "unsupported_feature",
-                "output_audio_buffer.clear is for WebRTC; over websocket the client owns playback",
-            )
-        if self._playing is not None:
-            self._out.append(ClearPlayback(self._playing, self._last_assistant() or ""))
-
-    # ------------------------------------------------------------------ engine events
-
-    def on_engine_event(self, response_id: str, event: Any) -> list[Output]:
-        r = self._active
-        if r is None or r.id != response_id:
-            return self._drain()
-        if isinstance(event, TextDelta):
-            if r.cancel_reason is None:
-                r.text.append(event.text)
-                kind = "response.output_audio_transcript.delta" if r.audio else "response.output_text.delta"
-                self._send(kind, **self._where(r), delta=event.text)
-        elif isinstance(event, AudioChunk):
-            if r.cancel_reason is None and r.audio:
-                self._audio_out(r, event.pcm16)
-        elif isinstance(event, ResponseDone):
-            self._finish(r, event)
-        return self._drain()
-
-    def _audio_out(self, r: _Response, pcm16: bytes) -> None:
-        first = r.samples_sent == 0
-        if first:
-            r.t_first_audio_received = self.clock()
-        r.samples_sent += len(pcm16) // 2
-        self._audio_sent_ms[r.item_id] = r.samples_sent * 1000.0 / OUTPUT_SAMPLE_RATE
-        if self.webrtc:
-            self._out.append(PlayAudio(r.id, r.item_id, pcm16))
-        else:
-            tag = ("first_audio", r.id) if first else None
-            self._send("response.output_audio.delta", tag, **self._where(r), delta=ev.b64(pcm16))
-
-    def _finish(self, r: _Response, done: ResponseDone) -> None:
-        if done.turn is not None:
-            done.turn.id = r.item_id  # the engine names its turn; the client knows ours
-        text = "".join(r.text)
-        if done.status == "failed" and done.error is not None:
-            err = ev.ProtocolError(done.error.code, done.error.message, type="server_error")
-            self._error(err)
-        if r.audio:
-            self._send("response.output_audio.done", **self._where(r))
-            self._send("response.output_audio_transcript.done", **self._where(r), transcript=text)
-            part = {"type": "audio", "transcript": text}
-        else:
-            self._send("response.output_text.done", **self._where(r), text=text)
-            part = {"type": "text", "text": text}
-        self._send("response.content_part.done", **self._where(r), part=part)
-        status = {"completed": "completed", "cancelled": "cancelled"}.get(done.status, "failed")
-        content = {"type": "output_audio", "transcript": text} if r.audio else {"type": "output_text", "text": text}
-        item_status = "completed" if status == "completed" else "incomplete"
-        item = {
-            "id": r.item_id,
-            "object": "realtime.item",
-            "type": "message",
-            "role": "assistant",
-            "status": item_status,
-            "content": [content],
-        }
-        self._send("response.output_item.done", response_id=r.id, output_index=0, item=item)
-        if done.turn is not None:
-            self._send("conversation.item.done", item=item)
-        else:  # failed before any turn existed: the announced item is gone
-            self._items.remove(r.item_id)
-            self._send("conversation.item.deleted", item_id=r.item_id)
-        r.latency = self._latency(r, done)
-        details = None
-        if status == "cancelled":
-            details = {"type": "cancelled", "reason": r.cancel_reason or "client_cancelled"}
-        elif status == "failed":
-            error = done.error
-            details = {
-                "type": "failed",
-                "error": {
-                    "type": "server_error",
-                    "code": error.code if error else "engine_error",
-                    "message": error.message if error else "",
-                },
-            }
-        stats = done.stats
-        usage = {
-            "total_tokens": stats.prefill_tokens + stats.text_tokens,
-            "input_tokens": stats.prefill_tokens,
-            "output_tokens": stats.text_tokens,
-        }
-        self._done_latency[r.id] = (status, r.latency)
-        event = self._send(
-            "response.done", ("done", r.id), response=self._response_json(r, status, [item], details, usage)
-        )
-        event["latency"] = r.latency  # an extra key: stock clients ignore it (the SDK keeps unknown keys)
-        self._end_response(r)
-
-    def _latency(self, r: _Response, done: ResponseDone) -> dict[str, Any]:
-        """The `latency` extra of response.done. `audio_ttfp_ms` runs from the commit or
-        VAD endpoint to the first audio packet the transport actually sent; it is filled
-        in by `sent()` (the writer serialises response.done after that packet)."""
-        stats = done.stats
-        lat = stats.to_dict()
-        lat["engine_audio_ttfp_ms"] = lat.pop("audio_ttfp_ms")
-        lat["audio_ttfp_ms"] = None
-        lat["e2e_ms"] = None if stats.t_done is None else round((stats.t_done - r.t_committed) * 1000, 3)
-        lat["t_committed_s"] = r.t_committed
-        lat["t_engine_first_audio_s"] = stats.t_first_audio  # stamped by the engine's worker
-        lat["t_first_audio_received_s"] = r.t_first_audio_received  # the chunk reached this session
-        lat["t_first_audio_sent_s"] = None
-        if r.t_first_audio_sent is not None:
-            self._fill_ttfp(lat, r.t_committed, r.t_first_audio_sent)
-        return lat
-
-    @staticmethod
-    def _fill_ttfp(lat: dict[str, Any], t_committed: float, t_sent: float) -> None:
-        lat["t_first_audio_sent_s"] = t_sent
-        lat["audio_ttfp_ms"] = round((t_sent - t_committed) * 1000, 3)
-
-    def _end_response(self, r: _Response) -> None:
-        conv = self.conversation
-        if "instructions" in r.restore:
-            conv.instructions = r.restore["instructions"]
-        if "sampling" in r.restore:
-            conv.sampling = r.restore["sampling"]
-        self._active = None
-        deferred, self._deferred = self._deferred, []
-        for fn in deferred:
-            fn()
-        if self._auto_response is not None:
-            t, self._auto_response = self._auto_response, None
-            self._create_response(t)
-
-    # ------------------------------------------------------------------ transport feedback
-
-    def sent(self, tag: tuple[str, str]) -> list[Output]:
-        """The transport wrote a tagged event (see `Send.tag`)."""
-        kind, response_id = tag
-        t = self.clock()
-        if kind == "first_audio":
-            self._first_audio_at(response_id, t)
-        elif kind == "done":
-            entry = self._done_latency.pop(response_id, None)
-            if entry is not None:
-                self._out.append(ResponseMetrics(*entry))
-        return self._drain()
-
-    def _first_audio_at(self, response_id: str, t: float) -> None:
-        self._guard_until = t + self.settings.echo_guard_ms / 1000.0
-        r = self._active
-        if r is not None and r.id == response_id:
-            r.t_first_audio_sent = t
-        lat = self._done_latency.get(response_id, (None, None))[1]
-        if lat is not None and lat["audio_ttfp_ms"] is None:
-            self._fill_ttfp(lat, lat["t_committed_s"], t)
-
-    def output_audio_started(self, response_id: str) -> list[Output]:
-        """WebRTC: the first frame of this response's audio went out on the track."""
-        self._playing = response_id
-        self._first_audio_at(response_id, self.clock())
-        self._send("output_audio_buffer.started", response_id=response_id)
-        return self._drain()
-
-    def output_audio_stopped(self, response_id: str) -> list[Output]:
-        """WebRTC: this response's audio finished playing."""
-        if self._playing == response_id:
-            self._playing = None
-        self._send("output_audio_buffer.stopped", response_id=response_id)
-        return self._drain()
-
-    def playback_truncated(self, item_id: str, played_ms: int) -> list[Output]:
-        """WebRTC: after `ClearPlayback`, the adapter reports how much of the item was
-        really played; the history keeps only that."""
-        response_id = self._playing or (self._active.id if self._active else "")
-        self._playing = None
-        self._send("output_audio_buffer.cleared", response_id=response_id)
-        if item_id:
-            try:
-                self._truncate(item_id, played_ms)
-            except ev.ProtocolError as err:
-                self._error(err)
-        return self._drain()
-
-    _HANDLERS: dict[type, Callable[[RealtimeSession, Any], None]] = {
-        ev.SessionUpdate: _session_update,
-        ev.AudioAppend: _audio_append,
-        ev.AudioCommit: _audio_commit,
-        ev.AudioClear: _audio_clear,
-        ev.ImageAppend: _image_append,
-        ev.ItemCreate: _item_create,
-        ev.ItemRetrieve: _item_retrieve,
-        ev.ItemDelete: _item_delete,
-        ev.ItemTruncate: _item_truncate,
-        ev.ResponseCreate: _response_create,
-        ev.ResponseCancel: _response_cancel,
-        ev.OutputAudioClear: _output_audio_clear,
+    # client event class -> handler method (the handlers live here and in the mixins)
+    _HANDLERS: dict[type, str] = {
+        ev.SessionUpdate: "_session_update",
+        ev.AudioAppend: "_audio_append",
+        ev.AudioCommit: "_audio_commit",
+        ev.AudioClear: "_audio_clear",
+        ev.ImageAppend: "_image_append",
+        ev.ItemCreate: "_item_create",
+        ev.ItemRetrieve: "_item_retrieve",
+        ev.ItemDelete: "_item_delete",
+        ev.ItemTruncate: "_item_truncate",
+        ev.ResponseCreate: "_response_create",
+        ev.ResponseCancel: "_response_cancel",
+        ev.OutputAudioClear: "_output_audio_clear",
     }
