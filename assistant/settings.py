@@ -45,6 +45,7 @@ class Settings:
     max_answer_tokens: int = opt(256, "upper bound on text tokens per answer")
     max_answer_frames: int = opt(600, "upper bound on 80 ms codec frames per answer")
     min_answer_tokens: int = opt(0, "suppress end-of-answer before this many text tokens (tests, benchmarks)")
+    min_answer_frames: int = opt(0, "suppress end-of-speech before this many codec frames (tests, benchmarks)")
     chunk_ramp_frames: str = opt("1,2,4,8,16,25", "codec frames per audio chunk, ramping up (comma-separated)")
     codec_left_context_frames: int = opt(25, "left context frames for incremental Code2Wav")
     engine_queue_size: int = opt(64, "bound on requests waiting for the model worker")

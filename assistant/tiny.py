@@ -20,7 +20,10 @@ CPU core):
 - mrope_section is [2,1,1] because head_dim is 8 (real [24,20,20] for head_dim 128);
 - the tokenizer is a 1k-entry byte-level BPE trained on assistant/data/tiny_corpus.txt
   (real: 151k Qwen BPE), renumbered so every id the config names is the real one;
-- the vision encoder has 2 layers with DeepStack taps at [0, 1] (real 27 layers, [8,16,24]).
+- the vision encoder has 2 layers with DeepStack taps at [0, 1] (real 27 layers, [8,16,24]);
+- Code2Wav's last convolution is rescaled so random codes give audible noise (about
+  0.15 RMS): at plain random init the waveform peaks near 5e-7, which PCM16 rounds to
+  silence, and nothing downstream (WebRTC, browser, jitter buffers) could be observed.
 """
 
 from __future__ import annotations
@@ -177,6 +180,24 @@ def tiny_config():
     )
 
 
+TARGET_RMS = 0.15
+
+
+def _make_audible(model) -> None:
+    """Scale Code2Wav's output convolution so random codes decode to ~TARGET_RMS noise."""
+    import torch
+
+    final = model.code2wav.decoder[-1].conv  # Conv1d(output_dim -> 1)
+    gen = torch.Generator().manual_seed(SEED)
+    codes = torch.randint(0, model.config.code2wav_config.codebook_size, (1, 16, 8), generator=gen)
+    with torch.no_grad():
+        rms = float(model.code2wav(codes).float().pow(2).mean().sqrt())
+        scale = TARGET_RMS / max(rms, 1e-12)
+        final.weight.mul_(scale)
+        if final.bias is not None:
+            final.bias.mul_(scale)
+
+
 def _processor(out: Path) -> None:
     from transformers import (
         Qwen2TokenizerFast,
@@ -247,13 +268,16 @@ def build(out_dir: str | Path) -> Path:
     from transformers import Qwen3OmniMoeForConditionalGeneration
 
     out = Path(out_dir)
-    tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=out.parent if out.parent.exists() else None))
+    # The temporary build sits beside `out` so that the final rename is atomic (same filesystem).
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=out.parent))
     try:
         torch.manual_seed(SEED)
         config = tiny_config()
         with torch.device("cpu"):
             model = Qwen3OmniMoeForConditionalGeneration(config).to(torch.float32).eval()
         _init_talker_experts(model)
+        _make_audible(model)
         model.save_pretrained(tmp, safe_serialization=True)
         _generation_config(tmp)  # the model's own is replaced by an explicit, stable one
         _processor(tmp)

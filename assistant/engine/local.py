@@ -83,7 +83,10 @@ class LocalEngine:
     def new_conversation(self, voice: str | None = None, instructions: str = "") -> Conversation:
         s = self.settings
         sampling = Sampling(
-            min_tokens=s.min_answer_tokens, max_tokens=s.max_answer_tokens, max_frames=s.max_answer_frames
+            min_tokens=s.min_answer_tokens,
+            max_tokens=s.max_answer_tokens,
+            min_frames=s.min_answer_frames,
+            max_frames=s.max_answer_frames,
         )
         return Conversation(voice=voice or s.voice, instructions=instructions, sampling=sampling)
 
