@@ -177,6 +177,8 @@ def mics(tmp_path_factory) -> dict[str, Path]:
     return {
         # One utterance, then quiet long enough for one turn and its answer.
         "once": browser.mic_wav(out / "once.wav", "hello_en_us.wav", 12.0),
+        # The same, with quiet long enough for a slow (video) turn on a CPU.
+        "once_slow": browser.mic_wav(out / "once_slow.wav", "hello_en_us.wav", 40.0),
         # Someone who keeps talking: whenever push-to-talk is held, there is speech.
         "talking": browser.mic_wav(out / "talking.wav", "count_en_us_m3.wav", 0.2),
     }
@@ -341,6 +343,35 @@ def test_push_to_talk_turn_and_barge_in(idle_server, mics, netns_addrs):
         page.wait_for_function("demo.turns()[1].ttfpMs !== null", timeout=60_000)
         assert_hud_shows(page, page.evaluate("demo.turns()[1]"))
         browser.screenshot(page, "push_to_talk_barge_in")
+        disconnect(page, url)
+        assert errors == []
+
+
+def test_camera_turn_is_a_video_turn_in_the_hud(idle_server, mics, netns_addrs):
+    url = idle_server
+    with browser.chromium(mics["once_slow"]) as page:
+        errors = browser.console_errors(page)
+        open_page(page, url)
+        page.check("#camera")
+        connect(page)
+        # The preview plays Chromium's fake camera, and its track is sent.
+        page.wait_for_function("document.getElementById('preview').videoWidth > 0", timeout=10_000)
+        assert page.is_disabled("#camera"), "the camera is chosen per connection"
+        page.wait_for_function("demo.turns().some(t => t.ttfpMs !== null)", timeout=100_000)
+        turn = next(t for t in page.evaluate("demo.turns()") if t["ttfpMs"] is not None)
+        # The server attached camera frames to the user turn, and the HUD files it under video.
+        badge = page.inner_text("#transcript li.user .frames")
+        assert re.fullmatch(r"🎥 \d+ frames?", badge), badge
+        assert turn["video"] is True
+        assert page.locator("#hud-chart rect.bar.video").count() >= 1
+        assert page.inner_text("#hud-kind").startswith("with video · reference 547 ms")
+        assert "with video: median" in page.inner_text("#hud-medians")
+        sent = page.evaluate(
+            """async () => { let f = 0; (await demo.pc().getStats()).forEach((s) => {
+                 if (s.type === "outbound-rtp" && s.kind === "video") f = s.framesEncoded; }); return f; }"""
+        )
+        assert sent > 10
+        browser.screenshot(page, "camera_turn")
         disconnect(page, url)
         assert errors == []
 

@@ -44,6 +44,7 @@ const S = {
   playing: false, // between output_audio_buffer.started and .stopped/.cleared
   ptt: { held: false, pressedAt: 0, tail: 0 },
   pendingEndOfSpeech: null, // {at, from} waiting for the next response
+  lastUserImages: null, // camera frames the server attached to the latest user item
   turns: [],
   userItems: new Map(), // item_id -> transcript <li>
   assistantItems: new Map(),
@@ -313,6 +314,7 @@ function teardown(state, { hangUp = true } = {}) {
     responseActive: false,
     playing: false,
     pendingEndOfSpeech: null,
+    lastUserImages: null,
   });
   S.ptt.held = false;
   setState(state, state);
@@ -454,6 +456,8 @@ const HANDLERS = {
     li.dataset.transcript = ev.transcript || "";
     if (ev.transcript) setItemText(li, ev.transcript);
   },
+  "conversation.item.added": (ev) => onItemAdded(ev.item || {}),
+  "conversation.item.created": (ev) => onItemAdded(ev.item || {}), // beta spelling
   "response.created": (ev) => onResponseCreated(ev.response || {}),
   "response.output_item.added": (ev) => {
     if (ev.item && ev.item.role === "assistant") assistantItem(ev.item.id);
@@ -481,14 +485,31 @@ const HANDLERS = {
   },
 };
 
+function onItemAdded(item) {
+  if (item.role !== "user") return;
+  // The server lists each camera frame it attached to the turn as an input_image part:
+  // that, not the camera checkbox, says whether the model saw video on this turn.
+  const images = (item.content || []).filter((c) => c.type === "input_image").length;
+  S.lastUserImages = images;
+  if (images && S.userItems.has(item.id)) {
+    const li = S.userItems.get(item.id);
+    const badge = document.createElement("span");
+    badge.className = "frames";
+    badge.textContent = `🎥 ${images} frame${images === 1 ? "" : "s"}`;
+    li.append(badge);
+  }
+}
+
 function onResponseCreated(response) {
   S.responseActive = true;
   const eos = S.pendingEndOfSpeech;
   S.pendingEndOfSpeech = null;
+  const video = S.lastUserImages === null ? S.videoOn : S.lastUserImages > 0;
+  S.lastUserImages = null;
   S.turns.push({
     n: S.turns.length + 1,
     id: response.id,
-    video: S.videoOn,
+    video,
     endOfSpeechAt: eos ? eos.at : null,
     endOfSpeechFrom: eos ? eos.from : null,
     audibleMs: null,
@@ -511,7 +532,6 @@ function onResponseDone(ev) {
   if (turn.stages && typeof latency.engine_audio_ttfp_ms === "number" && turn.ttfpMs !== null) {
     turn.stages.send = Math.max(0, turn.ttfpMs - latency.engine_audio_ttfp_ms);
   }
-  if (typeof latency.has_video === "boolean") turn.video = latency.has_video;
   for (const output of response.output || []) {
     const li = S.assistantItems.get(output.id);
     if (li && turn.status === "cancelled") li.classList.add("interrupted");
