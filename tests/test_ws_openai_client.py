@@ -192,3 +192,31 @@ def test_health_and_metrics(server):
     with urllib.request.urlopen(server.url + "/metrics") as r:
         text = r.read().decode()
     assert "assistant:audio_ttfp_s_bucket" in text and "assistant:active_sessions" in text
+
+
+async def test_session_limit_is_an_error_event_not_a_hang(server):
+    import websockets
+
+    url = server.url.replace("http://", "ws://") + "/v1/realtime"
+    limit = server.settings.max_sessions
+    conns = [await websockets.connect(url) for _ in range(limit)]
+    try:
+        for c in conns:
+            assert json.loads(await c.recv())["type"] == "session.created"
+        async with websockets.connect(url) as extra:
+            event = json.loads(await extra.recv())
+            assert event["type"] == "error" and event["error"]["code"] == "session_limit_reached"
+            await extra.wait_closed()
+            assert extra.close_code == 1013
+    finally:
+        for c in conns:
+            await c.close()
+    import httpx
+
+    async with httpx.AsyncClient() as http:  # slots come back once the clients leave
+        for _ in range(200):
+            if (await http.get(server.url + "/health")).json()["sessions"] == 0:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("sessions were not released")

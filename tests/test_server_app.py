@@ -1,0 +1,60 @@
+"""Server pieces that need no model: bind policy, API key check, admission, metrics."""
+
+from __future__ import annotations
+
+from assistant.server.app import Sessions, authorized
+from assistant.server.main import check_bind, is_loopback, serve
+from assistant.server.metrics import Metrics
+from assistant.settings import Settings
+
+
+def test_loopback_detection():
+    assert all(is_loopback(h) for h in ("127.0.0.1", "::1", "[::1]", "localhost", "127.8.9.10"))
+    assert not any(is_loopback(h) for h in ("0.0.0.0", "::", "10.0.0.2", "example.org"))
+
+
+def test_non_loopback_bind_needs_a_key_or_an_override(capsys):
+    assert check_bind(Settings(host="0.0.0.0")) is not None
+    assert check_bind(Settings(host="0.0.0.0", api_key="k")) is None
+    assert check_bind(Settings(host="0.0.0.0", allow_insecure_bind=True)) is None
+    assert serve(Settings(host="0.0.0.0")) == 2  # refused before any model is loaded
+    assert "--api-key" in capsys.readouterr().err
+
+
+def test_api_key_header_or_browser_subprotocol():
+    open_server, keyed = Settings(), Settings(api_key="s3cret")
+    assert authorized(open_server, {}, {})
+    assert not authorized(keyed, {}, {})
+    assert not authorized(keyed, {"authorization": "Bearer wrong"}, {})
+    assert authorized(keyed, {"authorization": "Bearer s3cret"}, {})
+    assert authorized(keyed, {"sec-websocket-protocol": "realtime, openai-insecure-api-key.s3cret"}, {})
+
+
+def test_admission_counts_every_transport():
+    calls = [1, 2]
+    sessions = Sessions(limit=3, others=lambda: len(calls))
+    assert sessions.admit() and sessions.total == 3
+    assert not sessions.admit()
+    calls.pop()
+    assert sessions.admit() and sessions.websocket == 2
+    sessions.release()
+    assert sessions.total == 2
+
+
+def test_metrics_from_a_response_done_latency():
+    m = Metrics()
+    latency = {
+        "audio_ttfp_ms": 250.0,
+        "e2e_ms": 1200.0,
+        "audio_ms": 960.0,
+        "audio_rtf": 0.4,
+        "stages_ms": {"queue": 1.0, "thinker_ttft": 80.0, "codec": None},
+        "t_engine_first_audio_s": 10.0,
+        "t_first_audio_sent_s": 10.002,
+    }
+    m.observe_response("completed", latency)
+    text = m.render().decode()
+    assert 'assistant:audio_ttfp_s_bucket{le="0.3"} 1.0' in text
+    assert 'assistant:stage_latency_s_count{stage="thinker_ttft"} 1.0' in text
+    assert 'assistant:first_packet_server_delay_s_bucket{le="0.005"} 1.0' in text
+    assert 'assistant:responses_total{status="completed"} 1.0' in text
