@@ -133,7 +133,7 @@ def test_errors_are_said_plainly(static_site, tmp_path, netns_addrs):
 def server(tiny_dir):
     """The whole server on the tiny checkpoint, one session at a time, short answers.
 
-    Answers are at least 12 text tokens and at most 40 codec frames (3.2 s of audio): long
+    Answers are 30 to 40 codec frames (2.4-3.2 s of audio) and at least 12 text tokens: long
     enough to barge in on, short enough to keep a turn within seconds on a CPU."""
     from assistant.server.main import ServerThread
     from assistant.settings import from_sources
@@ -148,6 +148,7 @@ def server(tiny_dir):
         max_sessions=1,
         min_answer_tokens=12,
         max_answer_tokens=24,
+        min_answer_frames=30,
         max_answer_frames=40,
         log_level="warning",
     )

@@ -409,6 +409,12 @@ function isTextEntry(el) {
   return el && (el.tagName === "TEXTAREA" || el.tagName === "SELECT" || (el.tagName === "INPUT" && el.type === "text"));
 }
 
+function spaceIsPushToTalk(ev) {
+  // Only while connected in push-to-talk: otherwise Space keeps its usual job (pressing the
+  // focused button, e.g. Connect, for keyboard users). Held keys are released either way.
+  return ev.code === "Space" && S.mode === "ptt" && (S.connected || S.ptt.held) && !isTextEntry(ev.target);
+}
+
 // ---------------------------------------------------------------------------- server events
 
 function onServerEvent(data) {
@@ -816,14 +822,14 @@ function bindControls() {
   for (const type of ["pointerup", "pointercancel", "lostpointercapture"]) ptt.addEventListener(type, pttUp);
   ptt.addEventListener("contextmenu", (ev) => ev.preventDefault());
   document.addEventListener("keydown", (ev) => {
-    if (ev.code !== "Space" || S.mode !== "ptt" || isTextEntry(ev.target)) return;
+    if (!spaceIsPushToTalk(ev)) return;
     ev.preventDefault();
     // Space would also "click" a focused button (Disconnect!) on release: take focus off it.
     if (document.activeElement && document.activeElement !== document.body) document.activeElement.blur();
     if (!ev.repeat) pttDown();
   });
   document.addEventListener("keyup", (ev) => {
-    if (ev.code !== "Space" || S.mode !== "ptt" || isTextEntry(ev.target)) return;
+    if (!spaceIsPushToTalk(ev)) return;
     ev.preventDefault();
     pttUp();
   });
