@@ -165,10 +165,9 @@ def test_make_tiny_cli_is_byte_identical(tmp_path, tiny_dir):
     """Two `assistant make-tiny` runs (run side by side to halve the wall time) write the
     same weight and tokenizer bytes, and the same bytes as the session's in-process build."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    outs = [tmp_path / "a" / "tiny", tmp_path / "b" / "tiny"]
+    outs = [tmp_path / "a" / "tiny", tmp_path / "b" / "not-yet" / "tiny"]  # parents are created
     procs = []
     for out in outs:
-        out.parent.mkdir()
         cmd = [sys.executable, "-m", "assistant", "make-tiny", str(out)]
         procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     for proc in procs:
