@@ -9,6 +9,7 @@ thinned to at most 2 fps (qwen-omni-utils' FPS) and to an even count (temporal p
 
 from __future__ import annotations
 
+import types
 from dataclasses import dataclass
 
 import numpy as np
@@ -98,5 +99,71 @@ def prepare(processor, conv: Conversation) -> Prepared:
         kwargs["videos"] = videos
         # The processor takes one fps for the batch; frames were already thinned to <= 2 fps.
         kwargs["videos_kwargs"] = {"fps": min(fps), "do_sample_frames": False}
-    tensors = processor(text=text, return_tensors="pt", padding=True, **kwargs)
-    return Prepared(dict(tensors), len(audios), len(images), len(videos))
+    if not isinstance(getattr(processor, "_process_audio", None), types.MethodType) or (
+        processor._process_audio.__func__ is not per_clip_process_audio
+    ):
+        processor._process_audio = types.MethodType(per_clip_process_audio, processor)
+    tensors = dict(processor(text=text, return_tensors="pt", padding=True, **kwargs))
+    spoken = [t.token_ids for t in conv.turns if t.role == "assistant"]
+    if any(spoken):
+        ids = splice_assistant_ids(tensors["input_ids"][0].tolist(), spoken, processor.tokenizer)
+        tensors["input_ids"] = torch.tensor([ids])
+        tensors["attention_mask"] = torch.ones_like(tensors["input_ids"])
+    return Prepared(tensors, len(audios), len(images), len(videos))
+
+
+def per_clip_process_audio(self, audio, **kwargs):
+    """A drop-in for `Qwen3OmniMoeProcessor._process_audio` that featurises each clip alone.
+
+    Stock computes all clips' log-mel features as one padded batch, and Whisper's feature
+    extractor makes a clip's frame count and log floor depend on the longest clip beside
+    it: the same earlier turn would get a different number of audio tokens once a longer
+    turn follows, and the conversation's cached prefix would stop matching. Per clip, a
+    turn's tokens never change; the clips are then padded into one tensor as before."""
+    from transformers.models.qwen3_omni_moe.processing_qwen3_omni_moe import _get_feat_extract_output_lengths
+
+    n_window = kwargs.pop("n_window", self.n_window)
+    feats, masks = [], []
+    for clip in audio:
+        out = self.feature_extractor([clip], **kwargs)
+        feats.append(np.asarray(out["input_features"])[0])  # [mel, T_i]
+        masks.append(np.asarray(out["attention_mask"])[0])  # [T_i]
+    width = max(f.shape[-1] for f in feats)
+    features = np.zeros((len(feats), feats[0].shape[0], width), dtype=feats[0].dtype)
+    mask = np.zeros((len(feats), width), dtype=masks[0].dtype)
+    for i, (f, m) in enumerate(zip(feats, masks, strict=True)):
+        features[i, :, : f.shape[-1]] = f
+        mask[i, : m.shape[-1]] = m
+    if kwargs.get("return_tensors") == "pt":
+        features, mask = torch.from_numpy(features), torch.from_numpy(mask)
+    audio_inputs = {"input_features": features, "feature_attention_mask": mask}
+    audio_inputs["num_audio_tokens"] = _get_feat_extract_output_lengths(mask.sum(-1), n_window)
+    replacements = [self.replace_audio_token(audio_inputs, audio_idx=i) for i in range(len(audio))]
+    return audio_inputs, replacements
+
+
+def splice_assistant_ids(ids: list[int], spoken: list[list[int]], tokenizer) -> list[int]:
+    """Put each assistant turn's generated ids back in place of its re-tokenized text.
+
+    Decoding then re-encoding an answer does not give back the ids the model produced
+    (BPE merges differ), so the KV cache of the earlier turn would stop matching the
+    prompt. The answer spans are the tokens between `<|im_start|>assistant\n` and the
+    next `<|im_end|>`, in order; a turn without ids keeps its text."""
+    im_start = tokenizer.convert_tokens_to_ids("<|im_start|>")
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assistant = tokenizer.convert_tokens_to_ids("assistant")
+    out: list[int] = []
+    turn = 0
+    i = 0
+    while i < len(ids):
+        is_answer = ids[i] == im_start and i + 1 < len(ids) and ids[i + 1] == assistant
+        end = ids.index(im_end, i) if is_answer and im_end in ids[i:] else -1
+        if not is_answer or end < 0:  # not an answer, or the open generation prompt at the end
+            out.append(ids[i])
+            i += 1
+            continue
+        out += ids[i : i + 3]  # <|im_start|> assistant \n
+        out += spoken[turn] if spoken[turn] else ids[i + 3 : end]
+        turn += 1
+        i = end
+    return out

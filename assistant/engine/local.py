@@ -10,6 +10,7 @@ import torch
 
 from ..settings import Settings, chunk_ramp
 from .api import FRAME_MS, Conversation, EngineError, EngineInfo, Sampling, TextPart, Turn, now
+from .convcache import ConversationCache
 from .stream import Resident, StreamConfig, StreamJob
 from .worker import LocalResponse, ModelWorker
 
@@ -39,6 +40,7 @@ class LocalEngine:
         self.info = info or EngineInfo("local", settings.model, settings.device, settings.dtype, False)
         self.stream_config = StreamConfig(tuple(chunk_ramp(settings)), settings.codec_left_context_frames)
         self.worker = ModelWorker(settings.engine_queue_size)
+        self.conv_cache = ConversationCache(settings.conversation_cache_size)  # touched by the worker thread only
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -91,7 +93,14 @@ class LocalEngine:
         return Conversation(voice=voice or s.voice, instructions=instructions, sampling=sampling)
 
     def respond(self, conversation: Conversation, *, t_committed: float | None = None, audio: bool = True):
-        job = StreamJob(self.resident, conversation, audio=audio, t_committed=t_committed, config=self.stream_config)
+        job = StreamJob(
+            self.resident,
+            conversation,
+            audio=audio,
+            t_committed=t_committed,
+            config=self.stream_config,
+            cache=self.conv_cache,
+        )
         response = LocalResponse(job, conversation, self.worker)
         try:
             self.resident.speaker_id(conversation.voice)

@@ -43,6 +43,7 @@ from .api import (
     now,
 )
 from .code2wav import IncrementalCode2Wav, to_pcm16
+from .convcache import CachedPrefix, ConversationCache, common_prefix
 from .predictor import FastCodePredictor
 from .sampling import Picker
 
@@ -71,6 +72,17 @@ class Resident:
         # Stock generate() suppresses the talker's special range except codec EOS.
         self.talker_suppress = torch.tensor([i for i in range(vocab - 1024, vocab) if i != eos], device=device)
         self.predictor = FastCodePredictor(self.talker.code_predictor)
+        tc = cfg.thinker_config
+        self.audio_start_id, self.vision_start_id = tc.audio_start_token_id, tc.vision_start_token_id
+        self.image_id, self.video_id = tc.image_token_id, tc.video_token_id
+        # A cached prefix must not end inside one of these spans (placeholders of one medium).
+        self.span_ids = {
+            tc.audio_token_id,
+            tc.image_token_id,
+            tc.video_token_id,
+            self.audio_start_id,
+            self.vision_start_id,
+        }
         with torch.no_grad():
             special = torch.tensor([[cfg.tts_bos_token_id, cfg.tts_eos_token_id, cfg.tts_pad_token_id]], device=device)
             self.tts_bos, self.tts_eos, self.tts_pad = self.talker.text_projection(self.embed(special)).chunk(3, dim=1)
@@ -80,6 +92,27 @@ class Resident:
         if voice.lower() not in table:
             raise ValueError(f"unknown voice {voice!r}; choose from {sorted(table)}")
         return table[voice.lower()]
+
+
+def media_after(t: dict, ids: list[int], n: int, res: Resident) -> dict:
+    """The processor tensors for media whose placeholders start at or after position n
+    (media before n are already in the KV cache and are not encoded again)."""
+    audios = sum(1 for i in ids[:n] if i == res.audio_start_id)
+    starts = [k for k in range(n) if ids[k] == res.vision_start_id and k + 1 < len(ids)]
+    images = sum(1 for k in starts if ids[k + 1] == res.image_id)
+    videos = sum(1 for k in starts if ids[k + 1] == res.video_id)
+    tail = {}
+    if "input_features" in t and audios < t["input_features"].shape[0]:
+        tail["input_features"] = t["input_features"][audios:]
+        tail["feature_attention_mask"] = t["feature_attention_mask"][audios:]
+    for pixels, grid, count in (
+        ("pixel_values", "image_grid_thw", images),
+        ("pixel_values_videos", "video_grid_thw", videos),
+    ):
+        if grid in t and count < t[grid].shape[0]:
+            skip = int(t[grid][:count].prod(-1).sum())  # patches of the media already cached
+            tail[pixels], tail[grid] = t[pixels][skip:], t[grid][count:]
+    return tail
 
 
 class StreamJob:
@@ -93,8 +126,10 @@ class StreamJob:
         audio: bool = True,
         t_committed: float | None = None,
         config: StreamConfig | None = None,
+        cache: ConversationCache | None = None,
     ) -> None:
         self.res, self.audio, self.config = res, audio, config or StreamConfig()
+        self.cache = cache
         # A snapshot: the session may edit the live conversation while this runs.
         self.conv = Conversation(
             voice=conv.voice, instructions=conv.instructions, sampling=conv.sampling, turns=list(conv.turns), id=conv.id
@@ -131,6 +166,8 @@ class StreamJob:
                     return self._talker_prefill()
                 if self._phase == "frame":
                     return self._frame()
+                if self._phase == "advance":
+                    return self._advance()
                 return self._text_only_step()
         except torch.OutOfMemoryError as exc:  # only this response fails; the worker keeps serving
             return self._finish("failed", EngineError("out_of_memory", str(exc)[:300]))
@@ -153,11 +190,7 @@ class StreamJob:
             if key in t:
                 t[key] = t[key].to(res.dtype)
         ids = t["input_ids"]  # [1, P]
-        self._prompt_ids = ids
-        self._t = t
-        embeds, mm_outputs = self._encode(t)
-        self.stats.t_preprocessed = now()
-
+        self._prompt_ids, self._t = ids, t
         self._audio_lengths = t["feature_attention_mask"].sum(-1) if "feature_attention_mask" in t else None
         pos, deltas = res.thinker.get_rope_index(
             ids,
@@ -167,23 +200,33 @@ class StreamJob:
             False,
             self._audio_lengths,
             t.get("video_second_per_grid"),
-        )  # pos [3, 1, P]
+        )  # pos [3, 1, P]: positions of the whole prompt, prefix included
         self._thinker_deltas = deltas  # [1, 1]
-        self._thinker_cache = DynamicCache(config=res.thinker.config.text_config)
+        prefix = self._reuse_prefix(ids[0].tolist())
+        n = len(prefix.ids) if prefix else 0
+        tail_ids = ids[:, n:]  # [1, P - n]
+        tail = media_after(t, ids[0].tolist(), n, res)
+        embeds, mm_outputs = self._encode(tail_ids, tail)
+        self.stats.t_preprocessed = now()
+        self._thinker_cache = prefix.kv if prefix else DynamicCache(config=res.thinker.config.text_config)
         out = res.thinker(
-            input_ids=ids,
+            input_ids=tail_ids,
             inputs_embeds=embeds,
             mm_encoder_outputs=mm_outputs,
-            image_grid_thw=t.get("image_grid_thw"),
-            video_grid_thw=t.get("video_grid_thw"),
-            attention_mask=t["attention_mask"],
-            position_ids=pos,
+            image_grid_thw=tail.get("image_grid_thw"),
+            video_grid_thw=tail.get("video_grid_thw"),
+            position_ids=pos[:, :, n:],
             cache=self._thinker_cache,
             use_cache=True,
-            output_hidden_states=self.audio,
+            output_hidden_states=True,
             logits_to_keep=1,
         )
-        self.stats.prefill_tokens = ids.shape[1]
+        self.stats.prefill_tokens = tail_ids.shape[1]  # what the commit still had to prefill
+        hs = out.hidden_states
+        embed, hidden = hs[0], hs[res.tcfg.accept_hidden_layer]  # [1, P - n, D] each
+        if prefix:
+            embed, hidden = torch.cat([prefix.embed, embed], 1), torch.cat([prefix.hidden, hidden], 1)
+        self._thinker_embed, self._thinker_hidden = embed, hidden  # [1, P, D]: layer-0 inputs, talker-read layer
         self._thinker_picker = Picker(
             greedy=s.greedy,
             temperature=s.thinker_temperature,
@@ -197,22 +240,34 @@ class StreamJob:
         if s.thinker_repetition_penalty != 1.0:
             self._thinker_picker.history = ids[0].tolist()  # stock penalises prompt ids too
             self._thinker_picker.min_new += len(self._thinker_picker.history)
-        if self.audio:
-            hs = out.hidden_states
-            self._thinker_embed = hs[0]  # [1, P, D] layer-0 inputs (text + scattered encoder outputs)
-            self._thinker_hidden = hs[res.tcfg.accept_hidden_layer]  # [1, P, D]
         events = self._accept_token(out.logits[0, -1])
         self.stats.t_thinker_first_token = now()
         self._phase = "talker_prefill" if self.audio else "text"
         return events
 
-    def _encode(self, t: dict) -> tuple[torch.Tensor, dict]:
-        """Run the audio and vision encoders (Table 2's preprocessing) and scatter audio
-        into the token embeddings; vision outputs go to the thinker as `mm_encoder_outputs`,
-        which also carries their DeepStack features."""
+    def _reuse_prefix(self, ids: list[int]) -> CachedPrefix | None:
+        """This conversation's cached KV, cropped to what the new prompt shares with it
+        (never the whole prompt: the last token must be run to get logits), and never
+        ending inside a media placeholder span."""
+        if self.cache is None:
+            return None
+        prefix = self.cache.checkout(self.conv.id)
+        if prefix is None:
+            return None
+        n = min(common_prefix(prefix.ids, ids), len(ids) - 1)
+        while n > 0 and ids[n - 1] in self.res.span_ids:
+            n -= 1
+        if n == 0:
+            return None
+        prefix.keep(n)
+        return prefix
+
+    def _encode(self, ids: torch.Tensor, t: dict) -> tuple[torch.Tensor, dict | None]:
+        """Run the audio and vision encoders on the tail's media (Table 2's preprocessing)
+        and scatter audio into the token embeddings; vision outputs go to the thinker as
+        `mm_encoder_outputs`, which also carries their DeepStack features."""
         res = self.res
-        ids = t["input_ids"]
-        embeds = res.embed(ids)  # [1, P, D]
+        embeds = res.embed(ids)  # [1, L, D]
         if "input_features" in t:
             feats = res.thinker.get_audio_features(t["input_features"], t["feature_attention_mask"]).last_hidden_state
             mask = (ids == res.cfg.thinker_config.audio_token_id).unsqueeze(-1).expand_as(embeds)
@@ -341,29 +396,37 @@ class StreamJob:
         self._talker_last_hidden = out.hidden_states[0][-1][:, -1:]  # [1, 1, D], as stock's prepare_inputs
 
     def _frame(self) -> list[Event]:
-        """Finish the current frame (residual codes, audio), then run the next talker step."""
+        """Finish the current frame: residual codes, then audio if a chunk is due. When a
+        chunk is produced the step ends there, so it reaches the listener before the
+        next talker step is computed; `_advance` runs on the following step."""
         res, s = self.res, self.sampling
-        t0 = now()
+        self._frame_t0 = now()
         eos = self._code0 == res.tcfg.codec_eos_token_id
         if eos or self._frames >= s.max_frames:
             return self._finish("completed")
-        codes, codec_sum = self._predict_residuals()  # [16], [1, 1, D]
+        codes, self._codec_sum = self._predict_residuals()  # [16], [1, 1, D]
         if self.stats.t_code_predictor_first_frame is None:
             self.stats.t_code_predictor_first_frame = now()
         self._frames += 1
         self._vocoder.push(codes)
-        events: list[Event] = []
         audio = self._vocoder.decode()
         if audio is not None:
-            events.append(self._audio_event(audio))
-        # The talker waits for the thinker: one text token per frame while text lasts.
+            self._phase = "advance"
+            return [self._audio_event(audio)]
+        return self._advance()
+
+    def _advance(self) -> list[Event]:
+        """The next talker step. The talker waits for the thinker: it reads one text
+        token per frame while text lasts, then tts_eos, then tts_pad."""
+        res = self.res
+        events: list[Event] = []
         while not self._text_queue and not self._thinker_done:
             events += self._thinker_step()
         text_in = self._text_queue.popleft() if self._text_queue else res.tts_pad
         past = self._talker_cache.get_seq_length()
         pos = (torch.arange(past, past + 1, device=res.device) + self._talker_deltas).view(1, 1, 1).expand(3, 1, 1)
         out = res.talker(
-            inputs_embeds=codec_sum + text_in,
+            inputs_embeds=self._codec_sum + text_in,
             position_ids=pos,
             cache=self._talker_cache,
             use_cache=True,
@@ -371,7 +434,8 @@ class StreamJob:
             generation_step=self._frames,  # only echoed back by the module; text comes from our queue
         )
         self._after_talker(out)
-        self.stats.frame_ms.append((now() - t0) * 1000.0)
+        self.stats.frame_ms.append((now() - self._frame_t0) * 1000.0)
+        self._phase = "frame"
         return events
 
     def _predict_residuals(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -405,6 +469,24 @@ class StreamJob:
 
     # ------------------------------------------------------------------ end
 
+    def _store_cache(self, status: str) -> None:
+        """Keep the thinker's KV for the next turn: the prompt plus every generated token
+        fed back (all but the last). Layer-0 inputs of fed tokens are their embeddings; the
+        talker never reads their deep hidden states (assistant positions), so zeros."""
+        cache_kv = getattr(self, "_thinker_cache", None)
+        if self.cache is None or cache_kv is None or status == "failed":
+            return
+        fed = self._tokens[:-1]
+        ids = self._prompt_ids[0].tolist() + fed
+        if cache_kv.get_seq_length() != len(ids):
+            return  # never store a cache that does not match its ids
+        embed, hidden = self._thinker_embed, self._thinker_hidden
+        if fed:
+            fed_embed = self.res.embed(torch.tensor([fed], device=self.res.device))  # [1, F, D]
+            embed = torch.cat([embed, fed_embed], 1)
+            hidden = torch.cat([hidden, torch.zeros_like(fed_embed)], 1)
+        self.cache.checkin(self.conv.id, CachedPrefix(ids, cache_kv, embed, hidden))
+
     def _finish(self, status: str, error: EngineError | None = None) -> list[Event]:
         events: list[Event] = []
         if status == "completed" and self.audio and getattr(self, "_vocoder", None) is not None:
@@ -412,6 +494,7 @@ class StreamJob:
             if tail is not None and len(tail):
                 events.append(self._audio_event(tail))
         self.done = True
+        self._store_cache(status)
         self.stats.frames = self._frames
         self.stats.t_done = now()
         turn = None

@@ -1,0 +1,79 @@
+"""Per-conversation thinker KV caches, so a turn prefills only its new input.
+
+Policy (issue #7):
+- After a response, its conversation keeps the thinker's KV cache for every token the
+  thinker has seen (the prompt plus the generated tokens fed back), with the layer-0
+  inputs and `accept_hidden_layer` states the talker reads for earlier user turns.
+- The next turn's prompt is compared with the cached ids; the longest common prefix is
+  kept (the cache is cropped to it: this is how a barge-in truncation, which shortens
+  the last answer, stays consistent) and only the rest is prefilled. Encoders run only
+  on media whose placeholders fall in that rest.
+- At most `capacity` conversations are cached; the least recently used is evicted and
+  simply pays a full prefill on its next turn. A conversation longer than the model's
+  context is trimmed by the session (oldest items first, settings.max_conversation_items);
+  the trimmed prompt no longer shares a prefix and is prefilled in full once.
+- A cache is checked out while a response uses it, so two responses can never write it.
+  Only the model worker thread touches this object.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class CachedPrefix:
+    ids: list[int]  # tokens whose keys/values are in `kv`
+    kv: object  # transformers DynamicCache
+    embed: torch.Tensor  # [1, N, D] thinker layer-0 inputs
+    hidden: torch.Tensor  # [1, N, D] thinker accept_hidden_layer outputs (zeros where never computed)
+
+    def keep(self, n: int) -> None:
+        """Crop to the first n tokens."""
+        drop = len(self.ids) - n
+        if drop > 0:
+            self.kv.crop(-drop)
+            self.ids = self.ids[:n]
+            self.embed = self.embed[:, :n]
+            self.hidden = self.hidden[:, :n]
+
+
+class ConversationCache:
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._entries: OrderedDict[str, CachedPrefix] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def checkout(self, conv_id: str) -> CachedPrefix | None:
+        entry = self._entries.pop(conv_id, None)
+        if entry is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return entry
+
+    def checkin(self, conv_id: str, entry: CachedPrefix) -> None:
+        if self.capacity <= 0:
+            return
+        self._entries[conv_id] = entry
+        self._entries.move_to_end(conv_id)
+        while len(self._entries) > self.capacity:
+            self._entries.popitem(last=False)
+
+    def drop(self, conv_id: str) -> None:
+        self._entries.pop(conv_id, None)
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n

@@ -1,0 +1,94 @@
+"""The conversation KV cache: later turns prefill only their new input, the output is
+what a full prefill gives, and a barge-in truncation crops the cache consistently."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from assistant.engine import inputs as inputs_mod
+from assistant.engine.api import AudioChunk, AudioPart, Conversation, ResponseDone, Sampling, TextPart
+from assistant.engine.convcache import ConversationCache, common_prefix
+from assistant.engine.local import load_resident
+from assistant.engine.stream import StreamJob
+
+SAMPLING = Sampling(greedy=True, min_tokens=5, max_tokens=8, min_frames=9, max_frames=9)
+CLIPS = ["hello_en_us.wav", "weather_en_gb_f3.wav", "count_en_us_m3.wav"]
+
+
+@pytest.fixture(scope="module")
+def resident(tiny_dir):
+    return load_resident(str(tiny_dir), torch.device("cpu"), torch.float32, "sdpa")
+
+
+def respond(resident, conv, cache):
+    job = StreamJob(resident, conv, cache=cache)
+    events = []
+    while not job.done:
+        events += job.step()
+    done = events[-1]
+    assert isinstance(done, ResponseDone) and done.status == "completed", done
+    conv.turns.append(done.turn)
+    codes = torch.stack(job._vocoder.frames, -1)
+    audio = b"".join(e.pcm16 for e in events if isinstance(e, AudioChunk))
+    return job, codes, audio
+
+
+def test_common_prefix():
+    assert common_prefix([1, 2, 3], [1, 2, 4, 5]) == 2
+    assert common_prefix([1, 2], [1, 2, 3]) == 2
+    assert common_prefix([], [1]) == 0
+
+
+def test_cached_turns_equal_full_prefill_and_prefill_only_the_tail(resident, load_wav):
+    cached, plain = Conversation(sampling=SAMPLING), Conversation(sampling=SAMPLING)
+    cache = ConversationCache(capacity=4)
+    prefill = []
+    for i, clip in enumerate(CLIPS):
+        for conv in (cached, plain):
+            conv.add_user([AudioPart(load_wav(clip), 16000)])
+        job_c, codes_c, audio_c = respond(resident, cached, cache)
+        job_p, codes_p, audio_p = respond(resident, plain, None)
+        assert job_c._tokens == job_p._tokens, f"turn {i + 1}: text differs with the cache"
+        assert torch.equal(codes_c, codes_p), f"turn {i + 1}: codec frames differ with the cache"
+        assert audio_c == audio_p
+        prompt = inputs_mod.prepare(resident.processor, cached).input_ids.shape[1]
+        prefill.append((job_c.stats.prefill_tokens, job_p.stats.prefill_tokens, prompt))
+    # Turn 1 prefills everything; later turns only the new user turn and the answer's tail.
+    assert prefill[0][0] == prefill[0][1]
+    for cached_tokens, full_tokens, _ in prefill[1:]:
+        assert cached_tokens < full_tokens / 2, prefill
+    assert cache.hits == 2 and cache.misses == 1
+
+
+def test_truncation_crops_the_cache_consistently(resident, load_wav):
+    cached, plain = Conversation(sampling=SAMPLING), Conversation(sampling=SAMPLING)
+    cache = ConversationCache(capacity=4)
+    for conv in (cached, plain):
+        conv.add_user([AudioPart(load_wav(CLIPS[0]), 16000)])
+    respond(resident, cached, cache)
+    respond(resident, plain, None)
+    for conv in (cached, plain):  # the listener heard 250 ms: 4 frames, so 4 text tokens
+        turn = conv.turns[-1]
+        heard = math.ceil(250 / 80)
+        turn.token_ids, turn.frames = turn.token_ids[:heard], heard
+        turn.text = resident.processor.tokenizer.decode(turn.token_ids)
+        conv.add_user([TextPart("Go on.")])
+    job_c, codes_c, _ = respond(resident, cached, cache)
+    job_p, codes_p, _ = respond(resident, plain, None)
+    assert job_c._tokens == job_p._tokens and torch.equal(codes_c, codes_p)
+    assert job_c.stats.prefill_tokens < job_p.stats.prefill_tokens
+
+
+def test_eviction_is_least_recently_used():
+    cache = ConversationCache(capacity=2)
+
+    class Entry:
+        pass
+
+    for name in ("a", "b", "c"):
+        cache.checkin(name, Entry())
+    assert len(cache) == 2 and cache.checkout("a") is None
+    assert cache.checkout("b") is not None and cache.checkout("c") is not None
