@@ -97,8 +97,11 @@ async function checkHealth() {
     return null;
   }
   const h = S.health;
-  const parts = [h.model, h.device, h.sessions !== undefined ? `${h.sessions} session(s)` : null];
+  // A local checkpoint directory shows as its last part (the whole path is in the tooltip).
+  const model = typeof h.model === "string" && h.model.startsWith("/") ? h.model.split("/").filter(Boolean).pop() : h.model;
+  const parts = [model, h.device, h.sessions !== undefined ? `${h.sessions} session(s)` : null];
   info.textContent = parts.filter((p) => p !== null && p !== undefined && p !== "").join(" · ");
+  info.title = h.model || "";
   $("tiny-banner").hidden = !h.is_tiny;
   return h;
 }
