@@ -49,6 +49,10 @@ class Settings:
     chunk_ramp_frames: str = opt("1,2,4,8,16,25", "codec frames per audio chunk, ramping up (comma-separated)")
     codec_left_context_frames: int = opt(25, "left context frames for incremental Code2Wav")
     engine_queue_size: int = opt(64, "bound on requests waiting for the model worker")
+    audio_window_s: int = opt(
+        2,
+        "audio-encoder attention window in whole seconds (checkpoint: 8); complete windows are prefilled while the user speaks (0 = off)",
+    )
     conversation_cache_size: int = opt(16, "conversations whose thinker KV cache is kept between turns (0 = off)")
     # Turn-taking
     vad_threshold: float = opt(0.5, "Silero speech probability threshold")

@@ -30,11 +30,13 @@ class CachedPrefix:
     kv: object  # transformers DynamicCache
     embed: torch.Tensor  # [1, N, D] thinker layer-0 inputs
     hidden: torch.Tensor  # [1, N, D] thinker accept_hidden_layer outputs (zeros where never computed)
+    window_aligned: bool = False  # ends inside an audio span at an encoder-window boundary (incremental prefill)
 
     def keep(self, n: int) -> None:
         """Crop to the first n tokens."""
         drop = len(self.ids) - n
         if drop > 0:
+            self.window_aligned = False
             self.kv.crop(-drop)
             self.ids = self.ids[:n]
             self.embed = self.embed[:, :n]

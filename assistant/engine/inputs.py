@@ -19,6 +19,8 @@ import torch
 from .api import INPUT_SAMPLE_RATE, AudioPart, Conversation, ImagePart, TextPart, VideoPart
 
 MAX_VIDEO_FPS = 2.0
+HOP_SAMPLES = 160  # 10 ms mel hop at 16 kHz
+MIN_PIECE_SAMPLES = 400  # one 25 ms STFT window
 
 
 def resample_to_16k(part: AudioPart) -> np.ndarray:
@@ -123,11 +125,27 @@ def per_clip_process_audio(self, audio, **kwargs):
     from transformers.models.qwen3_omni_moe.processing_qwen3_omni_moe import _get_feat_extract_output_lengths
 
     n_window = kwargs.pop("n_window", self.n_window)
+    window = getattr(self, "audio_window_samples", None)
     feats, masks = [], []
     for clip in audio:
-        out = self.feature_extractor([clip], **kwargs)
-        feats.append(np.asarray(out["input_features"])[0])  # [mel, T_i]
-        masks.append(np.asarray(out["attention_mask"])[0])  # [T_i]
+        # Each encoder window is featurised alone too, so a window's features (and so its
+        # audio tokens) are final as soon as the window is complete: what incremental
+        # prefill needs. Whisper's per-utterance log floor would otherwise tie every frame
+        # to the loudest frame of the whole clip.
+        pieces = [clip[i : i + window] for i in range(0, len(clip), window)] if window else [clip]
+        f_parts, m_parts = [], []
+        for piece in pieces:
+            frames = len(piece) // HOP_SAMPLES
+            if frames == 0:
+                continue
+            # The STFT's reflect padding needs > n_fft/2 samples; a short tail is padded with
+            # silence and cut back to the frames its own samples cover.
+            padded = np.pad(piece, (0, max(0, MIN_PIECE_SAMPLES - len(piece))))
+            out = self.feature_extractor([padded], **kwargs)
+            f_parts.append(np.asarray(out["input_features"])[0][:, :frames])
+            m_parts.append(np.asarray(out["attention_mask"])[0][:frames])
+        feats.append(np.concatenate(f_parts, axis=-1))  # [mel, T_i]
+        masks.append(np.concatenate(m_parts, axis=-1))  # [T_i]
     width = max(f.shape[-1] for f in feats)
     features = np.zeros((len(feats), feats[0].shape[0], width), dtype=feats[0].dtype)
     mask = np.zeros((len(feats), width), dtype=masks[0].dtype)

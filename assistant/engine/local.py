@@ -9,7 +9,19 @@ import math
 import torch
 
 from ..settings import Settings, chunk_ramp
-from .api import FRAME_MS, Conversation, EngineError, EngineInfo, Sampling, TextPart, Turn, now
+from .api import (
+    FRAME_MS,
+    INPUT_SAMPLE_RATE,
+    AudioPart,
+    Conversation,
+    EngineError,
+    EngineInfo,
+    Part,
+    Sampling,
+    TextPart,
+    Turn,
+    now,
+)
 from .convcache import ConversationCache
 from .stream import Resident, StreamConfig, StreamJob
 from .worker import LocalResponse, ModelWorker
@@ -17,7 +29,13 @@ from .worker import LocalResponse, ModelWorker
 log = logging.getLogger("assistant.engine")
 
 
-def load_resident(path: str, device: torch.device, dtype: torch.dtype, attn_implementation: str = "sdpa") -> Resident:
+def load_resident(
+    path: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    attn_implementation: str = "sdpa",
+    audio_window_s: int | None = None,
+) -> Resident:
     """Load model and processor with exactly the calls used for the published checkpoint."""
     from transformers import Qwen3OmniMoeForConditionalGeneration, Qwen3OmniMoeProcessor
 
@@ -30,7 +48,7 @@ def load_resident(path: str, device: torch.device, dtype: torch.dtype, attn_impl
     ).eval()
     patch_loaded_model(model)
     processor = Qwen3OmniMoeProcessor.from_pretrained(path)
-    return Resident(model, processor, device, dtype)
+    return Resident(model, processor, device, dtype, audio_window_s)
 
 
 class LocalEngine:
@@ -60,7 +78,9 @@ class LocalEngine:
             # One intra-op thread per core is what a 2-core box can give; the event loop needs the rest.
             torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
         log.info("loading %s on %s (%s): %s", resolved.path_or_id, device, dtype, resolved.reason)
-        resident = load_resident(resolved.path_or_id, device, dtype, self.settings.attn_implementation)
+        resident = load_resident(
+            resolved.path_or_id, device, dtype, self.settings.attn_implementation, self.settings.audio_window_s or None
+        )
         self.info = EngineInfo(
             "local", resolved.path_or_id, str(device), str(dtype).removeprefix("torch."), resolved.is_tiny
         )
@@ -110,6 +130,29 @@ class LocalEngine:
         if not self.worker.submit(job, response.deliver):
             response.fail_now(EngineError("overloaded", "the model worker's queue is full; try again shortly"))
         return response
+
+    def prefill(self, conversation: Conversation, parts: list[Part]) -> bool:
+        """Start prefilling a user turn that is still being spoken (fire and forget).
+
+        Only whole audio-encoder windows are prefilled, since their tokens are final; at
+        commit the response then prefills just the tail. Returns False when there is
+        nothing to do or the worker's queue is full (dropped: it is only a head start)."""
+        window = self.resident.audio_window_frames * INPUT_SAMPLE_RATE // 100  # samples
+        audio = next((p for p in parts if isinstance(p, AudioPart)), None)
+        if not window or audio is None or audio.sample_rate != INPUT_SAMPLE_RATE or len(parts) != 1:
+            return False
+        whole = len(audio.pcm) // window * window
+        if whole == 0:
+            return False
+        snapshot = Conversation(
+            voice=conversation.voice,
+            instructions=conversation.instructions,
+            sampling=conversation.sampling,
+            turns=[*conversation.turns, Turn("user", [AudioPart(audio.pcm[:whole], INPUT_SAMPLE_RATE)])],
+            id=conversation.id,
+        )
+        job = StreamJob(self.resident, snapshot, cache=self.conv_cache, partial=True)
+        return self.worker.submit(job, lambda events: None)
 
     def truncate(self, conversation: Conversation, item_id: str, audio_end_ms: int) -> Turn:
         """Keep the text spoken in the first `audio_end_ms`. The talker reads one text

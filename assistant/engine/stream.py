@@ -57,8 +57,21 @@ class StreamConfig:
 class Resident:
     """The loaded model plus constants every response needs (read-only after load)."""
 
-    def __init__(self, model, processor, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(
+        self, model, processor, device: torch.device, dtype: torch.dtype, audio_window_s: int | None = None
+    ) -> None:
         self.model, self.processor, self.device, self.dtype = model, processor, device, dtype
+        self.audio_window_tokens = self.audio_window_frames = 0
+        if audio_window_s:
+            # Incremental prefill: the audio encoder attends within windows of this many
+            # seconds (the checkpoint's 8 s default is n_window_infer=800 mel frames; the
+            # report trained 1-8 s windows), and features are computed per window, so a
+            # complete window's tokens never change. 13 tokens per second (n_window 50).
+            n_window = model.config.thinker_config.audio_config.n_window
+            model.thinker.model.audio_tower.n_window_infer = audio_window_s * 2 * n_window
+            processor.audio_window_samples = audio_window_s * 16000
+            self.audio_window_frames = audio_window_s * 2 * n_window
+            self.audio_window_tokens = audio_window_s * 13
         cfg = model.config
         self.cfg, self.tcfg = cfg, cfg.talker_config
         self.thinker, self.talker, self.code2wav = model.thinker, model.talker, model.code2wav
@@ -74,6 +87,7 @@ class Resident:
         self.predictor = FastCodePredictor(self.talker.code_predictor)
         tc = cfg.thinker_config
         self.audio_start_id, self.vision_start_id = tc.audio_start_token_id, tc.vision_start_token_id
+        self.audio_end_id = tc.audio_start_token_id + 1  # <|audio_end|> follows <|audio_start|> in Qwen's table
         self.image_id, self.video_id = tc.image_token_id, tc.video_token_id
         # A cached prefix must not end inside one of these spans (placeholders of one medium).
         self.span_ids = {
@@ -95,16 +109,35 @@ class Resident:
 
 
 def media_after(t: dict, ids: list[int], n: int, res: Resident) -> dict:
-    """The processor tensors for media whose placeholders start at or after position n
-    (media before n are already in the KV cache and are not encoded again)."""
-    audios = sum(1 for i in ids[:n] if i == res.audio_start_id)
-    starts = [k for k in range(n) if ids[k] == res.vision_start_id and k + 1 < len(ids)]
-    images = sum(1 for k in starts if ids[k + 1] == res.image_id)
-    videos = sum(1 for k in starts if ids[k + 1] == res.video_id)
+    """The processor tensors for media whose placeholders are at or after position n
+    (media before n are already in the KV cache and are not encoded again). An audio clip
+    may be cut at an encoder-window boundary by incremental prefill: its cached windows'
+    mel frames are dropped too (per-window features make the rest independent of them)."""
     tail = {}
-    if "input_features" in t and audios < t["input_features"].shape[0]:
-        tail["input_features"] = t["input_features"][audios:]
-        tail["feature_attention_mask"] = t["feature_attention_mask"][audios:]
+    if "input_features" in t:
+        starts = [k for k in range(len(ids)) if ids[k] == res.audio_start_id]
+        done = sum(1 for k in starts if res.audio_end_id in ids[k:n])  # clips wholly before n
+        partial = next((k for k in starts if k < n and res.audio_end_id not in ids[k:n]), None)
+        if done < t["input_features"].shape[0]:
+            feats, mask = t["input_features"][done:].clone(), t["feature_attention_mask"][done:].clone()
+            if partial is not None:
+                cached = n - partial - 1  # audio tokens of this clip already in the cache
+                per_window = res.audio_window_tokens
+                if not per_window or cached % per_window:
+                    raise RuntimeError("cached audio prefix is not aligned to encoder windows")
+                skip = cached // per_window * res.audio_window_frames
+                width = feats.shape[-1]
+                feats[0, :, : width - skip] = feats[0, :, skip:].clone()
+                feats[0, :, width - skip :] = 0
+                mask[0, : width - skip] = mask[0, skip:].clone()
+                mask[0, width - skip :] = 0
+                if int(mask[0].sum()) == 0:  # every window of this clip is cached already
+                    feats, mask = feats[1:], mask[1:]
+            if feats.shape[0]:
+                tail["input_features"], tail["feature_attention_mask"] = feats, mask
+    vision = [k for k in range(n) if ids[k] == res.vision_start_id and k + 1 < len(ids)]
+    images = sum(1 for k in vision if ids[k + 1] == res.image_id)
+    videos = sum(1 for k in vision if ids[k + 1] == res.video_id)
     for pixels, grid, count in (
         ("pixel_values", "image_grid_thw", images),
         ("pixel_values_videos", "video_grid_thw", videos),
@@ -127,9 +160,11 @@ class StreamJob:
         t_committed: float | None = None,
         config: StreamConfig | None = None,
         cache: ConversationCache | None = None,
+        partial: bool = False,
     ) -> None:
         self.res, self.audio, self.config = res, audio, config or StreamConfig()
         self.cache = cache
+        self.partial = partial  # incremental prefill of a turn still being spoken: no response
         # A snapshot: the session may edit the live conversation while this runs.
         self.conv = Conversation(
             voice=conv.voice, instructions=conv.instructions, sampling=conv.sampling, turns=list(conv.turns), id=conv.id
@@ -161,7 +196,7 @@ class StreamJob:
                 if self.cancelled:
                     return self._finish("cancelled")
                 if self._phase == "prefill":
-                    return self._prefill()
+                    return self._partial_prefill() if self.partial else self._prefill()
                 if self._phase == "talker_prefill":
                     return self._talker_prefill()
                 if self._phase == "frame":
@@ -245,6 +280,51 @@ class StreamJob:
         self._phase = "talker_prefill" if self.audio else "text"
         return events
 
+    def _partial_prefill(self) -> list[Event]:
+        """Prefill the conversation up to the last complete encoder window of the turn
+        being spoken (its audio was cut to whole windows by the engine), and keep the
+        KV cache, so that at commit only the tail is left (issue #7)."""
+        res = self.res
+        self.stats.t_started = now()
+        t = {k: v.to(res.device) for k, v in inputs_mod.prepare(res.processor, self.conv).tensors.items()}
+        if "input_features" in t:
+            t["input_features"] = t["input_features"].to(res.dtype)
+        for key in ("pixel_values", "pixel_values_videos"):
+            t.pop(key, None)  # vision is not prefilled early here
+        ids = t["input_ids"][0].tolist()
+        audio_id = res.cfg.thinker_config.audio_token_id
+        cut = max(i for i, tok in enumerate(ids) if tok == audio_id) + 1 if audio_id in ids else 0
+        if "image_grid_thw" in t or "video_grid_thw" in t or cut == 0:
+            self.done = True  # only audio turns are prefilled early
+            return []
+        lengths = t["feature_attention_mask"].sum(-1)
+        pos, _ = res.thinker.get_rope_index(t["input_ids"], None, None, t["attention_mask"], False, lengths, None)
+        prefix = self._reuse_prefix(ids[: cut + 1])  # +1: the cut itself may be reused whole
+        n = len(prefix.ids) if prefix else 0
+        if n >= cut:
+            self.cache.checkin(self.conv.id, prefix)
+            self.done = True
+            return []
+        tail_ids = t["input_ids"][:, n:cut]
+        embeds, _ = self._encode(tail_ids, media_after(t, ids, n, res))
+        kv = prefix.kv if prefix else DynamicCache(config=res.thinker.config.text_config)
+        out = res.thinker.model(
+            input_ids=tail_ids,
+            inputs_embeds=embeds,
+            position_ids=pos[:, :, n:cut],
+            cache=kv,
+            use_cache=True,
+            output_hidden_states=True,
+        )
+        hs = out.hidden_states
+        embed, hidden = hs[0], hs[res.tcfg.accept_hidden_layer]  # [1, cut - n, D]
+        if prefix:
+            embed, hidden = torch.cat([prefix.embed, embed], 1), torch.cat([prefix.hidden, hidden], 1)
+        self.cache.checkin(self.conv.id, CachedPrefix(ids[:cut], kv, embed, hidden, window_aligned=True))
+        self.stats.prefill_tokens = cut - n
+        self.done = True
+        return []
+
     def _reuse_prefix(self, ids: list[int]) -> CachedPrefix | None:
         """This conversation's cached KV, cropped to what the new prompt shares with it
         (never the whole prompt: the last token must be run to get logits), and never
@@ -255,8 +335,11 @@ class StreamJob:
         if prefix is None:
             return None
         n = min(common_prefix(prefix.ids, ids), len(ids) - 1)
-        while n > 0 and ids[n - 1] in self.res.span_ids:
-            n -= 1
+        # An entry from incremental prefill ends at an encoder-window boundary inside an
+        # audio span and may be reused whole; any other cut inside a span backs off to it.
+        if not (prefix.window_aligned and n == len(prefix.ids)):
+            while n > 0 and ids[n - 1] in self.res.span_ids:
+                n -= 1
         if n == 0:
             return None
         prefix.keep(n)
