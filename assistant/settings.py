@@ -40,6 +40,19 @@ class Settings:
     attn_implementation: str = opt("sdpa", "attention implementation: 'sdpa', 'eager' or 'flash_attention_2'")
     cache_dir: str = opt("", "where the tiny checkpoint is built ('' = the user cache directory)")
     warmup: bool = opt(True, "run one short response before accepting traffic")
+    # Upstream (scale-out): serve every conversation from a remote OpenAI-Realtime server instead of a local model
+    upstream_url: str = opt(
+        "",
+        "ws(s)://HOST:PORT/v1/realtime of an OpenAI-Realtime server to use instead of a local model",
+        aliases=("--upstream",),
+    )
+    upstream_api_key: str = opt("", "sent to the upstream as 'Authorization: Bearer KEY'", secret=True)
+    upstream_model: str = opt("", "model name for the upstream's ?model= query ('' = none)")
+    upstream_input_rate_hz: int = opt(
+        24_000, "PCM16 rate the upstream takes: 24000 (OpenAI GA; vLLM-Omni's OpenAI handler) or 16000"
+    )
+    upstream_connect_timeout_s: float = opt(10.0, "connecting to the upstream (and its session.created)")
+    upstream_event_timeout_s: float = opt(60.0, "a response fails if the upstream sends nothing for this long")
     # Engine
     voice: str = opt("Ethan", "default voice: Ethan, Chelsie or Aiden")
     max_answer_tokens: int = opt(256, "upper bound on text tokens per answer")
@@ -103,7 +116,8 @@ def add_arguments(parser: argparse.ArgumentParser, only: set[str] | None = None)
         if f.type in (bool, "bool"):
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
-            parser.add_argument(flag, dest=f.name, default=None, help=help_text, metavar=f.name.upper())
+            aliases = f.metadata.get("aliases", ())
+            parser.add_argument(flag, *aliases, dest=f.name, default=None, help=help_text, metavar=f.name.upper())
 
 
 def from_sources(

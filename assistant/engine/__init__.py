@@ -7,7 +7,12 @@ from .api import Engine
 
 
 def load_engine(settings: Settings) -> Engine:
-    """The engine `assistant serve` uses; call `await engine.start()` before traffic."""
+    """The engine `assistant serve` uses; call `await engine.start()` before traffic.
+    With `upstream_url` set, a remote OpenAI-Realtime server generates (scale-out)."""
+    if settings.upstream_url:
+        from .upstream import UpstreamEngine
+
+        return UpstreamEngine(settings)
     from .local import LocalEngine
 
     return LocalEngine(settings)

@@ -235,6 +235,11 @@ class ResponseSide:
     def _fill_ttfp(lat: dict[str, Any], t_committed: float, t_sent: float) -> None:
         lat["t_first_audio_sent_s"] = t_sent
         lat["audio_ttfp_ms"] = round((t_sent - t_committed) * 1000, 3)
+        upstream = lat.get("upstream_ttfp_ms")  # the upstream engine: the upstream's own figure
+        if upstream is not None:
+            # What this front end adds to the first packet: ours (commit here -> our write)
+            # minus the upstream's (its commit -> its write), i.e. our share of both hops.
+            lat["frontend_added_ms"] = round(lat["audio_ttfp_ms"] - upstream, 3)
 
     def _end_response(self, r: _Response) -> None:
         conv = self.conversation
