@@ -171,6 +171,7 @@ class StreamJob:
         )
         self.sampling: Sampling = conv.sampling
         self.stats = ResponseStats(t_committed=t_committed)
+        self.t_submitted = now()  # first-come order for first packets (the worker's scheduler)
         self.item_id = new_id("item")
         self.cancelled = False
         self.done = False

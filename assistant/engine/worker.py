@@ -144,7 +144,7 @@ class ModelWorker:
             if job.cancelled:
                 return (0, 0.0)  # finishing a cancel is cheap and frees its client at once
             if job.first_packet_pending:
-                return (1, job.stats.t_started or 0.0)  # oldest first
+                return (1, job.t_submitted)  # first come, first served: finish one first packet before the next
             played = t - (job.stats.t_first_audio or t)
             buffered = job.stats.audio_samples / OUTPUT_SAMPLE_RATE - played
             return (2, buffered)
