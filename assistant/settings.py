@@ -29,8 +29,9 @@ class Settings:
     api_key: str = opt("", "require this key as 'Authorization: Bearer KEY' (except on / and /health)", secret=True)
     allow_insecure_bind: bool = opt(False, "allow a non-loopback --host without an API key")
     allowed_origins: str = opt(
-        "", "comma-separated browser origins allowed on websocket upgrades ('' = same host only)"
+        "", "comma-separated browser origins allowed on websocket upgrades ('' = same host only, '*' = any)"
     )
+    client_secret_ttl_s: int = opt(600, "default lifetime of a client secret from POST /v1/realtime/client_secrets")
     ice_servers: str = opt("", "comma-separated STUN/TURN URLs for WebRTC (none by default)")
     log_level: str = opt("info", "logging level")
     # Model
@@ -59,6 +60,7 @@ class Settings:
     max_answer_frames: int = opt(600, "upper bound on 80 ms codec frames per answer")
     min_answer_tokens: int = opt(0, "suppress end-of-answer before this many text tokens (tests, benchmarks)")
     min_answer_frames: int = opt(0, "suppress end-of-speech before this many codec frames (tests, benchmarks)")
+    greedy: bool = opt(False, "greedy decoding: the same input gives the same answer (tests, soak)")
     chunk_ramp_frames: str = opt("1,2,4,8,16,25", "codec frames per audio chunk, ramping up (comma-separated)")
     codec_left_context_frames: int = opt(25, "left context frames for incremental Code2Wav")
     engine_queue_size: int = opt(64, "bound on requests waiting for the model worker")
@@ -83,8 +85,10 @@ class Settings:
     ws_outbound_queue_events: int = opt(4096, "events queued for a slow websocket client before it is disconnected")
     # Limits
     max_sessions: int = opt(8, "concurrent sessions; more get HTTP 503 / session_limit_reached")
-    max_session_s: int = opt(1800, "maximum session duration")
-    idle_timeout_s: int = opt(300, "close a session idle for this long")
+    max_session_s: int = opt(1800, "maximum session duration (0 = none)")
+    idle_timeout_s: int = opt(
+        300, "close a session without client events, input audio or a response for this long (0 = never)"
+    )
     max_input_audio_s: int = opt(120, "maximum buffered input audio per turn")
     max_conversation_items: int = opt(200, "oldest items are dropped past this count")
 

@@ -595,3 +595,45 @@ def test_close_cancels_active_response():
     start = push_to_talk(h)
     out = h.session.close()
     assert out == [s.CancelResponse(start.response_id)]
+
+
+# ---------------------------------------------------------------------------- limits
+
+
+def test_idle_timeout_and_max_duration_end_the_session():
+    h = Harness(idle_timeout_s=10, max_session_s=60)
+    h.clock.t += 9
+    assert h.take(h.session.check_limits()) == []
+    h.send(type="session.update", session={"type": "realtime", "instructions": "x"})  # activity
+    h.clock.t += 9
+    assert h.take(h.session.check_limits()) == []
+    start = push_to_talk(h)  # a response in progress is not idleness
+    h.clock.t += 30
+    assert h.take(h.session.check_limits()) == []
+    h.engine(start.response_id, done())
+    h.clock.t += 10
+    h.take(h.session.check_limits())
+    assert h.last("error")["error"]["code"] == "idle_timeout"
+    assert h.cmds(s.EndSession) == [s.EndSession("idle_timeout")]
+    assert h.take(h.session.check_limits()) == []  # said once
+
+    h = Harness(idle_timeout_s=10, max_session_s=60)
+    for _ in range(7):  # busy, but past the maximum duration
+        h.clock.t += 9
+        h.append(0.1)
+        h.take(h.session.check_limits())
+    assert h.last("error")["error"]["code"] == "session_expired"
+    assert h.cmds(s.EndSession) == [s.EndSession("session_expired")]
+
+
+def test_zero_disables_the_limits():
+    h = Harness(idle_timeout_s=0, max_session_s=0)
+    h.clock.t += 1e6
+    assert h.take(h.session.check_limits()) == []
+
+
+def test_sampling_follows_settings():
+    h = Harness(greedy=True, min_answer_frames=7, max_answer_frames=9, min_answer_tokens=2, max_answer_tokens=3)
+    sampling = h.session.conversation.sampling
+    assert (sampling.greedy, sampling.min_frames, sampling.max_frames) == (True, 7, 9)
+    assert (sampling.min_tokens, sampling.max_tokens) == (2, 3)

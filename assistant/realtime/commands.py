@@ -57,7 +57,15 @@ class ResponseMetrics:
     latency: dict[str, Any]
 
 
-Output = Send | StartResponse | CancelResponse | TruncateTurn | PlayAudio | ClearPlayback | ResponseMetrics
+@dataclass(frozen=True)
+class EndSession:
+    """Close the connection after writing the events before this command (a session
+    limit was reached; the client got an `error` saying which)."""
+
+    reason: str
+
+
+Output = Send | StartResponse | CancelResponse | TruncateTurn | PlayAudio | ClearPlayback | ResponseMetrics | EndSession
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ the client sees and the response lifecycle. It never awaits, sleeps or touches a
     sent(tag)                                PlayAudio(...)          WebRTC: queue for playback
     output_audio_started/stopped(...)        ClearPlayback(...)      WebRTC: drop queued audio
     playback_truncated(item_id, played_ms)   ResponseMetrics(...)    record /metrics
+    check_limits()  (periodically)           EndSession(reason)      close after the events before it
     close()
 
 Transports: on "websocket" response audio goes out as `response.output_audio.delta`
@@ -50,6 +51,7 @@ from . import events as ev
 from .commands import (
     CancelResponse,
     ClearPlayback,
+    EndSession,
     Output,
     PlayAudio,
     ResponseMetrics,
@@ -104,8 +106,10 @@ class RealtimeSession(InputSide, ResponseSide):
         self.conversation = Conversation(
             voice=settings.voice,
             sampling=Sampling(
+                greedy=settings.greedy,
                 min_tokens=settings.min_answer_tokens,
                 max_tokens=settings.max_answer_tokens,
+                min_frames=settings.min_answer_frames,
                 max_frames=settings.max_answer_frames,
             ),
         )
@@ -138,6 +142,8 @@ class RealtimeSession(InputSide, ResponseSide):
         self._playing: str | None = None  # WebRTC: the response whose audio is playing
         self._done_latency: dict[str, tuple[str, dict[str, Any]]] = {}
         self._out: list[Output] = []
+        self._t_created = self._t_activity = clock()
+        self._ended = False
 
     # ------------------------------------------------------------------ plumbing
 
@@ -172,6 +178,7 @@ class RealtimeSession(InputSide, ResponseSide):
 
     def receive_text(self, text: str | bytes) -> list[Output]:
         """One client message, as received."""
+        self._t_activity = self.clock()
         try:
             event = ev.parse(text, self._default_td)
         except ev.ProtocolError as err:
@@ -193,6 +200,29 @@ class RealtimeSession(InputSide, ResponseSide):
             self._error(
                 ev.ProtocolError("server_error", "internal error", event_id=event.event_id, type="server_error")
             )
+        return self._drain()
+
+    def check_limits(self) -> list[Output]:
+        """Call periodically (the transport's watchdog). Past `max_session_s` since the
+        start, or `idle_timeout_s` without a client event, input audio or a response in
+        progress, the client gets an `error` (session_expired / idle_timeout) and the
+        transport an `EndSession`. OpenAI ends sessions at their maximum duration the same
+        way (an error event `session_expired`, then the close). 0 disables a limit."""
+        t = self.clock()
+        if self._ended:
+            return self._drain()
+        if self._active is not None:
+            self._t_activity = t  # waiting for an answer is not idleness
+        s = self.settings
+        if s.max_session_s > 0 and t - self._t_created >= s.max_session_s:
+            code, message = "session_expired", f"the session reached its maximum duration of {s.max_session_s} s"
+        elif s.idle_timeout_s > 0 and t - self._t_activity >= s.idle_timeout_s:
+            code, message = "idle_timeout", f"no client event or input audio for {s.idle_timeout_s} s"
+        else:
+            return self._drain()
+        self._ended = True
+        self._error(ev.ProtocolError(code, message))
+        self._out.append(EndSession(code))
         return self._drain()
 
     def close(self) -> list[Output]:

@@ -20,6 +20,7 @@ class InputSide:
 
     def append_audio(self, pcm: np.ndarray, sample_rate_hz: int) -> list[Output]:
         """Microphone audio as float32 mono (WebRTC adapters call this directly)."""
+        self._t_activity = self.clock()
         try:
             self._append(pcm, sample_rate_hz)
         except ev.ProtocolError as err:

@@ -251,6 +251,7 @@ class ResponseSide:
         deferred, self._deferred = self._deferred, []
         for fn in deferred:
             fn()
+        self._enforce_max_items()  # the engine appended the assistant turn
         if self._auto_response is not None:
             t, self._auto_response = self._auto_response, None
             self._create_response(t)
