@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from assistant.server.app import Sessions, authorized
+from assistant.server.app import Sessions
+from assistant.server.auth import authorized
 from assistant.server.main import check_bind, is_loopback, serve
 from assistant.server.metrics import Metrics
 from assistant.settings import Settings

@@ -5,24 +5,25 @@ routers other transports bring (WebRTC's /v1/realtime/calls).
 model before the app exists, so no request ever waits for a load.
 
 What handlers find on `app.state`: settings, engine, metrics, sessions (the websocket
-session registry and admission control), vad_pool (the VAD worker thread).
+session registry and admission control), client_secrets (auth.py), vad_pool (the VAD
+worker thread).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hmac
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from fastapi import APIRouter, FastAPI, Request, WebSocket
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from ..engine.api import Engine
 from ..settings import Settings
+from .auth import ClientSecrets, authorized, client_secrets_router, unauthorized
 from .metrics import CONTENT_TYPE, Metrics
 
 log = logging.getLogger("assistant.server")
@@ -51,23 +52,6 @@ class Sessions:
 
     def release(self) -> None:
         self.websocket -= 1
-
-
-def authorized(settings: Settings, headers, query) -> bool:
-    """The API key, when one is set: `Authorization: Bearer KEY` (the openai SDK), or
-    the `openai-insecure-api-key.KEY` websocket subprotocol browsers use (they cannot set
-    headers on a websocket). Compared in constant time."""
-    if not settings.api_key:
-        return True
-    expected = settings.api_key.encode()
-    auth = headers.get("authorization", "")
-    if auth.lower().startswith("bearer ") and hmac.compare_digest(auth[7:].strip().encode(), expected):
-        return True
-    for proto in headers.get("sec-websocket-protocol", "").split(","):
-        proto = proto.strip()
-        if proto.startswith("openai-insecure-api-key.") and hmac.compare_digest(proto[24:].encode(), expected):
-            return True
-    return False
 
 
 def create_app(
@@ -99,6 +83,7 @@ def create_app(
     app = FastAPI(title="assistant", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.settings, app.state.engine, app.state.metrics = settings, engine, metrics
     app.state.sessions = Sessions(settings.max_sessions, other_sessions)
+    app.state.client_secrets = ClientSecrets()
 
     @app.get("/health")
     async def health() -> dict:
@@ -115,8 +100,8 @@ def create_app(
 
     @app.get("/metrics")
     async def prometheus(request: Request) -> Response:
-        if not authorized(settings, request.headers, request.query_params):
-            return JSONResponse({"error": {"type": "invalid_request_error", "code": "invalid_api_key"}}, 401)
+        if not authorized(settings, request.headers, client_secrets=app.state.client_secrets):
+            return unauthorized()
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     @app.websocket("/v1/realtime")
@@ -124,6 +109,7 @@ def create_app(
         # `?model=` is accepted and ignored: this server serves the one model it loaded.
         await serve_websocket(websocket, app.state)
 
+    app.include_router(client_secrets_router(settings, app.state.client_secrets, lambda: engine.info.model))
     for router in routers:
         app.include_router(router)
     _mount_web(app, web_dir)

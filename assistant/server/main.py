@@ -10,7 +10,6 @@ privacy problem.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import sys
 import threading
@@ -21,18 +20,10 @@ import uvicorn
 from ..realtime.events import MAX_EVENT_BYTES
 from ..settings import Settings, redacted
 from .app import create_app
+from .auth import install_log_redaction, is_loopback
 from .metrics import Metrics
 
 log = logging.getLogger("assistant.server")
-
-
-def is_loopback(host: str) -> bool:
-    if host in ("localhost", "ip6-localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a hostname other than localhost: assume it is reachable from elsewhere
 
 
 def check_bind(settings: Settings) -> str | None:
@@ -64,7 +55,7 @@ class _Server(uvicorn.Server):
 
 
 def uvicorn_config(app, settings: Settings) -> uvicorn.Config:
-    return uvicorn.Config(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -76,6 +67,9 @@ def uvicorn_config(app, settings: Settings) -> uvicorn.Config:
         lifespan="on",
         timeout_graceful_shutdown=5,
     )
+    # After uvicorn configured its loggers: at DEBUG they print every handshake header.
+    install_log_redaction(settings.api_key)
+    return config
 
 
 def build_app(settings: Settings, engine):
@@ -132,6 +126,7 @@ class ServerThread:
         self.settings = settings
         self.url = ""
         self.engine = None
+        self.loop: asyncio.AbstractEventLoop | None = None  # the server's loop (tests inspect its tasks)
         self._timeout_s = startup_timeout_s
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -166,6 +161,7 @@ class ServerThread:
     async def _main(self) -> None:
         from ..engine import load_engine
 
+        self.loop = asyncio.get_running_loop()
         self.engine = load_engine(self.settings)
         await self.engine.start()
         try:

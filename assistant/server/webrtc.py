@@ -55,7 +55,7 @@ from ..realtime.session import (
 )
 from ..realtime.vad import SileroModel
 from ..settings import Settings
-from .app import authorized
+from .auth import authorized
 from .webrtc_media import OutboundAudioTrack, PlaybackEvent, TaskOwner, read_audio, read_video
 from .webrtc_offer import MAX_BODY_BYTES, Offer, OfferError, check_content_type, ice_servers, parse_body
 
@@ -492,6 +492,10 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
+def _secrets(request: Request):
+    return getattr(request.app.state, "client_secrets", None)
+
+
 def webrtc_router(calls: Calls) -> APIRouter:
     """The calls endpoints, bound to one registry; its lifespan closes every call on shutdown."""
 
@@ -508,7 +512,7 @@ def webrtc_router(calls: Calls) -> APIRouter:
 
     @router.post("/v1/realtime/calls", status_code=201)
     async def create_call(request: Request) -> Response:
-        if not authorized(calls.settings, request.headers, request.query_params):
+        if not authorized(calls.settings, request.headers, client_secrets=_secrets(request)):
             return _error(401, "a valid API key is required", "invalid_api_key")
         try:
             check_content_type(request.headers.get("content-type"))
@@ -526,7 +530,7 @@ def webrtc_router(calls: Calls) -> APIRouter:
         )
 
     async def hangup(call_id: str, request: Request) -> Response:
-        if not authorized(calls.settings, request.headers, request.query_params):
+        if not authorized(calls.settings, request.headers, client_secrets=_secrets(request)):
             return _error(401, "a valid API key is required", "invalid_api_key")
         call = calls.calls.get(call_id)
         if call is None:

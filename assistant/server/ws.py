@@ -18,6 +18,12 @@ Bounds and policies:
   uvicorn's `ws_max_size` is set above that so the client gets an `error`, not a close).
 - VAD work: the session hands out all pending windows at once, so a client appending
   faster than real time is scored in batches; the input buffer's limit bounds memory.
+- limits: a watchdog asks the session every `LIMITS_PERIOD_S` whether the session is
+  past its duration or idle (`check_limits`); on `EndSession` the events already queued
+  (the `error` saying why) are written, then the socket closes with 1000.
+
+Before the upgrade is accepted: the Origin check, then the API key (or a client secret);
+either failing answers HTTP 403 (a close before accept). Then admission (session limit).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from fastapi import WebSocket, WebSocketDisconnect
 from ..realtime import events as ev
 from ..realtime.session import (
     CancelResponse,
+    EndSession,
     Output,
     RealtimeSession,
     ResponseMetrics,
@@ -44,13 +51,18 @@ log = logging.getLogger("assistant.ws")
 
 CLOSE_POLICY = 1008  # RFC 6455: policy violation (here: a client too slow to read its events)
 CLOSE_BUSY = 1013  # try again later (session limit)
+LIMITS_PERIOD_S = 0.25  # how often the session's duration and idle limits are checked
 
 
 async def serve_websocket(websocket: WebSocket, state: Any) -> None:
-    from .app import authorized
+    from .auth import authorized, origin_allowed
 
     settings = state.settings
-    if not authorized(settings, websocket.headers, websocket.query_params):
+    if not origin_allowed(settings, websocket.headers):
+        log.info("websocket refused: origin not allowed")
+        await websocket.close(code=CLOSE_POLICY, reason="origin not allowed")  # before accept: HTTP 403
+        return
+    if not authorized(settings, websocket.headers, client_secrets=state.client_secrets):
         await websocket.close(code=CLOSE_POLICY, reason="invalid API key")
         return
     offered = [p.strip() for p in websocket.headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
@@ -76,7 +88,8 @@ class WsConnection:
     def __init__(self, websocket: WebSocket, session: RealtimeSession, state: Any) -> None:
         self.ws, self.session = websocket, session
         self.engine, self.metrics, self.vad_pool = state.engine, state.metrics, state.vad_pool
-        self.out: asyncio.Queue[Send] = asyncio.Queue(maxsize=state.settings.ws_outbound_queue_events)
+        # `None` is the writer's stop mark (EndSession): it ends after what was queued before.
+        self.out: asyncio.Queue[Send | None] = asyncio.Queue(maxsize=state.settings.ws_outbound_queue_events)
         self.responses: dict[str, Any] = {}  # response id -> engine Response
         self.tasks: set[asyncio.Task] = set()
         self._vad_wake = asyncio.Event()
@@ -95,6 +108,7 @@ class WsConnection:
         reader = self._spawn(self._read(), "ws-read")
         writer = self._spawn(self._write(), "ws-write")
         self._spawn(self._vad(), "ws-vad")
+        self._spawn(self._limits(), "ws-limits")
         closing = self._spawn(self._closing.wait(), "ws-closing")
         try:
             done, _ = await asyncio.wait({reader, writer, closing}, return_when=asyncio.FIRST_COMPLETED)
@@ -145,6 +159,12 @@ class WsConnection:
                 self._truncate(out)
             elif isinstance(out, ResponseMetrics):
                 self.metrics.observe_response(out.status, out.latency)
+            elif isinstance(out, EndSession):
+                self._close_code, self._close_reason = 1000, out.reason
+                try:
+                    self.out.put_nowait(None)
+                except asyncio.QueueFull:
+                    self._closing.set()
 
     def _truncate(self, cmd: TruncateTurn) -> None:
         try:
@@ -170,6 +190,8 @@ class WsConnection:
     async def _write(self) -> None:
         while True:
             item = await self.out.get()
+            if item is None:
+                return  # EndSession: everything before it is written
             # Serialised at write time: response.done's `latency` is completed by the
             # first audio packet's write, which precedes it in this queue.
             await self.ws.send_text(ev.dumps(item.event))
@@ -182,6 +204,11 @@ class WsConnection:
                 self.dispatch(self.session.on_engine_event(response_id, event))
         finally:
             self.responses.pop(response_id, None)
+
+    async def _limits(self) -> None:
+        while True:
+            await asyncio.sleep(LIMITS_PERIOD_S)
+            self.dispatch(self.session.check_limits())
 
     async def _vad(self) -> None:
         loop = asyncio.get_running_loop()
