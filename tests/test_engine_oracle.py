@@ -27,6 +27,7 @@ from assistant.engine.api import (
 )
 from assistant.engine.code2wav import FRAME_SAMPLES
 from assistant.engine.local import load_resident
+from assistant.engine.stock import greedy_generate_kwargs
 from assistant.engine.stream import StreamConfig, StreamJob
 
 GREEDY = Sampling(greedy=True, min_tokens=4, max_tokens=8, min_frames=10, max_frames=14)
@@ -71,16 +72,7 @@ def run_stock(resident, conv):
 
     model.code2wav.chunked_decode = capture
     try:
-        ids, wav = model.generate(
-            **prepared.tensors,
-            speaker=conv.voice,
-            thinker_do_sample=False,
-            talker_do_sample=False,
-            thinker_max_new_tokens=s.max_tokens,
-            thinker_min_new_tokens=s.min_tokens,
-            talker_max_new_tokens=s.max_frames + 1,  # the last code-0 of a max-length run gets no residuals
-            talker_min_new_tokens=s.min_frames,
-        )
+        ids, wav = model.generate(**prepared.tensors, **greedy_generate_kwargs(s, conv.voice))
     finally:
         model.code2wav.chunked_decode = original
     generated = ids[0, prepared.input_ids.shape[1] :].tolist()

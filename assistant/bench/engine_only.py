@@ -38,6 +38,7 @@ from ..engine.api import (
     VideoPart,
     now,
 )
+from ..engine.stock import greedy_generate_kwargs
 from .metrics import median
 
 FIXTURES = Path(__file__).resolve().parents[2] / "tests" / "fixtures"
@@ -127,17 +128,7 @@ def run_stock(resident, conv: Conversation) -> dict:
         if key in tensors:
             tensors[key] = tensors[key].to(resident.dtype)
     with torch.no_grad():
-        ids, wav = model.generate(
-            **tensors,
-            speaker=conv.voice,
-            return_audio=True,
-            thinker_do_sample=False,
-            talker_do_sample=False,
-            thinker_max_new_tokens=s.max_tokens,
-            thinker_min_new_tokens=s.min_tokens,
-            talker_max_new_tokens=s.max_frames + 1,  # the last code-0 of a max-length run gets no residuals
-            talker_min_new_tokens=s.min_frames,
-        )
+        ids, wav = model.generate(**tensors, **greedy_generate_kwargs(s, conv.voice))
     total_ms = round((time.monotonic() - t0) * 1000, 3)
     if wav is None:
         raise RuntimeError("stock generate() returned no audio")
