@@ -59,3 +59,54 @@ def test_metrics_from_a_response_done_latency():
     assert 'assistant:stage_latency_s_count{stage="thinker_ttft"} 1.0' in text
     assert 'assistant:first_packet_server_delay_s_bucket{le="0.005"} 1.0' in text
     assert 'assistant:responses_total{status="completed"} 1.0' in text
+
+
+def test_client_secrets_expire_and_are_bounded():
+    from assistant.server.auth import ClientSecrets
+
+    t = [1000.0]
+    store = ClientSecrets(max_live=2, clock=lambda: t[0])
+    value, expires_at = store.mint(60)
+    assert value.startswith("ek_") and expires_at == 1060 and store.valid(value)
+    keyed = Settings(api_key="k")
+    assert authorized(keyed, {"authorization": f"Bearer {value}"}, client_secrets=store)
+    assert not authorized(keyed, {"authorization": f"Bearer {value}"})  # no store: the key only
+    assert store.mint(10) is not None and store.mint(10) is None  # full
+    t[0] = 1060.0
+    assert not store.valid(value) and not authorized(keyed, {"authorization": f"Bearer {value}"}, client_secrets=store)
+    assert store.mint(10) is not None  # expired ones were pruned
+
+
+def test_origin_check():
+    from assistant.server.auth import origin_allowed
+
+    local = Settings()
+    same = {"host": "127.0.0.1:8000", "origin": "http://127.0.0.1:8000"}
+    assert origin_allowed(local, {"host": "127.0.0.1:8000"})  # no Origin: not a browser
+    assert origin_allowed(local, same)
+    assert not origin_allowed(local, {**same, "origin": "https://evil.example"})
+    assert not origin_allowed(local, {**same, "origin": "null"})
+    rebound = {"host": "evil.example:8000", "origin": "http://evil.example:8000"}
+    assert not origin_allowed(local, rebound)  # DNS rebinding onto a loopback server
+    assert origin_allowed(Settings(host="0.0.0.0", api_key="k"), rebound)  # a real host name on a public bind
+    listed = Settings(allowed_origins="https://app.example, http://localhost:5173/")
+    assert origin_allowed(listed, {**same, "origin": "http://localhost:5173"})
+    assert origin_allowed(Settings(allowed_origins="*"), {**same, "origin": "https://any.example"})
+
+
+def test_log_redaction():
+    import logging
+
+    from assistant.server.auth import RedactSecrets
+
+    f = RedactSecrets("sk-live-123")
+    for msg, args in [
+        ("< authorization: Bearer %s", ("sk-live-123",)),
+        ("< sec-websocket-protocol: realtime, openai-insecure-api-key.%s", ("whatever-key",)),
+        ("minted %s", ("ek_abcDEF123-_x",)),
+        ("headers %r", ({"Authorization": "Bearer guess"},)),
+    ]:
+        record = logging.LogRecord("uvicorn.error", logging.DEBUG, "x", 1, msg, args, None)
+        f.filter(record)
+        text = record.getMessage()
+        assert not any(s in text for s in ("sk-live-123", "whatever-key", "abcDEF", "guess")), text
