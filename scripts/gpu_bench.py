@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 from assistant import tiny  # noqa: E402
 from assistant.engine.api import AudioPart, Sampling, VideoPart  # noqa: E402
 from assistant.engine.local import LocalEngine  # noqa: E402
-from assistant.engine.stream import Resident  # noqa: E402
+from assistant.engine.resident import Resident  # noqa: E402
 from assistant.settings import from_sources  # noqa: E402
 
 # Qwen's Table 2, audio / video, ms (first-packet rows; "Overral" is their sum).

@@ -23,7 +23,8 @@ from .api import (
     now,
 )
 from .convcache import ConversationCache
-from .stream import Resident, StreamConfig, StreamJob
+from .resident import Resident
+from .stream import StreamConfig, StreamJob
 from .worker import LocalResponse, ModelWorker
 
 log = logging.getLogger("assistant.engine")

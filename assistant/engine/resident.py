@@ -1,0 +1,106 @@
+"""The resident model: the loaded modules plus constants every response reads.
+
+Read-only after load, shared by all responses; only the model worker calls into it.
+`media_after` picks the processor tensors a prefill still has to encode when part of
+the prompt is already in a conversation's KV cache.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .predictor import FastCodePredictor
+
+
+class Resident:
+    """The loaded model plus constants every response needs (read-only after load)."""
+
+    def __init__(
+        self, model, processor, device: torch.device, dtype: torch.dtype, audio_window_s: int | None = None
+    ) -> None:
+        self.model, self.processor, self.device, self.dtype = model, processor, device, dtype
+        self.audio_window_tokens = self.audio_window_frames = 0
+        if audio_window_s:
+            # Incremental prefill: the audio encoder attends within windows of this many
+            # seconds (the checkpoint's 8 s default is n_window_infer=800 mel frames; the
+            # report trained 1-8 s windows), and features are computed per window, so a
+            # complete window's tokens never change. 13 tokens per second (n_window 50).
+            n_window = model.config.thinker_config.audio_config.n_window
+            model.thinker.model.audio_tower.n_window_infer = audio_window_s * 2 * n_window
+            processor.audio_window_samples = audio_window_s * 16000
+            self.audio_window_frames = audio_window_s * 2 * n_window
+            self.audio_window_tokens = audio_window_s * 13
+        cfg = model.config
+        self.cfg, self.tcfg = cfg, cfg.talker_config
+        self.thinker, self.talker, self.code2wav = model.thinker, model.talker, model.code2wav
+        self.embed = model.thinker.get_input_embeddings()
+        self.mm_ids = torch.tensor(
+            [cfg.thinker_config.audio_token_id, cfg.thinker_config.image_token_id, cfg.thinker_config.video_token_id],
+            device=device,
+        )
+        vocab = self.tcfg.text_config.vocab_size
+        eos = self.tcfg.codec_eos_token_id
+        # Stock generate() suppresses the talker's special range except codec EOS.
+        self.talker_suppress = torch.tensor([i for i in range(vocab - 1024, vocab) if i != eos], device=device)
+        self.predictor = FastCodePredictor(self.talker.code_predictor)
+        tc = cfg.thinker_config
+        self.audio_start_id, self.vision_start_id = tc.audio_start_token_id, tc.vision_start_token_id
+        self.audio_end_id = tc.audio_start_token_id + 1  # <|audio_end|> follows <|audio_start|> in Qwen's table
+        self.image_id, self.video_id = tc.image_token_id, tc.video_token_id
+        # A cached prefix must not end inside one of these spans (placeholders of one medium).
+        self.span_ids = {
+            tc.audio_token_id,
+            tc.image_token_id,
+            tc.video_token_id,
+            self.audio_start_id,
+            self.vision_start_id,
+        }
+        with torch.no_grad():
+            special = torch.tensor([[cfg.tts_bos_token_id, cfg.tts_eos_token_id, cfg.tts_pad_token_id]], device=device)
+            self.tts_bos, self.tts_eos, self.tts_pad = self.talker.text_projection(self.embed(special)).chunk(3, dim=1)
+
+    def speaker_id(self, voice: str) -> int:
+        table = self.tcfg.speaker_id or {}
+        if voice.lower() not in table:
+            raise ValueError(f"unknown voice {voice!r}; choose from {sorted(table)}")
+        return table[voice.lower()]
+
+
+def media_after(t: dict, ids: list[int], n: int, res: Resident) -> dict:
+    """The processor tensors for media whose placeholders are at or after position n
+    (media before n are already in the KV cache and are not encoded again). An audio clip
+    may be cut at an encoder-window boundary by incremental prefill: its cached windows'
+    mel frames are dropped too (per-window features make the rest independent of them)."""
+    tail = {}
+    if "input_features" in t:
+        starts = [k for k in range(len(ids)) if ids[k] == res.audio_start_id]
+        done = sum(1 for k in starts if res.audio_end_id in ids[k:n])  # clips wholly before n
+        partial = next((k for k in starts if k < n and res.audio_end_id not in ids[k:n]), None)
+        if done < t["input_features"].shape[0]:
+            feats, mask = t["input_features"][done:].clone(), t["feature_attention_mask"][done:].clone()
+            if partial is not None:
+                cached = n - partial - 1  # audio tokens of this clip already in the cache
+                per_window = res.audio_window_tokens
+                if not per_window or cached % per_window:
+                    raise RuntimeError("cached audio prefix is not aligned to encoder windows")
+                skip = cached // per_window * res.audio_window_frames
+                width = feats.shape[-1]
+                feats[0, :, : width - skip] = feats[0, :, skip:].clone()
+                feats[0, :, width - skip :] = 0
+                mask[0, : width - skip] = mask[0, skip:].clone()
+                mask[0, width - skip :] = 0
+                if int(mask[0].sum()) == 0:  # every window of this clip is cached already
+                    feats, mask = feats[1:], mask[1:]
+            if feats.shape[0]:
+                tail["input_features"], tail["feature_attention_mask"] = feats, mask
+    vision = [k for k in range(n) if ids[k] == res.vision_start_id and k + 1 < len(ids)]
+    images = sum(1 for k in vision if ids[k + 1] == res.image_id)
+    videos = sum(1 for k in vision if ids[k + 1] == res.video_id)
+    for pixels, grid, count in (
+        ("pixel_values", "image_grid_thw", images),
+        ("pixel_values_videos", "video_grid_thw", videos),
+    ):
+        if grid in t and count < t[grid].shape[0]:
+            skip = int(t[grid][:count].prod(-1).sum())  # patches of the media already cached
+            tail[pixels], tail[grid] = t[pixels][skip:], t[grid][count:]
+    return tail
