@@ -234,6 +234,11 @@ async def test_front_end_gives_the_upstreams_greedy_output(upstream, frontend, h
         assert latency["frontend_added_ms"] == pytest.approx(latency["audio_ttfp_ms"] - latency["upstream_ttfp_ms"])
     health = json.loads(await asyncio.to_thread(_get, frontend.url + "/health"))
     assert health["model"] == frontend.settings.upstream_url and health["device"] == "remote"
+    metrics = (await asyncio.to_thread(_get, frontend.url + "/metrics")).decode()
+    counts = [
+        float(line.split()[-1]) for line in metrics.splitlines() if line.startswith("assistant:frontend_added_s_count")
+    ]
+    assert counts and counts[0] >= 2
 
 
 async def test_cancel_and_truncate_through_the_front_end(upstream, frontend, hello):

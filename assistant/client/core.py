@@ -119,6 +119,10 @@ class TurnMetrics:
             "onset_found": self.onset_found,
             "audio_ttfp_ms": self.server.get("audio_ttfp_ms"),
             "engine_audio_ttfp_ms": self.server.get("engine_audio_ttfp_ms"),
+            # Through a front end (upstream engine): the upstream's own first packet, and ours minus it.
+            "upstream_ttfp_ms": self.server.get("upstream_ttfp_ms"),
+            "frontend_added_ms": self.server.get("frontend_added_ms"),
+            "upstream_request_ms": self.server.get("upstream_request_ms"),
             "audio_rtf": self.server.get("audio_rtf"),
             # Client view of generation speed: arrival span over the audio it carried
             # (the first chunk's own duration excluded from the span's audio).

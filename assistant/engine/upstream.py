@@ -305,6 +305,8 @@ class UpstreamResponse:
             await self._sync(link)
             max_tokens = conv.sampling.max_tokens
             await link.send(proto.response_create(audio=self._audio, max_output_tokens=max_tokens))
+            # The front end's own share before the upstream can start: opening, item sync, encoding.
+            stats.extra["upstream_request_ms"] = round((now() - stats.t_started) * 1000, 3)
             async for out in self._stream(link, mapper):
                 yield out
             cancel_timed_out = not mapper.finished

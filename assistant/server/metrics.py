@@ -58,6 +58,18 @@ class Metrics:
             buckets=SERVER_DELAY_BUCKETS,
             registry=r,
         )
+        self.upstream_ttfp = Histogram(
+            PREFIX + "upstream_audio_ttfp_s",
+            "Front end (--upstream): the upstream's own first-packet time, from its response.done",
+            buckets=SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.frontend_added = Histogram(
+            PREFIX + "frontend_added_s",
+            "Front end (--upstream): our audio_ttfp minus the upstream's (what the front end adds)",
+            buckets=SERVER_DELAY_BUCKETS,
+            registry=r,
+        )
         self.responses = Counter(PREFIX + "responses", "Responses by final status", ["status"], registry=r)
         self.active_sessions = Gauge(PREFIX + "active_sessions", "Open realtime sessions", ["transport"], registry=r)
 
@@ -74,6 +86,11 @@ class Metrics:
             (self.e2e, seconds("e2e_ms")),
             (self.audio_duration, seconds("audio_ms")),
             (self.audio_rtf, latency.get("audio_rtf")),
+            (self.upstream_ttfp, seconds("upstream_ttfp_ms")),
+            (
+                self.frontend_added,
+                None if latency.get("frontend_added_ms") is None else max(0.0, seconds("frontend_added_ms")),
+            ),
         ):
             if value is not None:
                 hist.observe(value)
