@@ -87,3 +87,49 @@ def test_incremental_prefill_equals_offline_and_leaves_only_the_tail(resident, l
 def _last_turn(job):
     """The assistant turn a finished job added (as the engine's response wrapper does)."""
     return Turn("assistant", [], id=job.item_id, token_ids=job._spoken_tokens(), frames=job._frames, text=job._text)
+
+
+def test_server_prefills_while_the_user_speaks(tiny_dir, load_wav):
+    """Through the real websocket server: audio appended before the commit is prefilled
+    already, so the response's input_tokens (what it prefilled after the commit) cover
+    the tail only, for a 10 s utterance as for a 2.8 s one."""
+    import asyncio
+    import base64
+    import json
+
+    import numpy as np
+    import websockets
+
+    from assistant.bench.server import InProcessServer
+    from assistant.settings import from_sources
+
+    settings = from_sources(
+        env={}, model=str(tiny_dir), warmup=False, greedy=True, min_answer_tokens=2, max_answer_tokens=3,
+        min_answer_frames=2, max_answer_frames=2, audio_window_s=WINDOW_S,
+    )  # fmt: skip
+
+    async def turn(url: str, pcm: np.ndarray) -> int:
+        async with websockets.connect(url, max_size=None) as ws:
+            await ws.send(json.dumps({"type": "session.update", "session": {"type": "realtime", "audio": {
+                "input": {"format": {"type": "audio/pcm", "rate": 16000}, "turn_detection": None}}}}))  # fmt: skip
+            pcm16 = (np.clip(pcm, -1, 1) * 32767).astype("<i2").tobytes()
+            step = 3200 * 2  # 200 ms
+            for i in range(0, len(pcm16), step):
+                chunk = base64.b64encode(pcm16[i : i + step]).decode()
+                await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": chunk}))
+                await asyncio.sleep(0.04)  # 5x real time: time for the worker to prefill as it goes
+            await asyncio.sleep(0.5)
+            await ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
+            await ws.send(json.dumps({"type": "response.create"}))
+            while True:
+                event = json.loads(await asyncio.wait_for(ws.recv(), 120))
+                assert event["type"] != "error", event
+                if event["type"] == "response.done":
+                    assert event["response"]["status"] == "completed", event
+                    return event["response"]["usage"]["input_tokens"]
+
+    with InProcessServer(settings) as server:
+        long_tokens = asyncio.run(turn(server.url, load_wav("long_10s_en_us.wav")))
+        short_tokens = asyncio.run(turn(server.url, load_wav("hello_en_us.wav")))
+    print(f"tokens prefilled after commit: 10 s utterance {long_tokens}, 2.8 s utterance {short_tokens}")
+    assert long_tokens <= 13 * WINDOW_S + 12 and short_tokens <= 13 * WINDOW_S + 12

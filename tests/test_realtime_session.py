@@ -637,3 +637,21 @@ def test_sampling_follows_settings():
     sampling = h.session.conversation.sampling
     assert (sampling.greedy, sampling.min_frames, sampling.max_frames) == (True, 7, 9)
     assert (sampling.min_tokens, sampling.max_tokens) == (2, 3)
+
+
+def test_turn_being_spoken_is_offered_to_the_engine_for_early_prefill():
+    """About once a second of speech the session hands the engine the turn so far
+    (PrefillTurn), starting where the commit will take it from; the committed turn then
+    holds the same audio, extended."""
+    h = Harness()
+    h.send(type="session.update", session={"type": "realtime", "audio": {"input": {"turn_detection": None}}})
+    for _ in range(25):  # 2.5 s in 100 ms appends
+        h.append(0.1)
+    offers = h.cmds(s.PrefillTurn)
+    durations = [o.parts[0].duration_s for o in offers]  # the 24 -> 16 kHz resampler holds a few ms back
+    assert len(durations) == 2 and 1.0 <= durations[0] < 1.15 and 2.0 <= durations[1] < 2.15, durations
+    assert all(o.conversation is h.session.conversation for o in offers)
+    h.send(type="input_audio_buffer.commit")
+    committed = h.session.conversation.turns[-1].parts[-1].pcm
+    assert np.array_equal(committed[: len(offers[-1].parts[0].pcm)], offers[-1].parts[0].pcm)
+    assert len(h.cmds(s.PrefillTurn)) == 2  # nothing is offered between turns

@@ -286,6 +286,14 @@ class Engine(Protocol):
         """Start a response to the conversation as it is now. With `audio=False` only
         text is produced. Raises nothing: failures arrive as the final event."""
 
+    def prefill(self, conversation: Conversation, parts: list[Part]) -> bool:
+        """A head start, fire and forget: `parts` is the user turn being spoken so far
+        (not yet in the conversation). The engine may prefill what of it is final, so that
+        the response after the commit has less left to do; False when it does nothing."""
+
+    def forget(self, conversation: Conversation) -> None:
+        """The conversation is over: release what the engine keeps for it."""
+
     def truncate(self, conversation: Conversation, item_id: str, audio_end_ms: int) -> Turn:
         """The listener heard `audio_end_ms` of assistant item `item_id`: cut its text
         to what was spoken by then (one text token per codec frame, the talker's

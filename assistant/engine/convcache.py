@@ -47,6 +47,7 @@ class ConversationCache:
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._entries: OrderedDict[str, CachedPrefix] = OrderedDict()
+        self._forgotten: OrderedDict[str, None] = OrderedDict()  # closed conversations (bounded)
         self.hits = 0
         self.misses = 0
 
@@ -62,6 +63,9 @@ class ConversationCache:
         return entry
 
     def checkin(self, conv_id: str, entry: CachedPrefix) -> None:
+        if conv_id in self._forgotten:  # closed while a response still held its cache
+            del self._forgotten[conv_id]
+            return
         if self.capacity <= 0:
             return
         self._entries[conv_id] = entry
@@ -71,6 +75,14 @@ class ConversationCache:
 
     def drop(self, conv_id: str) -> None:
         self._entries.pop(conv_id, None)
+
+    def forget(self, conv_id: str) -> None:
+        """The conversation is over: free its cache now, and refuse the check-in of a
+        response that was still running (it would otherwise linger until evicted)."""
+        self._entries.pop(conv_id, None)
+        self._forgotten[conv_id] = None
+        while len(self._forgotten) > 1024:
+            self._forgotten.popitem(last=False)
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:

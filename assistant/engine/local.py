@@ -60,6 +60,7 @@ class LocalEngine:
         self.stream_config = StreamConfig(tuple(chunk_ramp(settings)), settings.codec_left_context_frames)
         self.worker = ModelWorker(settings.engine_queue_size)
         self.conv_cache = ConversationCache(settings.conversation_cache_size)  # touched by the worker thread only
+        self._offered: dict[str, tuple[int, int]] = {}  # conversation -> (turns, samples) last offered to prefill
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -143,8 +144,9 @@ class LocalEngine:
         if not window or audio is None or audio.sample_rate != INPUT_SAMPLE_RATE or len(parts) != 1:
             return False
         whole = len(audio.pcm) // window * window
-        if whole == 0:
-            return False
+        if whole == 0 or self._offered.get(conversation.id) == (len(conversation.turns), whole):
+            return False  # no new complete window since the last offer
+        self._offered[conversation.id] = (len(conversation.turns), whole)
         snapshot = Conversation(
             voice=conversation.voice,
             instructions=conversation.instructions,
@@ -154,6 +156,11 @@ class LocalEngine:
         )
         job = StreamJob(self.resident, snapshot, cache=self.conv_cache, partial=True)
         return self.worker.submit(job, lambda events: None)
+
+    def forget(self, conversation: Conversation) -> None:
+        """The session is over: release the conversation's cached KV now."""
+        self._offered.pop(conversation.id, None)
+        self.worker.call_soon(lambda: self.conv_cache.forget(conversation.id))
 
     def truncate(self, conversation: Conversation, item_id: str, audio_end_ms: int) -> Turn:
         """Keep the text spoken in the first `audio_end_ms`. The talker reads one text

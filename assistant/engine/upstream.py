@@ -248,6 +248,14 @@ class UpstreamEngine:
     def respond(self, conversation: Conversation, *, t_committed: float | None = None, audio: bool = True):
         return UpstreamResponse(self, conversation, t_committed, audio)
 
+    def prefill(self, conversation: Conversation, parts: list) -> bool:
+        """No head start through the protocol: the upstream receives the turn at commit."""
+        return False
+
+    def forget(self, conversation: Conversation) -> None:
+        """The session is over: close its upstream session now rather than at collection."""
+        self.drop(conversation.id)
+
     def truncate(self, conversation: Conversation, item_id: str, audio_end_ms: int) -> Turn:
         """Cut our copy of the turn's text to what was heard, and queue
         conversation.item.truncate for the upstream (sent before the next response: the

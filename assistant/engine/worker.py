@@ -23,6 +23,7 @@ import asyncio
 import logging
 import queue
 import threading
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 
 from .api import OUTPUT_SAMPLE_RATE, Conversation, EngineError, Event, ResponseDone, ResponseStats, now
@@ -80,6 +81,7 @@ class ModelWorker:
     def __init__(self, maxsize: int) -> None:
         self.pending: queue.Queue[tuple[StreamJob, Sink]] = queue.Queue(maxsize=maxsize)
         self._active: list[tuple[StreamJob, Sink]] = []
+        self._calls: deque[Callable[[], None]] = deque()  # thread-safe append/popleft; tiny housekeeping only
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="model-worker", daemon=True)
@@ -94,6 +96,11 @@ class ModelWorker:
         self._thread.join(timeout_s)
 
     def wake(self) -> None:
+        self._wake.set()
+
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        """Run `fn` on the worker thread before its next step (state it alone owns)."""
+        self._calls.append(fn)
         self._wake.set()
 
     def submit(self, job: StreamJob, sink: Sink) -> bool:
@@ -117,6 +124,8 @@ class ModelWorker:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            while self._calls:
+                self._calls.popleft()()
             self._admit()
             if not self._active:
                 self._wake.wait(0.5)

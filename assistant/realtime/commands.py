@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ..engine.api import Conversation
+from ..engine.api import Conversation, Part
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,15 @@ class TruncateTurn:
 
 
 @dataclass(frozen=True)
+class PrefillTurn:
+    """The user turn being spoken, so far: hand it to `Engine.prefill` (a head start on
+    the response's prefill; the engine may ignore it)."""
+
+    conversation: Conversation
+    parts: list[Part]
+
+
+@dataclass(frozen=True)
 class PlayAudio:
     response_id: str
     item_id: str
@@ -65,7 +74,17 @@ class EndSession:
     reason: str
 
 
-Output = Send | StartResponse | CancelResponse | TruncateTurn | PlayAudio | ClearPlayback | ResponseMetrics | EndSession
+Output = (
+    Send
+    | StartResponse
+    | CancelResponse
+    | TruncateTurn
+    | PrefillTurn
+    | PlayAudio
+    | ClearPlayback
+    | ResponseMetrics
+    | EndSession
+)
 
 
 @dataclass(frozen=True)

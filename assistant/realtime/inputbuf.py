@@ -47,6 +47,12 @@ class InputBuffer:
         self.append(rest.copy())
         return out
 
+    def peek(self, begin: int) -> np.ndarray:
+        """A copy of the audio from `begin` (clipped to what is buffered) to the end; the
+        buffer is unchanged."""
+        whole = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.float32)
+        return whole[max(begin, self.start) - self.start :].copy()
+
     def drop_before(self, sample: int) -> None:
         """Forget the audio before `sample` (silence between turns)."""
         while self._chunks and self.start < sample:

@@ -54,6 +54,7 @@ from .commands import (
     EndSession,
     Output,
     PlayAudio,
+    PrefillTurn,
     ResponseMetrics,
     Send,
     StartResponse,
@@ -73,6 +74,7 @@ __all__ = [
     "ClearPlayback",
     "Output",
     "PlayAudio",
+    "PrefillTurn",
     "RealtimeSession",
     "ResponseMetrics",
     "Send",
@@ -128,6 +130,7 @@ class RealtimeSession(InputSide, ResponseSide):
         self._vad_next = 0  # absolute 16 kHz sample of the first pending VAD sample
         self._vad_epoch = 0
         self._speech: tuple[str, int] | None = None  # (item_id, first sample) of the turn being spoken
+        self._prefill_offered = 0  # buffer end at the last PrefillTurn (one offer per second of speech)
         self._frames = FrameSampler(settings.image_fps, settings.max_turn_images)
         self._items: list[str] = []  # item ids in the order the client sees them
         self._roles: dict[str, str] = {}

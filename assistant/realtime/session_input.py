@@ -8,11 +8,12 @@ import numpy as np
 from ..audio import StreamResampler, pcm16_to_float
 from ..engine.api import INPUT_SAMPLE_RATE, AudioPart, ImagePart, Part, Turn, VideoPart, new_id
 from . import events as ev
-from .commands import CancelResponse, ClearPlayback, Output, VadWork
+from .commands import CancelResponse, ClearPlayback, Output, PrefillTurn, VadWork
 from .images import decode_image
 from .vad import WINDOW_SAMPLES, SpeechStarted, SpeechStopped
 
 MIN_COMMIT_MS = 100  # OpenAI refuses to commit less than 100 ms of audio
+PREFILL_EVERY_SAMPLES = INPUT_SAMPLE_RATE  # offer the turn so far to the engine once a second
 
 
 class InputSide:
@@ -40,6 +41,24 @@ class InputSide:
         self._buf.append(x)
         if self.turn_detection is not None:
             self._vad_pending.append(x)
+        self._offer_prefill()
+
+    def _offer_prefill(self) -> None:
+        """While a turn is being spoken, hand the engine its audio so far about once a
+        second, so that what is final of it is prefilled before the commit (issue #7).
+        The turn starts where the commit will take it from: the VAD's audio_start (with
+        its prefix padding), or the whole buffer in manual mode."""
+        if self._speech is not None:
+            start = self._speech[1]
+        elif self.turn_detection is None and self._buf.end > self._buf.start:
+            start = self._buf.start
+        else:
+            return
+        if self._buf.end - max(self._prefill_offered, start) < PREFILL_EVERY_SAMPLES:
+            return
+        self._prefill_offered = self._buf.end
+        audio = self._buf.peek(start)
+        self._out.append(PrefillTurn(self.conversation, [AudioPart(audio, INPUT_SAMPLE_RATE)]))
 
     def _audio_append(self, event: ev.AudioAppend) -> None:
         self._append(pcm16_to_float(event.pcm16), self.input_rate_hz, event.event_id)

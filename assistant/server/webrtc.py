@@ -47,6 +47,7 @@ from ..realtime.session import (
     ClearPlayback,
     Output,
     PlayAudio,
+    PrefillTurn,
     RealtimeSession,
     ResponseMetrics,
     Send,
@@ -180,6 +181,8 @@ class Call:
                 response = self._responses.get(out.response_id)
                 if response is not None:
                     response.cancel()
+            elif isinstance(out, PrefillTurn):
+                self.engine.prefill(out.conversation, out.parts)
             elif isinstance(out, TruncateTurn):
                 self._truncate(out)
             elif isinstance(out, ResponseMetrics):
@@ -362,6 +365,7 @@ class Call:
         self.close_reason = self.close_reason or reason
         log.info("call %s closing: %s", self.id, self.close_reason)
         self.dispatch(self.session.close())  # cancels the active response
+        self.engine.forget(self.session.conversation)  # its KV cache, now rather than at eviction
         for response in list(self._responses.values()):
             response.cancel()
         self.calls.forget(self)

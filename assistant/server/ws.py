@@ -39,6 +39,7 @@ from ..realtime.session import (
     CancelResponse,
     EndSession,
     Output,
+    PrefillTurn,
     RealtimeSession,
     ResponseMetrics,
     Send,
@@ -121,6 +122,7 @@ class WsConnection:
 
     async def _shutdown(self) -> None:
         self.dispatch(self.session.close())  # cancels the active response in the engine
+        self.engine.forget(self.session.conversation)  # its KV cache, now rather than at eviction
         for response in self.responses.values():
             response.cancel()
         tasks = list(self.tasks)
@@ -155,6 +157,8 @@ class WsConnection:
                 response = self.responses.get(out.response_id)
                 if response is not None:
                     response.cancel()
+            elif isinstance(out, PrefillTurn):
+                self.engine.prefill(out.conversation, out.parts)
             elif isinstance(out, TruncateTurn):
                 self._truncate(out)
             elif isinstance(out, ResponseMetrics):
