@@ -182,7 +182,7 @@ class Call:
                 if response is not None:
                     response.cancel()
             elif isinstance(out, PrefillTurn):
-                self.engine.prefill(out.conversation, out.parts)
+                self.calls.engine.prefill(out.conversation, out.parts)
             elif isinstance(out, TruncateTurn):
                 self._truncate(out)
             elif isinstance(out, ResponseMetrics):
@@ -365,7 +365,7 @@ class Call:
         self.close_reason = self.close_reason or reason
         log.info("call %s closing: %s", self.id, self.close_reason)
         self.dispatch(self.session.close())  # cancels the active response
-        self.engine.forget(self.session.conversation)  # its KV cache, now rather than at eviction
+        self.calls.engine.forget(self.session.conversation)  # its KV cache, now rather than at eviction
         for response in list(self._responses.values()):
             response.cancel()
         self.calls.forget(self)
