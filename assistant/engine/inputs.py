@@ -9,7 +9,9 @@ thinned to at most 2 fps (qwen-omni-utils' FPS) and to an even count (temporal p
 
 from __future__ import annotations
 
+import hashlib
 import types
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -114,6 +116,30 @@ def prepare(processor, conv: Conversation) -> Prepared:
     return Prepared(tensors, len(audios), len(images), len(videos))
 
 
+FEATURE_MEMO_PIECES = 256  # ~100 KB each for 2 s windows: earlier turns are not featurised again
+
+
+def _piece_features(processor, piece: np.ndarray, kwargs: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Log-mel features of one window, memoised by content: every turn re-renders the
+    whole conversation, and incremental prefill re-offers the turn so far, so without
+    this every earlier window would be featurised again each time."""
+    memo = processor.__dict__.setdefault("_assistant_feature_memo", OrderedDict())
+    key = (len(piece), hashlib.blake2b(np.ascontiguousarray(piece, dtype=np.float32).tobytes()).digest())
+    if key in memo:
+        memo.move_to_end(key)
+        return memo[key]
+    frames = len(piece) // HOP_SAMPLES
+    # The STFT's reflect padding needs > n_fft/2 samples; a short tail is padded with
+    # silence and cut back to the frames its own samples cover.
+    padded = np.pad(piece, (0, max(0, MIN_PIECE_SAMPLES - len(piece))))
+    out = processor.feature_extractor([padded], **kwargs)
+    value = (np.asarray(out["input_features"])[0][:, :frames], np.asarray(out["attention_mask"])[0][:frames])
+    memo[key] = value
+    while len(memo) > FEATURE_MEMO_PIECES:
+        memo.popitem(last=False)
+    return value
+
+
 def per_clip_process_audio(self, audio, **kwargs):
     """A drop-in for `Qwen3OmniMoeProcessor._process_audio` that featurises each clip alone.
 
@@ -135,15 +161,11 @@ def per_clip_process_audio(self, audio, **kwargs):
         pieces = [clip[i : i + window] for i in range(0, len(clip), window)] if window else [clip]
         f_parts, m_parts = [], []
         for piece in pieces:
-            frames = len(piece) // HOP_SAMPLES
-            if frames == 0:
+            if len(piece) // HOP_SAMPLES == 0:
                 continue
-            # The STFT's reflect padding needs > n_fft/2 samples; a short tail is padded with
-            # silence and cut back to the frames its own samples cover.
-            padded = np.pad(piece, (0, max(0, MIN_PIECE_SAMPLES - len(piece))))
-            out = self.feature_extractor([padded], **kwargs)
-            f_parts.append(np.asarray(out["input_features"])[0][:, :frames])
-            m_parts.append(np.asarray(out["attention_mask"])[0][:frames])
+            feat, mask_part = _piece_features(self, piece, kwargs)
+            f_parts.append(feat)
+            m_parts.append(mask_part)
         feats.append(np.concatenate(f_parts, axis=-1))  # [mel, T_i]
         masks.append(np.concatenate(m_parts, axis=-1))  # [T_i]
     width = max(f.shape[-1] for f in feats)
