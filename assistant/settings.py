@@ -69,6 +69,17 @@ class Settings:
         "audio-encoder attention window in whole seconds (checkpoint: 8); complete windows are prefilled while the user speaks (0 = off)",
     )
     conversation_cache_size: int = opt(16, "conversations whose thinker KV cache is kept between turns (0 = off)")
+    cpu_threads: int = opt(
+        1,
+        "torch intra-op threads when the model runs on CPU; the tiny model's ops are too small to split, "
+        "and OpenMP barriers cost more than a second thread gives",
+    )
+    max_batch_responses: int = opt(
+        8, "decode steps of up to this many concurrent responses run as one batched forward (1 = never batch)"
+    )
+    schedule_guard_ms: int = opt(
+        160, "a response with less audio than this buffered ahead of playback is stepped before new first packets"
+    )
     # Turn-taking
     vad_threshold: float = opt(0.5, "Silero speech probability threshold")
     vad_prefix_padding_ms: int = opt(300, "audio kept before detected speech")

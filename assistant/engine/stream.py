@@ -274,10 +274,17 @@ class StreamJob:
     def _thinker_step(self) -> list[Event]:
         res = self.res
         tok = torch.tensor([[self._tokens[-1]]], device=res.device)
-        past = self._thinker_cache.get_seq_length()
-        pos = (torch.arange(past, past + 1, device=res.device) + self._thinker_deltas).view(1, 1, 1).expand(3, 1, 1)
-        out = res.thinker(input_ids=tok, position_ids=pos, cache=self._thinker_cache, use_cache=True)
+        out = res.thinker(
+            input_ids=tok, position_ids=self._thinker_next_position(), cache=self._thinker_cache, use_cache=True
+        )
         return self._accept_token(out.logits[0, -1])
+
+    def _thinker_next_position(self) -> torch.Tensor:
+        """[3, 1, 1]: the mrope position of the next fed token (text: all three axes equal)."""
+        past = self._thinker_cache.get_seq_length()
+        return (
+            (torch.arange(past, past + 1, device=self.res.device) + self._thinker_deltas).view(1, 1, 1).expand(3, 1, 1)
+        )
 
     def _accept_token(self, logits: torch.Tensor) -> list[Event]:
         res = self.res
@@ -382,27 +389,42 @@ class StreamJob:
         return []
 
     def _after_talker(self, out) -> None:
-        self._code0 = self._talker_picker.pick(out.logits[0, -1])
-        self._talker_last_hidden = out.hidden_states[0][-1][:, -1:]  # [1, 1, D], as stock's prepare_inputs
+        self._after_talker_row(out.logits[0, -1], out.hidden_states[0][-1][:, -1:])
+
+    def _after_talker_row(self, logits: torch.Tensor, last_hidden: torch.Tensor) -> None:
+        """logits [V] of the last position; last_hidden [1, 1, D] (as stock's prepare_inputs reads it)."""
+        self._code0 = self._talker_picker.pick(logits)
+        self._talker_last_hidden = last_hidden
 
     def _frame(self) -> list[Event]:
         """Finish the current frame: residual codes, then audio if a chunk is due. When a
         chunk is produced the step ends there, so it reaches the listener before the
         next talker step is computed; `_advance` runs on the following step."""
-        res, s = self.res, self.sampling
+        done = self._frame_end_check()
+        if done is not None:
+            return done
         self._frame_t0 = now()
-        eos = self._code0 == res.tcfg.codec_eos_token_id
-        if eos or self._frames >= s.max_frames:
+        codes, codec_sum = self._predict_residuals()  # [16], [1, 1, D]
+        return self._frame_finish(codes, codec_sum, inline_advance=True)
+
+    def _frame_end_check(self) -> list[Event] | None:
+        """The response's end (codec EOS or max_frames) instead of another frame, or None."""
+        if self._code0 == self.res.tcfg.codec_eos_token_id or self._frames >= self.sampling.max_frames:
             return self._finish("completed")
-        codes, self._codec_sum = self._predict_residuals()  # [16], [1, 1, D]
+        return None
+
+    def _frame_finish(self, codes: torch.Tensor, codec_sum: torch.Tensor, *, inline_advance: bool) -> list[Event]:
+        """codes [16] of this frame; codec_sum [1, 1, D], the talker's next codec input.
+        A batched caller (batch.py) advances every response in one talker step instead."""
+        self._codec_sum = codec_sum
         if self.stats.t_code_predictor_first_frame is None:
             self.stats.t_code_predictor_first_frame = now()
         self._frames += 1
         self._vocoder.push(codes)
         audio = self._vocoder.decode()
-        if audio is not None:
+        if audio is not None or not inline_advance:
             self._phase = "advance"
-            return [self._audio_event(audio)]
+            return [self._audio_event(audio)] if audio is not None else []
         return self._advance()
 
     def _advance(self) -> list[Event]:
@@ -410,32 +432,49 @@ class StreamJob:
         token per frame while text lasts, then tts_eos, then tts_pad."""
         res = self.res
         events: list[Event] = []
-        while not self._text_queue and not self._thinker_done:
+        while self._needs_text():
             events += self._thinker_step()
-        text_in = self._text_queue.popleft() if self._text_queue else res.tts_pad
-        past = self._talker_cache.get_seq_length()
-        pos = (torch.arange(past, past + 1, device=res.device) + self._talker_deltas).view(1, 1, 1).expand(3, 1, 1)
         out = res.talker(
-            inputs_embeds=self._codec_sum + text_in,
-            position_ids=pos,
+            inputs_embeds=self._codec_sum + self._next_text_input(),
+            position_ids=self._talker_next_position(),
             cache=self._talker_cache,
             use_cache=True,
             output_hidden_states=True,
             generation_step=self._frames,  # only echoed back by the module; text comes from our queue
         )
         self._after_talker(out)
-        self.stats.frame_ms.append((now() - self._frame_t0) * 1000.0)
-        self._phase = "frame"
+        self._end_advance()
         return events
 
+    def _needs_text(self) -> bool:
+        return not self._text_queue and not self._thinker_done
+
+    def _next_text_input(self) -> torch.Tensor:
+        """[1, 1, D]: the next generated token's projected embedding, tts_eos, then tts_pad."""
+        return self._text_queue.popleft() if self._text_queue else self.res.tts_pad
+
+    def _talker_next_position(self) -> torch.Tensor:
+        past = self._talker_cache.get_seq_length()
+        return (
+            (torch.arange(past, past + 1, device=self.res.device) + self._talker_deltas).view(1, 1, 1).expand(3, 1, 1)
+        )
+
+    def _end_advance(self) -> None:
+        self.stats.frame_ms.append((now() - self._frame_t0) * 1000.0)
+        self._phase = "frame"
+
+    def _residual_picker(self) -> Picker:
+        """Stock's nested code-predictor `generate()` picks residuals greedily, or with
+        top-k 50 / top-p 0.8 when sampling."""
+        return Picker(greedy=self.sampling.greedy, top_k=50, top_p=0.8, generator=self._gen)
+
     def _predict_residuals(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The 15 residual codebooks of the current frame, picked as stock's nested
-        `generate()` would (greedy, or top-k 50 / top-p 0.8 when sampling), and the sum
-        of all 16 code embeddings that the next talker step consumes."""
+        """The 15 residual codebooks of the current frame and the sum of all 16 code
+        embeddings that the next talker step consumes."""
         res = self.res
         c0 = torch.tensor([[self._code0]], device=res.device)
         e0 = res.talker.get_input_embeddings()(c0)  # [1, 1, D]
-        picker = Picker(greedy=self.sampling.greedy, top_k=50, top_p=0.8, generator=self._gen)
+        picker = self._residual_picker()
         residual, codec_sum = res.predictor.run(
             self._talker_last_hidden, e0, lambda step, logits: torch.tensor([picker.pick(logits[0])], device=res.device)
         )  # [1, 15], [1, 1, D]

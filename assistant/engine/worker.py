@@ -5,9 +5,19 @@ so responses interleave at step granularity and a cancel takes effect within one
 Events cross to the asyncio side with `loop.call_soon_threadsafe`; nothing here ever
 blocks the event loop that paces media.
 
-Scheduling is deadline-aware (issue #7): a response still waiting for its first packet
-goes first; otherwise the response with the least audio buffered ahead of real-time
-playback goes next, so nobody underruns while the total real-time factor is below 1.
+Scheduling is deadline-aware (issue #7), in this order:
+1. a cancelled response (finishing it is cheap and frees its client);
+2. a response about to underrun: less than `guard_s` of audio buffered ahead of
+   real-time playback (least buffered first);
+3. a response still waiting for its first packet (first come, first served);
+4. the rest, least buffered first.
+So a new turn's first packet goes before responses with enough audio ahead, and nobody
+underruns while the total real-time factor stays below 1.
+
+Batching: when the chosen response is at a decode step (code predictor or talker and
+thinker advance), every other response at the same step joins it, up to `max_batch`,
+and they run as one batched forward (batch.py). Responses at other steps keep going
+one at a time, and phases line up within a frame or two.
 
 Bounds and drop policies:
 - `pending` (requests not yet started): `maxsize` from settings.engine_queue_size; when
@@ -26,6 +36,7 @@ import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 
+from . import batch
 from .api import OUTPUT_SAMPLE_RATE, Conversation, EngineError, Event, ResponseDone, ResponseStats, now
 from .stream import StreamJob
 
@@ -78,7 +89,9 @@ class LocalResponse:
 
 
 class ModelWorker:
-    def __init__(self, maxsize: int) -> None:
+    def __init__(self, maxsize: int, *, max_batch: int = 1, guard_s: float = 0.16) -> None:
+        self.max_batch = max(1, max_batch)
+        self.guard_s = guard_s
         self.pending: queue.Queue[tuple[StreamJob, Sink]] = queue.Queue(maxsize=maxsize)
         self._active: list[tuple[StreamJob, Sink]] = []
         self._calls: deque[Callable[[], None]] = deque()  # thread-safe append/popleft; tiny housekeeping only
@@ -86,6 +99,8 @@ class ModelWorker:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="model-worker", daemon=True)
         self.steps = 0
+        self.batched_steps = 0  # steps that ran several responses as one batch
+        self.batched_rows = 0  # responses stepped in those
 
     def start(self) -> None:
         self._thread.start()
@@ -131,18 +146,35 @@ class ModelWorker:
                 self._wake.wait(0.5)
                 self._wake.clear()
                 continue
-            entry = self._pick()
-            job, sink = entry
+            group = self._group(self._pick())
             try:
-                events = job.step()
+                if len(group) == 1:
+                    results = {group[0][0]: group[0][0].step()}
+                else:
+                    results = batch.step_jobs([job for job, _ in group])
+                    self.batched_steps += 1
+                    self.batched_rows += len(group)
             except Exception as exc:  # a bug in one response must not kill the worker
-                log.exception("response %s crashed", job.item_id)
-                events = job._finish("failed", EngineError("engine_error", f"{type(exc).__name__}: {exc}"[:500]))
+                log.exception("step of %s crashed", [job.item_id for job, _ in group])
+                err = EngineError("engine_error", f"{type(exc).__name__}: {exc}"[:500])
+                results = {job: job._finish("failed", err) for job, _ in group if not job.done}
             self.steps += 1
-            if events:
-                sink(events)
-            if job.done:
-                self._active.remove(entry)
+            for job, sink in group:
+                if results.get(job):
+                    sink(results[job])
+            self._active = [entry for entry in self._active if not entry[0].done]
+
+    def _group(self, entry: tuple[StreamJob, Sink]) -> list[tuple[StreamJob, Sink]]:
+        """The chosen response, plus the others at the same decode step (batch.py)."""
+        job = entry[0]
+        if self.max_batch == 1 or job.cancelled or job.partial or job._phase not in ("frame", "advance"):
+            return [entry]
+        same = [
+            e
+            for e in self._active
+            if e is not entry and e[0]._phase == job._phase and not (e[0].cancelled or e[0].done or e[0].partial)
+        ]
+        return [entry, *same[: self.max_batch - 1]]
 
     def _pick(self) -> tuple[StreamJob, Sink]:
         """Deadline-aware choice of the next response to step."""
@@ -151,11 +183,11 @@ class ModelWorker:
         def slack(entry: tuple[StreamJob, Sink]) -> tuple[int, float]:
             job = entry[0]
             if job.cancelled:
-                return (0, 0.0)  # finishing a cancel is cheap and frees its client at once
+                return (0, 0.0)
             if job.first_packet_pending:
-                return (1, job.t_submitted)  # first come, first served: finish one first packet before the next
+                return (2, job.t_submitted)
             played = t - (job.stats.t_first_audio or t)
             buffered = job.stats.audio_samples / OUTPUT_SAMPLE_RATE - played
-            return (2, buffered)
+            return (1 if buffered < self.guard_s and job.audio else 3, buffered)
 
         return min(self._active, key=slack)

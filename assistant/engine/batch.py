@@ -1,0 +1,160 @@
+"""Decode steps of several concurrent responses as one batched forward (issue #7).
+
+Each response keeps its own KV caches (thinker, talker) with its own length, so a step
+of B responses runs the stock module once over a left-padded batch:
+
+- `padded_cache` stacks the B caches into one DynamicCache, shorter rows padded on the
+  left, plus a [B, Lmax + 1] attention mask that hides the padding. Cached keys already
+  carry their rotary phase, so where a key sits in the buffer does not matter; the mask
+  removes padded keys from the softmax exactly.
+- after the forward, each row's new key/value (the last position) is appended to that
+  response's own cache, so a response can leave or join a batch at any step.
+- the code predictor needs no padding at all: every frame starts from an empty
+  16-position buffer, so B frames are B rows of the same shapes.
+
+Why: on a GPU, a decode step of a 3B-active MoE reads all its weights for one token, so
+B rows cost about as much as one; on this CPU the tiny model's step is pure dispatch
+overhead, which batching shares the same way (`make bench`, docs/bench/). Numerics: a
+[B, D] matmul may round differently from B separate [1, D] ones, so batched greedy
+decoding is not promised bit-equal to the solo path (tests/test_batching.py measures
+the agreement); a response running alone always takes the solo path, which is the one
+the stock oracle tests pin.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache
+
+from .api import EngineError, Event, now
+
+
+def padded_cache(caches: list[DynamicCache], config) -> tuple[DynamicCache, torch.Tensor]:
+    """B per-response caches -> one left-padded batch cache and its mask [B, Lmax + 1]
+    (the +1 is the position about to be decoded)."""
+    lengths = [c.get_seq_length() for c in caches]
+    lmax = max(lengths)
+    batch = DynamicCache(config=config)
+    for layer in range(len(caches[0].layers)):
+        keys, values = [], []
+        for cache, n in zip(caches, lengths, strict=True):
+            k, v = cache.layers[layer].keys, cache.layers[layer].values  # [1, KV, n, hd]
+            pad = lmax - n
+            if pad:
+                k = torch.cat([k.new_zeros(*k.shape[:2], pad, k.shape[-1]), k], dim=2)
+                v = torch.cat([v.new_zeros(*v.shape[:2], pad, v.shape[-1]), v], dim=2)
+            keys.append(k)
+            values.append(v)
+        batch.update(torch.cat(keys), torch.cat(values), layer)  # [B, KV, Lmax, hd]
+    device = caches[0].layers[0].keys.device
+    mask = torch.ones(len(caches), lmax + 1, dtype=torch.long, device=device)
+    for row, n in enumerate(lengths):
+        mask[row, : lmax - n] = 0
+    return batch, mask
+
+
+def scatter_new_kv(batch: DynamicCache, caches: list[DynamicCache]) -> None:
+    """Append each row's newly decoded key/value (the batch's last position) to its own cache."""
+    for layer in range(len(batch.layers)):
+        k, v = batch.layers[layer].keys[:, :, -1:], batch.layers[layer].values[:, :, -1:]  # [B, KV, 1, hd]
+        for row, cache in enumerate(caches):
+            cache.update(k[row : row + 1], v[row : row + 1], layer)
+
+
+def decode_step(module, caches: list[DynamicCache], config, position_ids: torch.Tensor, **inputs):
+    """One decode position for B responses through `module` (thinker or talker).
+    position_ids: [3, B, 1]; inputs: `input_ids` [B, 1] or `inputs_embeds` [B, 1, D]."""
+    batch, mask = padded_cache(caches, config)
+    out = module(attention_mask=mask, position_ids=position_ids, cache=batch, use_cache=True, **inputs)
+    scatter_new_kv(batch, caches)
+    return out
+
+
+def failed_all(jobs, exc: Exception) -> dict:
+    """A batched step that raised fails every response in it (each gets its own done event)."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        err = EngineError("out_of_memory", str(exc)[:300])
+    else:
+        err = EngineError("engine_error", f"{type(exc).__name__}: {exc}"[:500])
+    return {job: job._finish("failed", err) for job in jobs}
+
+
+def step_jobs(jobs) -> dict[object, list[Event]]:
+    """One batched unit of work for responses that are all in the same phase ("frame"
+    or "advance"); returns each response's events."""
+    phase = jobs[0]._phase
+    try:
+        with torch.no_grad():
+            if phase == "frame":
+                return _frames(jobs)
+            if phase == "advance":
+                return _advance(jobs)
+    except (ValueError, RuntimeError, IndexError, torch.OutOfMemoryError) as exc:
+        return failed_all([j for j in jobs if not j.done], exc)
+    raise ValueError(f"phase {phase!r} is not batched")
+
+
+def _frames(jobs) -> dict[object, list[Event]]:
+    """Residual codebooks of the current frame of every response in one predictor run."""
+    events: dict[object, list[Event]] = {}
+    live = []
+    for job in jobs:
+        done = job._frame_end_check()
+        if done is not None:
+            events[job] = done
+        else:
+            live.append(job)
+    if not live:
+        return events
+    res = live[0].res
+    for job in live:
+        job._frame_t0 = now()
+    c0 = torch.tensor([[job._code0] for job in live], device=res.device)  # [B, 1]
+    e0 = res.talker.get_input_embeddings()(c0)  # [B, 1, D]
+    hidden = torch.cat([job._talker_last_hidden for job in live])  # [B, 1, D]
+    pickers = [job._residual_picker() for job in live]
+
+    def pick(step: int, logits: torch.Tensor) -> torch.Tensor:  # logits [B, V]
+        return torch.tensor([p.pick(logits[row]) for row, p in enumerate(pickers)], device=res.device)
+
+    residual, codec_sum = res.predictor.run(hidden, e0, pick)  # [B, 15], [B, 1, D]
+    for row, job in enumerate(live):
+        codes = torch.cat([c0[row], residual[row]])  # [16]
+        events[job] = job._frame_finish(codes, codec_sum[row : row + 1], inline_advance=False)
+    return events
+
+
+def _advance(jobs) -> dict[object, list[Event]]:
+    """Thinker catch-up (batched while several need a token), then one talker step for all."""
+    events: dict[object, list[Event]] = {job: [] for job in jobs}
+    res = jobs[0].res
+    while True:
+        need = [job for job in jobs if job._needs_text()]
+        if not need:
+            break
+        if len(need) == 1:
+            events[need[0]] += need[0]._thinker_step()
+            continue
+        ids = torch.tensor([[job._tokens[-1]] for job in need], device=res.device)  # [B, 1]
+        pos = torch.cat([job._thinker_next_position() for job in need], dim=1)  # [3, B, 1]
+        out = decode_step(
+            res.thinker, [job._thinker_cache for job in need], res.thinker.config.text_config, pos, input_ids=ids
+        )
+        for row, job in enumerate(need):
+            events[job] += job._accept_token(out.logits[row, -1])
+    embeds = torch.cat([job._codec_sum + job._next_text_input() for job in jobs])  # [B, 1, D]
+    pos = torch.cat([job._talker_next_position() for job in jobs], dim=1)  # [3, B, 1]
+    out = decode_step(
+        res.talker,
+        [job._talker_cache for job in jobs],
+        res.talker.config.text_config,
+        pos,
+        inputs_embeds=embeds,
+        output_hidden_states=True,
+        generation_step=0,  # only echoed back by the module; text comes from each response's queue
+    )
+    last = out.hidden_states[0][-1]  # [B, 1, D]: last layer, as stock's prepare_inputs reads it
+    for row, job in enumerate(jobs):
+        job._after_talker_row(out.logits[row, -1], last[row : row + 1, -1:])
+        job._end_advance()
+    return events

@@ -1,0 +1,136 @@
+"""Batched decode steps (engine/batch.py) and the worker's deadline-aware order (issue #7)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+from assistant.engine import batch
+from assistant.engine.api import AudioChunk, AudioPart, Conversation, ResponseDone, ResponseStats, Sampling
+from assistant.engine.local import load_resident
+from assistant.engine.stream import StreamJob
+from assistant.engine.worker import ModelWorker
+
+CLIPS = ["hello_en_us.wav", "weather_en_gb_f3.wav", "count_en_us_m3.wav", "describe_en_scotland.wav"]
+
+
+@pytest.fixture(scope="module")
+def resident(tiny_dir):
+    return load_resident(str(tiny_dir), torch.device("cpu"), torch.float32, "sdpa")
+
+
+def _job(resident, load_wav, clip: str, frames: int) -> StreamJob:
+    conv = Conversation(
+        sampling=Sampling(greedy=True, min_tokens=4, max_tokens=7, min_frames=frames, max_frames=frames)
+    )
+    conv.add_user([AudioPart(load_wav(clip), 16000)])
+    return StreamJob(resident, conv)
+
+
+def _outcome(job: StreamJob, events: list) -> tuple:
+    done = events[-1]
+    assert isinstance(done, ResponseDone) and done.status == "completed", done
+    audio = b"".join(e.pcm16 for e in events if isinstance(e, AudioChunk))
+    return job._tokens, torch.stack(job._vocoder.frames, -1), audio
+
+
+def test_batched_decode_equals_each_response_alone(resident, load_wav):
+    """Four responses with different prompts and lengths (so caches differ in length and
+    rows leave the batch at different steps) give, batched, what each gives alone."""
+    frames = [6, 9, 12, 15]
+    solo = []
+    for clip, n in zip(CLIPS, frames, strict=True):
+        job = _job(resident, load_wav, clip, n)
+        events = []
+        while not job.done:
+            events += job.step()
+        solo.append(_outcome(job, events))
+
+    jobs = [_job(resident, load_wav, clip, n) for clip, n in zip(CLIPS, frames, strict=True)]
+    events = {job: [] for job in jobs}
+    batched_rows = []
+    while not all(job.done for job in jobs):
+        for phase in ("prefill", "talker_prefill", "frame", "advance"):
+            group = [job for job in jobs if not job.done and job._phase == phase]
+            if not group:
+                continue
+            if phase in ("frame", "advance") and len(group) > 1:
+                batched_rows.append(len(group))
+                for job, evs in batch.step_jobs(group).items():
+                    events[job] += evs
+            else:
+                for job in group:
+                    events[job] += job.step()
+    assert max(batched_rows) == 4 and 2 in batched_rows  # full batches, then rows leaving
+    for job, (tokens, codes, audio) in zip(jobs, solo, strict=True):
+        b_tokens, b_codes, b_audio = _outcome(job, events[job])
+        assert b_tokens == tokens
+        assert torch.equal(b_codes, codes), "batched codec frames differ from the solo run"
+        assert b_audio == audio
+
+
+def test_padded_cache_and_scatter():
+    caches = []
+    for n in (3, 5):
+        c = DynamicCache()
+        for layer in range(2):
+            c.update(torch.full((1, 2, n, 4), float(n)), torch.full((1, 2, n, 4), -float(n)), layer)
+        caches.append(c)
+    padded, mask = batch.padded_cache(caches, None)
+    assert padded.layers[0].keys.shape == (2, 2, 5, 4)
+    assert mask.tolist() == [[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]]  # left padding, +1 for the new position
+    assert torch.equal(padded.layers[1].keys[0, :, 2:], caches[0].layers[1].keys[0])
+    for layer in range(2):  # what a forward appends: one new position per row
+        padded.update(
+            torch.stack([torch.full((2, 1, 4), 7.0), torch.full((2, 1, 4), 8.0)]), torch.zeros(2, 2, 1, 4), layer
+        )
+    batch.scatter_new_kv(padded, caches)
+    assert [c.get_seq_length() for c in caches] == [4, 6]
+    assert caches[0].layers[1].keys[0, 0, -1, 0] == 7.0 and caches[1].layers[0].keys[0, 1, -1, 0] == 8.0
+
+
+@dataclass(eq=False)
+class FakeJob:
+    """The fields the worker's scheduler reads, as plain data."""
+
+    name: str
+    t_submitted: float = 0.0
+    audio_s: float | None = None  # audio produced so far; None = first packet pending
+    started_s_ago: float = 0.0  # first audio this long ago
+    cancelled: bool = False
+    audio: bool = True
+    stats: ResponseStats = field(default_factory=ResponseStats)
+
+    @property
+    def first_packet_pending(self) -> bool:
+        return self.audio_s is None
+
+
+def test_scheduler_order(monkeypatch):
+    import assistant.engine.worker as worker_mod
+
+    monkeypatch.setattr(worker_mod, "now", lambda: 100.0)
+    w = ModelWorker(4, guard_s=0.16)
+    jobs = {
+        "ahead": FakeJob("ahead", audio_s=2.0, started_s_ago=1.0),  # 1 s buffered
+        "starving": FakeJob("starving", audio_s=1.1, started_s_ago=1.0),  # 0.1 s buffered
+        "new_late": FakeJob("new_late", t_submitted=99.5),
+        "new_early": FakeJob("new_early", t_submitted=99.0),
+        "cancelled": FakeJob("cancelled", audio_s=3.0, started_s_ago=0.5, cancelled=True),
+    }
+    for j in jobs.values():
+        if j.audio_s is not None:
+            j.stats.t_first_audio = 100.0 - j.started_s_ago
+            j.stats.audio_samples = int(j.audio_s * 24000)
+    order = []
+    w._active = [(j, None) for j in jobs.values()]
+    while w._active:
+        job, _ = w._pick()
+        order.append(job.name)
+        w._active = [e for e in w._active if e[0] is not job]
+    # Cancels first, then whoever is about to underrun, then first packets in arrival
+    # order, before the response that has a second of audio ahead.
+    assert order == ["cancelled", "starving", "new_early", "new_late", "ahead"]
