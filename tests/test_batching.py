@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pytest
 import torch
 from transformers import DynamicCache
 
 from assistant.engine import batch
-from assistant.engine.api import AudioChunk, AudioPart, Conversation, ResponseDone, ResponseStats, Sampling
+from assistant.engine.api import AudioChunk, AudioPart, Conversation, ResponseDone, Sampling
 from assistant.engine.local import load_resident
 from assistant.engine.stream import StreamJob
 from assistant.engine.worker import ModelWorker
@@ -98,15 +98,16 @@ class FakeJob:
 
     name: str
     t_submitted: float = 0.0
-    audio_s: float | None = None  # audio produced so far; None = first packet pending
-    started_s_ago: float = 0.0  # first audio this long ago
+    slack_s: float | None = None  # None: first packet pending
     cancelled: bool = False
     audio: bool = True
-    stats: ResponseStats = field(default_factory=ResponseStats)
 
     @property
     def first_packet_pending(self) -> bool:
-        return self.audio_s is None
+        return self.slack_s is None
+
+    def playback_slack_s(self, t: float, frame_cost_s: float) -> float:
+        return self.slack_s
 
 
 def test_scheduler_order(monkeypatch):
@@ -114,23 +115,36 @@ def test_scheduler_order(monkeypatch):
 
     monkeypatch.setattr(worker_mod, "now", lambda: 100.0)
     w = ModelWorker(4, guard_s=0.16)
-    jobs = {
-        "ahead": FakeJob("ahead", audio_s=2.0, started_s_ago=1.0),  # 1 s buffered
-        "starving": FakeJob("starving", audio_s=1.1, started_s_ago=1.0),  # 0.1 s buffered
-        "new_late": FakeJob("new_late", t_submitted=99.5),
-        "new_early": FakeJob("new_early", t_submitted=99.0),
-        "cancelled": FakeJob("cancelled", audio_s=3.0, started_s_ago=0.5, cancelled=True),
-    }
-    for j in jobs.values():
-        if j.audio_s is not None:
-            j.stats.t_first_audio = 100.0 - j.started_s_ago
-            j.stats.audio_samples = int(j.audio_s * 24000)
+    jobs = [
+        FakeJob("ahead", slack_s=1.0),
+        FakeJob("starving", slack_s=0.1),
+        FakeJob("new_late", t_submitted=99.9),
+        FakeJob("ahead_less", slack_s=0.5),
+        FakeJob("new_early", t_submitted=99.8),
+        FakeJob("late", slack_s=-0.2),
+        FakeJob("cancelled", slack_s=3.0, cancelled=True),
+    ]
     order = []
-    w._active = [(j, None) for j in jobs.values()]
+    w._active = [(j, None) for j in jobs]
     while w._active:
         job, _ = w._pick()
         order.append(job.name)
         w._active = [e for e in w._active if e[0] is not job]
-    # Cancels first, then whoever is about to underrun, then first packets in arrival
-    # order, before the response that has a second of audio ahead.
-    assert order == ["cancelled", "starving", "new_early", "new_late", "ahead"]
+    # Cancels first, then whoever is about to underrun (least slack first), then first
+    # packets in arrival order, before the responses that have audio ahead.
+    assert order == ["cancelled", "late", "starving", "new_early", "new_late", "ahead_less", "ahead"]
+    # A first packet kept waiting past 2 x guard (0.32 s) ranks with the starving, by how overdue it is.
+    w._active = [(j, None) for j in (FakeJob("late", slack_s=-0.2), FakeJob("overdue", t_submitted=99.4))]
+    assert w._pick()[0].name == "overdue"  # 0.28 s overdue beats 0.2 s short
+
+
+def test_playback_slack_counts_whole_chunks(resident, load_wav):
+    job = _job(resident, load_wav, CLIPS[0], 30)
+    while job.stats.t_first_audio is None:
+        job.step()
+    t = job.stats.t_first_audio
+    emitted_s = job.stats.audio_samples / 24000  # the 1-frame chunk (80 ms less the look-ahead)
+    # The next chunk is 2 frames: none computed yet, so 2 frames of work stand before it.
+    assert job._vocoder.next_chunk_size() == 2 and job._frames - job._vocoder.decoded_frames == 0
+    assert job.playback_slack_s(t, 0.01) == pytest.approx(emitted_s - 0.02)
+    assert job.playback_slack_s(t + 0.5, 0.01) == pytest.approx(emitted_s - 0.5 - 0.02)

@@ -30,6 +30,7 @@ from transformers import DynamicCache
 
 from . import inputs as inputs_mod
 from .api import (
+    OUTPUT_SAMPLE_RATE,
     AudioChunk,
     Conversation,
     EngineError,
@@ -120,6 +121,15 @@ class StreamJob:
     def first_packet_pending(self) -> bool:
         first = self.stats.t_first_audio if self.audio else self.stats.t_thinker_first_token
         return first is None and not self.done
+
+    def playback_slack_s(self, t: float, frame_cost_s: float) -> float:
+        """Seconds to spare before this response's listener runs dry: the audio emitted
+        ahead of real-time playback, minus the work left before the next chunk is out."""
+        if self.stats.t_first_audio is None or getattr(self, "_vocoder", None) is None:
+            return 0.0
+        ahead = self.stats.t_first_audio + self.stats.audio_samples / OUTPUT_SAMPLE_RATE - t
+        pending = self._frames - self._vocoder.decoded_frames
+        return ahead - max(1, self._vocoder.next_chunk_size() - pending) * frame_cost_s
 
     # ------------------------------------------------------------------ thinker
 

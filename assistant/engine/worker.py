@@ -5,14 +5,21 @@ so responses interleave at step granularity and a cancel takes effect within one
 Events cross to the asyncio side with `loop.call_soon_threadsafe`; nothing here ever
 blocks the event loop that paces media.
 
-Scheduling is deadline-aware (issue #7), in this order:
+Scheduling is deadline-aware (issue #7). A speaking response's deadline is when its
+listener runs out of audio (first audio + audio emitted so far, played in real time);
+its slack is that deadline minus now minus the work left before its next chunk can go
+out (frames still to compute for the chunk x the measured cost of a frame). Order:
 1. a cancelled response (finishing it is cheap and frees its client);
-2. a response about to underrun: less than `guard_s` of audio buffered ahead of
-   real-time playback (least buffered first);
+2. a response whose slack is under `guard_s` (least slack first);
 3. a response still waiting for its first packet (first come, first served);
-4. the rest, least buffered first.
+4. the rest, least slack first.
+A first packet that has waited longer than `2 x guard_s` moves up to class 2, ranked by
+how overdue it is: under overload, starving new responses would also keep them out of
+the batched steps that make room for everyone.
 So a new turn's first packet goes before responses with enough audio ahead, and nobody
-underruns while the total real-time factor stays below 1.
+underruns while the total real-time factor stays below 1. Slack counts whole chunks
+because audio leaves in chunks (the ramp 1, 2, 4, ... frames): frames computed but not
+yet emitted are not audible yet.
 
 Batching: when the chosen response is at a decode step (code predictor or talker and
 thinker advance), every other response at the same step joins it, up to `max_batch`,
@@ -37,7 +44,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 
 from . import batch
-from .api import OUTPUT_SAMPLE_RATE, Conversation, EngineError, Event, ResponseDone, ResponseStats, now
+from .api import Conversation, EngineError, Event, ResponseDone, ResponseStats, now
 from .stream import StreamJob
 
 log = logging.getLogger("assistant.engine")
@@ -99,6 +106,7 @@ class ModelWorker:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="model-worker", daemon=True)
         self.steps = 0
+        self.frame_cost_s = 0.05  # moving average of one frame's decode time (updated as steps run)
         self.batched_steps = 0  # steps that ran several responses as one batch
         self.batched_rows = 0  # responses stepped in those
 
@@ -147,6 +155,8 @@ class ModelWorker:
                 self._wake.clear()
                 continue
             group = self._group(self._pick())
+            t_step = now()
+            decode = group[0][0]._phase in ("frame", "advance")
             try:
                 if len(group) == 1:
                     results = {group[0][0]: group[0][0].step()}
@@ -159,6 +169,8 @@ class ModelWorker:
                 err = EngineError("engine_error", f"{type(exc).__name__}: {exc}"[:500])
                 results = {job: job._finish("failed", err) for job, _ in group if not job.done}
             self.steps += 1
+            if decode:  # a frame is one "frame" step and one "advance" step
+                self.frame_cost_s += 0.2 * (2.0 * (now() - t_step) - self.frame_cost_s)
             for job, sink in group:
                 if results.get(job):
                     sink(results[job])
@@ -185,9 +197,11 @@ class ModelWorker:
             if job.cancelled:
                 return (0, 0.0)
             if job.first_packet_pending:
-                return (2, job.t_submitted)
-            played = t - (job.stats.t_first_audio or t)
-            buffered = job.stats.audio_samples / OUTPUT_SAMPLE_RATE - played
-            return (1 if buffered < self.guard_s and job.audio else 3, buffered)
+                overdue = t - job.t_submitted - 2.0 * self.guard_s
+                return (1, -overdue) if overdue > 0 else (2, job.t_submitted)
+            if not job.audio:
+                return (3, float("inf"))
+            left = job.playback_slack_s(t, self.frame_cost_s)
+            return (1 if left < self.guard_s else 3, left)
 
         return min(self._active, key=slack)
