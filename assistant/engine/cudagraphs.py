@@ -20,6 +20,17 @@ one warning with the traceback, and the call (and all later ones) runs the eager
 which is the code the CPU runs. Replay errors are not caught: on CUDA they are sticky
 context errors that the eager path could not survive either.
 
+Not graphed yet: the talker decode step (stream.py `_advance`) still runs eagerly with a
+DynamicCache. Capturing it needs (1) a preallocated KV of fixed length written at a
+position held in a device tensor, with the attention over the whole buffer under a
+length mask (transformers' StaticCache, or our own as in predictor.py); (2) the MoE
+experts without host syncs: the pinned release's eager experts loop over the hit experts
+(`nonzero`/`.tolist()`), its "batched_mm" implementation (transformers/integrations/moe.py)
+gathers the chosen experts' weights per token and is sync-free, but rounds differently
+from the eager loop, so greedy CUDA output would no longer match stock token for token;
+(3) rope positions and the text input as static buffers. That is a change of numerics
+that needs a GPU to validate, so it is left for a session that has one.
+
 Status: the CUDA path has NOT been run on a GPU yet (written without one). The CPU tests
 drive every buffer and bookkeeping path through `CallReplay`, and
 tests/test_cudagraphs.py has CUDA-only equality tests (graph == eager, bit for bit,
