@@ -39,6 +39,10 @@ class Settings:
     device: str = opt("auto", "'auto', 'cpu' or 'cuda[:N]'")
     dtype: str = opt("auto", "'auto' (bf16 on CUDA, fp32 on CPU), 'bfloat16', 'float16' or 'float32'")
     attn_implementation: str = opt("sdpa", "attention implementation: 'sdpa', 'eager' or 'flash_attention_2'")
+    cuda_graphs: bool = opt(
+        True,
+        "on CUDA, replay the code predictor and Code2Wav from CUDA graphs (--no-cuda-graphs: eager); CPU ignores it",
+    )
     cache_dir: str = opt("", "where the tiny checkpoint is built ('' = the user cache directory)")
     warmup: bool = opt(True, "run one short response before accepting traffic")
     # Upstream (scale-out): serve every conversation from a remote OpenAI-Realtime server instead of a local model

@@ -24,3 +24,8 @@ def test_gpu_bench_smoke_on_tiny_config(tmp_path):
     assert set(results) == {"audio@1", "video@1", "audio@4", "video@4"}
     assert all(r["status"] == "completed" and r["audio_ttfp_ms"] > 0 for rs in results.values() for r in rs)
     assert len(results["audio@4"]) == 4
+    # Graphs off vs on, side by side (on CPU both columns are eager and say so).
+    assert "| predictor_greedy_frame |" in table and "| responses c=1: frame_ms |" in table and "no CUDA" in table
+    compare = json.loads((out / "gpu_bench.json").read_text())["graphs_off_on"]
+    assert set(compare["micro_ms"]) == set(compare["responses"]) == {"off", "on"}
+    assert all(v > 0 for side in compare["micro_ms"].values() for v in side.values())

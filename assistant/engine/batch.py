@@ -112,12 +112,15 @@ def _frames(jobs) -> dict[object, list[Event]]:
     c0 = torch.tensor([[job._code0] for job in live], device=res.device)  # [B, 1]
     e0 = res.talker.get_input_embeddings()(c0)  # [B, 1, D]
     hidden = torch.cat([job._talker_last_hidden for job in live])  # [B, 1, D]
-    pickers = [job._residual_picker() for job in live]
+    if res.device.type == "cuda" and all(job.sampling.greedy for job in live):
+        residual, codec_sum = res.predictor.run_greedy(hidden, e0)  # on-device argmax, as the solo path
+    else:
+        pickers = [job._residual_picker() for job in live]
 
-    def pick(step: int, logits: torch.Tensor) -> torch.Tensor:  # logits [B, V]
-        return torch.tensor([p.pick(logits[row]) for row, p in enumerate(pickers)], device=res.device)
+        def pick(step: int, logits: torch.Tensor) -> torch.Tensor:  # logits [B, V]
+            return torch.tensor([p.pick(logits[row]) for row, p in enumerate(pickers)], device=res.device)
 
-    residual, codec_sum = res.predictor.run(hidden, e0, pick)  # [B, 15], [B, 1, D]
+        residual, codec_sum = res.predictor.run(hidden, e0, pick)  # [B, 15], [B, 1, D]
     for row, job in enumerate(live):
         codes = torch.cat([c0[row], residual[row]])  # [16]
         events[job] = job._frame_finish(codes, codec_sum[row : row + 1], inline_advance=False)

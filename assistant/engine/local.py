@@ -36,6 +36,7 @@ def load_resident(
     dtype: torch.dtype,
     attn_implementation: str = "sdpa",
     audio_window_s: int | None = None,
+    cuda_graphs: bool = True,
 ) -> Resident:
     """Load model and processor with exactly the calls used for the published checkpoint."""
     from transformers import Qwen3OmniMoeForConditionalGeneration, Qwen3OmniMoeProcessor
@@ -49,7 +50,7 @@ def load_resident(
     ).eval()
     patch_loaded_model(model)
     processor = Qwen3OmniMoeProcessor.from_pretrained(path)
-    return Resident(model, processor, device, dtype, audio_window_s)
+    return Resident(model, processor, device, dtype, audio_window_s, cuda_graphs)
 
 
 class LocalEngine:
@@ -71,6 +72,9 @@ class LocalEngine:
     async def start(self) -> None:
         if self.resident is None:
             self.resident = await asyncio.to_thread(self._load)
+        # Before the worker starts: a CUDA graph capture must have the device to itself.
+        await asyncio.to_thread(self.resident.capture_graphs, list(self.stream_config.chunk_ramp),
+                                self.stream_config.left_context)  # fmt: skip
         self.worker.start()
         if self.settings.warmup:
             await self.warmup()
@@ -86,7 +90,12 @@ class LocalEngine:
             torch.set_num_threads(max(1, self.settings.cpu_threads))
         log.info("loading %s on %s (%s): %s", resolved.path_or_id, device, dtype, resolved.reason)
         resident = load_resident(
-            resolved.path_or_id, device, dtype, self.settings.attn_implementation, self.settings.audio_window_s or None
+            resolved.path_or_id,
+            device,
+            dtype,
+            self.settings.attn_implementation,
+            self.settings.audio_window_s or None,
+            self.settings.cuda_graphs,
         )
         self.info = EngineInfo(
             "local", resolved.path_or_id, str(device), str(dtype).removeprefix("torch."), resolved.is_tiny

@@ -26,6 +26,11 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+def greedy_pick(step: int, logits: torch.Tensor) -> torch.Tensor:
+    """logits [B, V] -> ids [B] on the logits' device: the argmax `Picker(greedy=True)` takes."""
+    return logits.float().argmax(-1)
+
+
 class FastCodePredictor:
     def __init__(self, code_predictor) -> None:
         self.cp = code_predictor
@@ -62,10 +67,8 @@ class FastCodePredictor:
         codes = []
         pos = 0
         for step in range(self.groups - 1):
-            h = self._layers(x, pos, k_cache, v_cache)  # [B, T, D]
+            logits = self.step_logits(step, x, pos, k_cache, v_cache)  # [B, V]
             pos += x.shape[1]
-            # Norm and head over all T positions, as stock: a [B, 1, D] matmul rounds differently.
-            logits = self.heads[step](self.norm(h))[:, -1]  # [B, V]
             ids = pick(step, logits)  # [B]
             codes.append(ids)
             x = self.embeddings[step](ids.unsqueeze(1))  # [B, 1, D]
@@ -74,6 +77,20 @@ class FastCodePredictor:
         # sum rounds differently and can flip a near-tied talker logit frames later.
         codec_sum = torch.cat(embeds, dim=1).sum(1, keepdim=True)  # [B, 1, D]
         return torch.stack(codes, dim=1), codec_sum
+
+    def run_greedy(self, last_hidden: torch.Tensor, code0_embed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`run` with an on-device argmax pick (no host sync per step). Picks what
+        `sampling.Picker(greedy=True)` picks: argmax of the float32 logits, first index on ties."""
+        return self.run(last_hidden, code0_embed, greedy_pick)
+
+    def step_logits(
+        self, step: int, x: torch.Tensor, pos: int, k_cache: torch.Tensor, v_cache: torch.Tensor
+    ) -> torch.Tensor:
+        """One decode step: x [B, T, D] at positions [pos, pos + T) -> logits of residual `step`, [B, V].
+        Shared by the eager loop and the CUDA-graph captures (cudagraphs.py), so both run the same kernels."""
+        h = self._layers(x, pos, k_cache, v_cache)  # [B, T, D]
+        # Norm and head over all T positions, as stock: a [B, 1, D] matmul rounds differently.
+        return self.heads[step](self.norm(h))[:, -1]  # [B, V]
 
     def _layers(self, x: torch.Tensor, pos: int, k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from .cudagraphs import GraphedCode2Wav, GraphedCodePredictor, decode_lengths
 from .predictor import FastCodePredictor
 
 
@@ -16,7 +17,13 @@ class Resident:
     """The loaded model plus constants every response needs (read-only after load)."""
 
     def __init__(
-        self, model, processor, device: torch.device, dtype: torch.dtype, audio_window_s: int | None = None
+        self,
+        model,
+        processor,
+        device: torch.device,
+        dtype: torch.dtype,
+        audio_window_s: int | None = None,
+        cuda_graphs: bool = True,
     ) -> None:
         self.model, self.processor, self.device, self.dtype = model, processor, device, dtype
         self.audio_window_tokens = self.audio_window_frames = 0
@@ -42,7 +49,9 @@ class Resident:
         eos = self.tcfg.codec_eos_token_id
         # Stock generate() suppresses the talker's special range except codec EOS.
         self.talker_suppress = torch.tensor([i for i in range(vocab - 1024, vocab) if i != eos], device=device)
-        self.predictor = FastCodePredictor(self.talker.code_predictor)
+        self._eager_predictor = FastCodePredictor(self.talker.code_predictor)
+        self._graphed: tuple[GraphedCodePredictor, GraphedCode2Wav] | None = None
+        self.use_cuda_graphs(cuda_graphs)
         tc = cfg.thinker_config
         self.audio_start_id, self.vision_start_id = tc.audio_start_token_id, tc.vision_start_token_id
         self.audio_end_id = tc.audio_start_token_id + 1  # <|audio_end|> follows <|audio_start|> in Qwen's table
@@ -58,6 +67,27 @@ class Resident:
         with torch.no_grad():
             special = torch.tensor([[cfg.tts_bos_token_id, cfg.tts_eos_token_id, cfg.tts_pad_token_id]], device=device)
             self.tts_bos, self.tts_eos, self.tts_pad = self.talker.text_projection(self.embed(special)).chunk(3, dim=1)
+
+    def use_cuda_graphs(self, on: bool) -> None:
+        """Pick the decode path: CUDA graphs (cudagraphs.py) or eager. Ignored on CPU,
+        where `predictor` is the eager FastCodePredictor and `vocoder` the Code2Wav module
+        itself. Graphs already captured are kept when switching off and on (gpu_bench)."""
+        self.cuda_graphs = on and self.device.type == "cuda"
+        if self.cuda_graphs and self._graphed is None:
+            self._graphed = (GraphedCodePredictor(self._eager_predictor), GraphedCode2Wav(self.code2wav))
+        self.predictor = self._graphed[0] if self.cuda_graphs else self._eager_predictor
+        self.vocoder = self._graphed[1] if self.cuda_graphs else self.code2wav
+
+    def capture_graphs(self, chunk_ramp: list[int], left_context: int) -> None:
+        """Capture ahead of traffic: the predictor at batch 1 and Code2Wav at the window
+        lengths this chunk schedule decodes. Call while no other thread uses the GPU
+        (a capture forbids other work on the device). No-op without CUDA graphs."""
+        if not self.cuda_graphs:
+            return
+        predictor, vocoder = self._graphed
+        predictor.capture(1, self.device, self.dtype)
+        vocoder.lengths |= set(decode_lengths(list(chunk_ramp), left_context))
+        vocoder.capture_all(self.device)
 
     def speaker_id(self, voice: str) -> int:
         table = self.tcfg.speaker_id or {}

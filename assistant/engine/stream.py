@@ -88,7 +88,8 @@ class StreamJob:
         self._thinker_done = False
         self._text_queue: deque[torch.Tensor] = deque()  # talker text inputs, each [1, 1, D]
         self._frames = 0
-        gen = torch.Generator(device="cpu")
+        # On the logits' device: multinomial refuses a CPU generator for CUDA probabilities.
+        gen = torch.Generator(device=res.device)
         if self.sampling.seed is not None:
             gen.manual_seed(self.sampling.seed)
         self._gen = gen if self.sampling.seed is not None else None
@@ -392,7 +393,7 @@ class StreamJob:
             min_new=s.min_frames,
             generator=self._gen,
         )
-        self._vocoder = IncrementalCode2Wav(res.code2wav, self.config.left_context, list(self.config.chunk_ramp))
+        self._vocoder = IncrementalCode2Wav(res.vocoder, self.config.left_context, list(self.config.chunk_ramp))
         self._after_talker(out)
         self.stats.t_talker_first_frame = now()
         self._phase = "frame"
@@ -484,10 +485,15 @@ class StreamJob:
         res = self.res
         c0 = torch.tensor([[self._code0]], device=res.device)
         e0 = res.talker.get_input_embeddings()(c0)  # [1, 1, D]
+        if self.sampling.greedy and res.device.type == "cuda":
+            # The same argmax on the device: no host round trip per step, and one graph replay
+            # per frame with CUDA graphs (cudagraphs.py). The CPU keeps the Picker path below.
+            residual, codec_sum = res.predictor.run_greedy(self._talker_last_hidden, e0)  # [1, 15], [1, 1, D]
+            return torch.cat([c0[0], residual[0]]), codec_sum
         picker = self._residual_picker()
         residual, codec_sum = res.predictor.run(
             self._talker_last_hidden, e0, lambda step, logits: torch.tensor([picker.pick(logits[0])], device=res.device)
-        )  # [1, 15], [1, 1, D]
+        )  # [1, 15], [1, 1, D]; Picker samples on the host side of the graphs, between step replays
         return torch.cat([c0[0], residual[0]]), codec_sum
 
     def _audio_event(self, samples) -> AudioChunk:
