@@ -139,7 +139,7 @@ class StreamJob:
             t.get("image_grid_thw"),
             t.get("video_grid_thw"),
             t["attention_mask"],
-            False,
+            prepared.audio_in_video,  # camera turns: audio positions interleaved with the grids
             self._audio_lengths,
             t.get("video_second_per_grid"),
         )  # pos [3, 1, P]: positions of the whole prompt, prefix included
@@ -354,6 +354,9 @@ class StreamJob:
                 t.get("image_grid_thw"),
                 t.get("video_grid_thw"),
                 mask,
+                # Stays False for camera turns too: stock generate() hands the talker only the grids and
+                # video_second_per_grid, never use_audio_in_video ("Merge kwargs" in
+                # modeling_qwen3_omni_moe.py generate), so its talker positions are computed without it.
                 False,
                 self._audio_lengths,
                 t.get("video_second_per_grid"),
