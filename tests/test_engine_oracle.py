@@ -72,7 +72,9 @@ def run_stock(resident, conv):
 
     model.code2wav.chunked_decode = capture
     try:
-        ids, wav = model.generate(**prepared.tensors, **greedy_generate_kwargs(s, conv.voice))
+        ids, wav = model.generate(
+            **prepared.tensors, **greedy_generate_kwargs(s, conv.voice), use_audio_in_video=prepared.audio_in_video
+        )
     finally:
         model.code2wav.chunked_decode = original
     generated = ids[0, prepared.input_ids.shape[1] :].tolist()
@@ -107,6 +109,27 @@ def test_audio_and_video_turn_matches_stock(resident, load_wav, fixtures_dir):
     frames = frames_fixture(fixtures_dir, 4)
     conv = Conversation(sampling=GREEDY, voice="Aiden")
     conv.add_user([AudioPart(load_wav("weather_en_gb_f3.wav"), 16000), VideoPart(frames, [0.0, 0.5, 1.0, 1.5])])
+    assert_matches_stock(resident, conv)
+
+
+def test_camera_and_microphone_turn_matches_stock(resident, load_wav, fixtures_dir):
+    """A camera turn in Qwen's interleaved layout (each 2-frame grid at its start time,
+    then that second's audio), after an earlier audio turn: stock generate() with
+    use_audio_in_video=True and the engine agree token for token and frame for frame."""
+    frames = frames_fixture(fixtures_dir, 6)
+    conv = Conversation(sampling=GREEDY, voice="Aiden")
+    conv.add_user([AudioPart(load_wav("hello_en_us.wav"), 16000)])
+    conv.add_assistant_text("Hi.")
+    video = VideoPart(frames, [0.0, 0.5, 1.0, 1.5, 2.0, 2.5], interleave_audio=True)
+    conv.add_user([video, AudioPart(load_wav("describe_en_scotland.wav"), 16000)])
+    prepared = inputs_mod.prepare(resident.processor, conv)
+    assert prepared.audio_in_video
+    ids = prepared.input_ids[0].tolist()
+    tc = resident.cfg.thinker_config
+    camera = ids[ids.index(tc.vision_start_token_id) :]
+    assert camera[1] == tc.audio_start_token_id  # <|vision_start|><|audio_start|> opens the interleaved span
+    runs = [tok for i, tok in enumerate(camera[2:]) if i == 0 or camera[1 + i] != tok][:6]
+    assert runs == [tc.video_token_id, tc.audio_token_id] * 3  # grid, its second of audio, grid, ...
     assert_matches_stock(resident, conv)
 
 

@@ -96,6 +96,10 @@ class ImagePart:
 class VideoPart:
     frames: list[np.ndarray]  # uint8 [H, W, 3] RGB each
     timestamps_s: list[float]  # capture time of each frame, seconds from the turn's start
+    # A camera+microphone turn: the turn's AudioPart was recorded with these frames and is
+    # rendered time-interleaved with them (Qwen's audio-in-video layout, inputs.py); frame i
+    # is then the camera at i / 2 s from the audio's start (timestamps_s[i] == i / 2).
+    interleave_audio: bool = False
 
 
 Part = TextPart | AudioPart | ImagePart | VideoPart

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import types
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import soxr
@@ -47,6 +47,20 @@ def sample_video(part: VideoPart, max_fps: float = MAX_VIDEO_FPS) -> tuple[np.nd
     return np.stack(kept), float(fps)
 
 
+def live_frames(part: VideoPart) -> np.ndarray:
+    """[T, H, W, 3] of a camera+microphone turn: frames at exactly 2 fps from the audio's
+    start (the session slots them so), padded to whole 2-frame grids. The grid i then
+    starts at i s, which is what the interleaved layout places before the audio of
+    second i; no thinning here, or a grid's frames would change as the turn grows."""
+    for i, t in enumerate(part.timestamps_s):
+        if abs(t - i / MAX_VIDEO_FPS) > 1e-3:
+            raise ValueError(f"interleaved video frames must be at {MAX_VIDEO_FPS:g} fps from the turn's start")
+    frames = list(part.frames)
+    if len(frames) % 2:  # temporal patch 2: the last grid repeats its frame, as sample_video does
+        frames.append(frames[-1])
+    return np.stack(frames)
+
+
 @dataclass
 class Prepared:
     """Processor outputs for one thinker prefill, plus what the talker needs."""
@@ -55,54 +69,96 @@ class Prepared:
     num_audios: int
     num_images: int
     num_videos: int
+    audio_in_video: bool = False  # camera turns interleaved: get_rope_index(use_audio_in_video=True)
 
     @property
     def input_ids(self) -> torch.Tensor:
         return self.tensors["input_ids"]
 
 
-def messages(
-    conv: Conversation,
-) -> tuple[list[dict], list[np.ndarray], list[np.ndarray], list[np.ndarray], list[float]]:
+@dataclass
+class Media:
+    """The conversation's media in prompt order, as the processor takes them."""
+
+    audios: list[np.ndarray] = field(default_factory=list)  # every audio slot, video tracks included
+    audio_from_video: list[int | None] = field(default_factory=list)  # per slot: None, or the video it belongs to
+    images: list[np.ndarray] = field(default_factory=list)
+    videos: list[np.ndarray] = field(default_factory=list)
+    fps: list[float] = field(default_factory=list)
+    interleaved: list[bool] = field(default_factory=list)  # per video
+
+
+def _user_content(parts: list, media: Media) -> list[dict]:
+    live = any(isinstance(p, VideoPart) and p.interleave_audio for p in parts)
+    spoken = [p for p in parts if isinstance(p, AudioPart)]
+    if live and (len(spoken) != 1 or sum(isinstance(p, VideoPart) for p in parts) != 1):
+        raise ValueError("a camera+microphone turn has exactly one video and one audio part")
+    content = []
+    for part in parts:
+        if isinstance(part, AudioPart) and not live:
+            media.audios.append(resample_to_16k(part))
+            media.audio_from_video.append(None)
+            content.append({"type": "audio"})
+        elif isinstance(part, ImagePart):
+            media.images.append(np.asarray(part.image, dtype=np.uint8))
+            content.append({"type": "image"})
+        elif isinstance(part, VideoPart):
+            if live:
+                # The audio track has no placeholder of its own: the processor writes it
+                # into the video's span (processing_utils.OmniModalProcessorMixin.__call__,
+                # `audio_from_video_indices`), in the same slot order as the prompt.
+                media.audios.append(resample_to_16k(spoken[0]))
+                media.audio_from_video.append(len(media.videos))
+                frames, rate = live_frames(part), MAX_VIDEO_FPS
+            else:
+                frames, rate = sample_video(part)
+            media.videos.append(frames)
+            media.fps.append(rate)
+            media.interleaved.append(live)
+            content.append({"type": "video"})
+        elif isinstance(part, TextPart):
+            content.append({"type": "text", "text": part.text})
+    return content
+
+
+def messages(conv: Conversation) -> tuple[list[dict], Media]:
     msgs: list[dict] = []
-    audios, images, videos, fps = [], [], [], []
+    media = Media()
     if conv.instructions:
         msgs.append({"role": "system", "content": [{"type": "text", "text": conv.instructions}]})
     for turn in conv.turns:
         if turn.role == "assistant":
             msgs.append({"role": "assistant", "content": [{"type": "text", "text": turn.text_content()}]})
             continue
-        content = []
-        for part in turn.parts:
-            if isinstance(part, AudioPart):
-                audios.append(resample_to_16k(part))
-                content.append({"type": "audio"})
-            elif isinstance(part, ImagePart):
-                images.append(np.asarray(part.image, dtype=np.uint8))
-                content.append({"type": "image"})
-            elif isinstance(part, VideoPart):
-                frames, rate = sample_video(part)
-                videos.append(frames)
-                fps.append(rate)
-                content.append({"type": "video"})
-            elif isinstance(part, TextPart):
-                content.append({"type": "text", "text": part.text})
-        msgs.append({"role": turn.role, "content": content})
-    return msgs, audios, images, videos, fps
+        msgs.append({"role": turn.role, "content": _user_content(turn.parts, media)})
+    if any(media.interleaved) and not all(media.interleaved):
+        # get_rope_index takes one use_audio_in_video flag for the whole prompt
+        # (modeling_qwen3_omni_moe.py): with it set, a plain video span is not recognised.
+        raise ValueError("a conversation cannot mix camera+microphone turns with plain video turns")
+    return msgs, media
 
 
 def prepare(processor, conv: Conversation) -> Prepared:
-    msgs, audios, images, videos, fps = messages(conv)
+    msgs, media = messages(conv)
     text = processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
-    kwargs = {}
-    if audios:
-        kwargs["audio"] = audios
-    if images:
-        kwargs["images"] = images
-    if videos:
-        kwargs["videos"] = videos
+    kwargs: dict = {}
+    if media.audios:
+        kwargs["audio"] = media.audios
+    if media.images:
+        kwargs["images"] = media.images
+    live = any(media.interleaved)
+    if media.videos:
+        kwargs["videos"] = media.videos
         # The processor takes one fps for the batch; frames were already thinned to <= 2 fps.
-        kwargs["videos_kwargs"] = {"fps": min(fps), "do_sample_frames": False}
+        # cap_pixels_per_frame=False: with the cap, a frame's size would depend on how many
+        # frames the video has, and a camera turn's early grids would change as it grows.
+        kwargs["videos_kwargs"] = {"fps": min(media.fps), "do_sample_frames": False, "cap_pixels_per_frame": False}
+    if live:
+        # Qwen's time-interleaved audio+video layout (processing_qwen3_omni_moe.py
+        # replace_video_with_audio_token): each 2-frame grid at its start time, then the
+        # audio tokens up to the next grid.
+        kwargs["load_audio_from_video"] = True
+        kwargs["audio_from_video_indices"] = media.audio_from_video
     if not isinstance(getattr(processor, "_process_audio", None), types.MethodType) or (
         processor._process_audio.__func__ is not per_clip_process_audio
     ):
@@ -113,7 +169,7 @@ def prepare(processor, conv: Conversation) -> Prepared:
         ids = splice_assistant_ids(tensors["input_ids"][0].tolist(), spoken, processor.tokenizer)
         tensors["input_ids"] = torch.tensor([ids])
         tensors["attention_mask"] = torch.ones_like(tensors["input_ids"])
-    return Prepared(tensors, len(audios), len(images), len(videos))
+    return Prepared(tensors, len(media.audios), len(media.images), len(media.videos), live)
 
 
 FEATURE_MEMO_PIECES = 256  # ~100 KB each for 2 s windows: earlier turns are not featurised again

@@ -20,6 +20,7 @@ from .api import (
     Sampling,
     TextPart,
     Turn,
+    VideoPart,
     now,
 )
 from .convcache import ConversationCache
@@ -151,25 +152,52 @@ class LocalEngine:
         """Start prefilling a user turn that is still being spoken (fire and forget).
 
         Only whole audio-encoder windows are prefilled, since their tokens are final; at
-        commit the response then prefills just the tail. Returns False when there is
-        nothing to do or the worker's queue is full (dropped: it is only a head start)."""
-        window = self.resident.audio_window_frames * INPUT_SAMPLE_RATE // 100  # samples
-        audio = next((p for p in parts if isinstance(p, AudioPart)), None)
-        if not window or audio is None or audio.sample_rate != INPUT_SAMPLE_RATE or len(parts) != 1:
+        commit the response then prefills just the tail. A camera turn ([VideoPart with
+        interleave_audio, AudioPart]) is cut where both its audio windows and its 2-frame
+        grids are complete. Returns False when there is nothing to do or the worker's
+        queue is full (dropped: it is only a head start)."""
+        cut = self._final_part(parts)
+        if cut is None:
             return False
-        whole = len(audio.pcm) // window * window
-        if whole == 0 or self._offered.get(conversation.id) == (len(conversation.turns), whole):
+        key = (len(conversation.turns), len(cut[-1].pcm))  # type: ignore[union-attr]
+        if self._offered.get(conversation.id) == key:
             return False  # no new complete window since the last offer
-        self._offered[conversation.id] = (len(conversation.turns), whole)
+        self._offered[conversation.id] = key
         snapshot = Conversation(
             voice=conversation.voice,
             instructions=conversation.instructions,
             sampling=conversation.sampling,
-            turns=[*conversation.turns, Turn("user", [AudioPart(audio.pcm[:whole], INPUT_SAMPLE_RATE)])],
+            turns=[*conversation.turns, Turn("user", cut)],
             id=conversation.id,
         )
         job = StreamJob(self.resident, snapshot, cache=self.conv_cache, partial=True)
         return self.worker.submit(job, lambda events: None)
+
+    def _final_part(self, parts: list[Part]) -> list[Part] | None:
+        """The final head of a turn being spoken: whole encoder windows of its audio and,
+        for a camera turn, the grids (2 frames, 1 s at 2 fps) up to there; None if empty.
+
+        In the interleaved layout grid g sits before the audio tokens of second g
+        (processing_qwen3_omni_moe.py replace_video_with_audio_token), so with audio and
+        video both cut at the same whole second s, every token up to the last audio token
+        is what the committed turn has too; if fewer grids than windows have arrived, the
+        audio is cut back to the windows they cover."""
+        window_s = self.resident.audio_window_frames // 100
+        audio = parts[-1] if parts else None
+        if not window_s or not isinstance(audio, AudioPart) or audio.sample_rate != INPUT_SAMPLE_RATE:
+            return None
+        seconds = len(audio.pcm) // (window_s * INPUT_SAMPLE_RATE) * window_s
+        head: list[Part] = []
+        if len(parts) == 2 and isinstance(parts[0], VideoPart) and parts[0].interleave_audio:
+            video = parts[0]
+            seconds = min(seconds, len(video.frames) // 2 // window_s * window_s)
+            frames = 2 * seconds  # 2 fps: two frames per grid
+            head.append(VideoPart(video.frames[:frames], video.timestamps_s[:frames], interleave_audio=True))
+        elif len(parts) != 1:
+            return None
+        if seconds == 0:
+            return None
+        return [*head, AudioPart(audio.pcm[: seconds * INPUT_SAMPLE_RATE], INPUT_SAMPLE_RATE)]
 
     def forget(self, conversation: Conversation) -> None:
         """The session is over: release the conversation's cached KV now."""

@@ -109,7 +109,8 @@ def media_after(t: dict, ids: list[int], n: int, res: Resident) -> dict:
         if done < t["input_features"].shape[0]:
             feats, mask = t["input_features"][done:].clone(), t["feature_attention_mask"][done:].clone()
             if partial is not None:
-                cached = n - partial - 1  # audio tokens of this clip already in the cache
+                # Audio tokens of this clip already in the cache (a camera turn's span holds video tokens too).
+                cached = sum(1 for tok in ids[partial:n] if tok == res.cfg.thinker_config.audio_token_id)
                 per_window = res.audio_window_tokens
                 if not per_window or cached % per_window:
                     raise RuntimeError("cached audio prefix is not aligned to encoder windows")
@@ -123,14 +124,31 @@ def media_after(t: dict, ids: list[int], n: int, res: Resident) -> dict:
                     feats, mask = feats[1:], mask[1:]
             if feats.shape[0]:
                 tail["input_features"], tail["feature_attention_mask"] = feats, mask
-    vision = [k for k in range(n) if ids[k] == res.vision_start_id and k + 1 < len(ids)]
-    images = sum(1 for k in vision if ids[k + 1] == res.image_id)
-    videos = sum(1 for k in vision if ids[k + 1] == res.video_id)
-    for pixels, grid, count in (
-        ("pixel_values", "image_grid_thw", images),
-        ("pixel_values_videos", "video_grid_thw", videos),
+    for pixels, grid, token, proc in (
+        ("pixel_values", "image_grid_thw", res.image_id, res.processor.image_processor),
+        ("pixel_values_videos", "video_grid_thw", res.video_id, res.processor.video_processor),
     ):
-        if grid in t and count < t[grid].shape[0]:
-            skip = int(t[grid][:count].prod(-1).sum())  # patches of the media already cached
-            tail[pixels], tail[grid] = t[pixels][skip:], t[grid][count:]
+        if grid in t:
+            cached = sum(1 for tok in ids[:n] if tok == token)
+            tail.update(_vision_after(t, pixels, grid, cached, proc.merge_size))
     return tail
+
+
+def _vision_after(t: dict, pixels: str, grid: str, cached: int, merge: int) -> dict:
+    """The patches and grids of one kind of visual media past the first `cached`
+    placeholder tokens. A camera turn cut by incremental prefill is cached up to a whole
+    2-frame grid; the vision encoder attends within each grid (cu_seqlens per temporal
+    slice, vision_utils.get_vision_cu_seqlens), so the rest encodes alone to the same rows."""
+    skip, rest = 0, []
+    for thw in t[grid].tolist():
+        per_grid = thw[1] * thw[2] // merge**2  # tokens of one temporal grid
+        done = min(thw[0] * per_grid, cached)
+        if done % per_grid:
+            raise RuntimeError("cached visual prefix is not aligned to temporal grids")
+        cached -= done
+        skip += done // per_grid * thw[1] * thw[2]
+        if done < thw[0] * per_grid:
+            rest.append([thw[0] - done // per_grid, thw[1], thw[2]])
+    if not rest:
+        return {}
+    return {pixels: t[pixels][skip:], grid: torch.tensor(rest, dtype=t[grid].dtype, device=t[grid].device)}

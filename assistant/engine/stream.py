@@ -150,7 +150,7 @@ class StreamJob:
             t.get("image_grid_thw"),
             t.get("video_grid_thw"),
             t["attention_mask"],
-            False,
+            prepared.audio_in_video,  # camera turns: audio positions interleaved with the grids
             self._audio_lengths,
             t.get("video_second_per_grid"),
         )  # pos [3, 1, P]: positions of the whole prompt, prefix included
@@ -200,23 +200,33 @@ class StreamJob:
 
     def _partial_prefill(self) -> list[Event]:
         """Prefill the conversation up to the last complete encoder window of the turn
-        being spoken (its audio was cut to whole windows by the engine), and keep the
-        KV cache, so that at commit only the tail is left (issue #7)."""
+        being spoken, and keep the KV cache, so that at commit only the tail is left
+        (issue #7). The engine cut the turn's audio to whole windows and, for a camera
+        turn, its frames to the grids before them; in the interleaved layout everything
+        up to the last audio token is then what the committed turn will have too."""
         res = self.res
         self.stats.t_started = now()
-        t = {k: v.to(res.device) for k, v in inputs_mod.prepare(res.processor, self.conv).tensors.items()}
-        if "input_features" in t:
-            t["input_features"] = t["input_features"].to(res.dtype)
-        for key in ("pixel_values", "pixel_values_videos"):
-            t.pop(key, None)  # vision is not prefilled early here
+        prepared = inputs_mod.prepare(res.processor, self.conv)
+        t = {k: v.to(res.device) for k, v in prepared.tensors.items()}
+        for key in ("input_features", "pixel_values", "pixel_values_videos"):
+            if key in t:
+                t[key] = t[key].to(res.dtype)
         ids = t["input_ids"][0].tolist()
         audio_id = res.cfg.thinker_config.audio_token_id
         cut = max(i for i, tok in enumerate(ids) if tok == audio_id) + 1 if audio_id in ids else 0
-        if "image_grid_thw" in t or "video_grid_thw" in t or cut == 0:
-            self.done = True  # only audio turns are prefilled early
+        if cut == 0 or res.image_id in ids[cut:] or res.video_id in ids[cut:]:
+            self.done = True  # nothing final yet, or frames past the audio (the engine never offers those)
             return []
         lengths = t["feature_attention_mask"].sum(-1)
-        pos, _ = res.thinker.get_rope_index(t["input_ids"], None, None, t["attention_mask"], False, lengths, None)
+        pos, _ = res.thinker.get_rope_index(
+            t["input_ids"],
+            t.get("image_grid_thw"),
+            t.get("video_grid_thw"),
+            t["attention_mask"],
+            prepared.audio_in_video,
+            lengths,
+            t.get("video_second_per_grid"),
+        )
         prefix = self._reuse_prefix(ids[: cut + 1])  # +1: the cut itself may be reused whole
         n = len(prefix.ids) if prefix else 0
         if n >= cut:
@@ -224,11 +234,12 @@ class StreamJob:
             self.done = True
             return []
         tail_ids = t["input_ids"][:, n:cut]
-        embeds, _ = self._encode(tail_ids, media_after(t, ids, n, res))
+        embeds, mm = self._encode(tail_ids, media_after(t, ids, n, res))
         kv = prefix.kv if prefix else DynamicCache(config=res.thinker.config.text_config)
         out = res.thinker.model(
             input_ids=tail_ids,
             inputs_embeds=embeds,
+            mm_encoder_outputs=mm,
             position_ids=pos[:, :, n:cut],
             cache=kv,
             use_cache=True,
@@ -365,6 +376,9 @@ class StreamJob:
                 t.get("image_grid_thw"),
                 t.get("video_grid_thw"),
                 mask,
+                # Stays False for camera turns too: stock generate() hands the talker only the grids and
+                # video_second_per_grid, never use_audio_in_video ("Merge kwargs" in
+                # modeling_qwen3_omni_moe.py generate), so its talker positions are computed without it.
                 False,
                 self._audio_lengths,
                 t.get("video_second_per_grid"),

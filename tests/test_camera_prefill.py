@@ -1,0 +1,122 @@
+"""Incremental prefill of camera+microphone turns equals the offline path with the same window.
+
+While the user speaks to the camera, `LocalEngine.prefill` is offered the turn so far
+(frames at 2 fps from the turn's start, audio so far); it cuts it where both the audio
+windows and the 2-frame grids are complete, and the partial job prefills the
+interleaved layout up to the last audio token. At commit only the tail is prefilled.
+Greedy text and codec frames must equal one full prefill of the committed turn.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from assistant.engine.api import INPUT_SAMPLE_RATE, AudioPart, Conversation, Sampling, TextPart, VideoPart
+from assistant.engine.local import LocalEngine, load_resident
+from assistant.engine.stream import StreamJob
+from assistant.settings import from_sources
+
+WINDOW_S = 2
+SAMPLING = Sampling(greedy=True, min_tokens=4, max_tokens=6, min_frames=6, max_frames=6)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_dir):
+    resident = load_resident(str(tiny_dir), torch.device("cpu"), torch.float32, "sdpa", audio_window_s=WINDOW_S)
+    settings = from_sources(env={}, model=str(tiny_dir), warmup=False, audio_window_s=WINDOW_S)
+    return LocalEngine(settings, resident)  # worker not started: the test runs its jobs itself
+
+
+def camera(fixtures_dir, count: int) -> list[np.ndarray]:
+    """`count` frames at 2 fps: the fixture's 6 camera-like frames, cycled."""
+    paths = sorted((fixtures_dir / "frames").glob("*.png"))
+    images = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    return [images[i % len(images)] for i in range(count)]
+
+
+def run(job):
+    events = []
+    while not job.done:
+        events += job.step()
+    return events
+
+
+def drain(engine) -> int:
+    """Run the prefill jobs the engine queued (what its worker would do); tokens prefilled."""
+    tokens = 0
+    while not engine.worker.pending.empty():
+        job, _ = engine.worker.pending.get_nowait()
+        run(job)
+        tokens += job.stats.prefill_tokens or 0
+    return tokens
+
+
+def answer(engine, conv, cache):
+    job = StreamJob(engine.resident, conv, cache=cache)
+    events = run(job)
+    assert events[-1].status == "completed", events[-1]
+    return job, torch.stack(job._vocoder.frames, -1)
+
+
+def live_turn(frames, pcm, lag_s=0.0, end_s=None) -> list:
+    """The turn as the session offers it at `end_s` (default: the commit): audio so far,
+    and the frames of every 2 fps slot the camera has delivered (it may lag)."""
+    end_s = len(pcm) / INPUT_SAMPLE_RATE if end_s is None else end_s
+    seen = [i for i in range(len(frames)) if i / 2 + lag_s <= end_s or end_s * INPUT_SAMPLE_RATE >= len(pcm)]
+    video = VideoPart([frames[i] for i in seen], [i / 2 for i in seen], interleave_audio=True)
+    parts = [video] if seen else []
+    return [*parts, AudioPart(pcm[: int(end_s * INPUT_SAMPLE_RATE)], INPUT_SAMPLE_RATE)]
+
+
+@pytest.mark.parametrize(
+    ("clip", "lag_s"),
+    [("describe_en_scotland.wav", 0.0), ("long_10s_en_us.wav", 1.0)],  # ~3 s, and ~10 s with a camera 1 s late
+)
+def test_camera_turn_prefilled_while_spoken_equals_offline(engine, load_wav, fixtures_dir, clip, lag_s):
+    pcm = load_wav(clip)
+    duration_s = len(pcm) / INPUT_SAMPLE_RATE
+    frames = camera(fixtures_dir, 2 * int(np.ceil(duration_s)))
+    streamed, offline = Conversation(sampling=SAMPLING), Conversation(sampling=SAMPLING)
+    for conv in (streamed, offline):
+        conv.add_user([TextPart("Hello there.")])
+        conv.add_assistant_text("Hi.")
+    engine.conv_cache.forget(offline.id)  # the offline conversation never uses the cache
+
+    offered = 0
+    for step in range(1, int(duration_s / 0.5) + 1):  # the session offers the turn so far every 0.5 s
+        engine.prefill(streamed, live_turn(frames, pcm, lag_s, step * 0.5))
+        offered += drain(engine)
+    cached = engine.conv_cache._entries.get(streamed.id)
+    assert cached is not None and cached.window_aligned, "the camera turn's head was not prefilled"
+
+    for conv in (streamed, offline):
+        conv.add_user(live_turn(frames, pcm))
+    job_s, codes_s = answer(engine, streamed, engine.conv_cache)
+    job_o, codes_o = answer(engine, offline, None)
+    assert job_s._tokens == job_o._tokens
+    assert torch.equal(codes_s, codes_o)
+    after, total = job_s.stats.prefill_tokens, job_o.stats.prefill_tokens
+    print(
+        f"{clip}: {duration_s:.1f} s camera turn ({len(frames)} frames, camera {lag_s:g} s late): "
+        f"{offered} tokens prefilled while spoken, {after} after commit vs {total} offline"
+    )
+    # After the commit: at most one window of audio and its grids, plus the closing tokens.
+    per_grid = job_o._t["video_grid_thw"][0, 1:].prod().item() // 4
+    assert after <= WINDOW_S * (13 + per_grid) + 12
+    assert after < total / 2
+
+
+def test_prefill_waits_for_the_grids_of_a_window(engine, load_wav, fixtures_dir):
+    """With 2 s of audio but only one grid, nothing is final in the interleaved layout
+    (grid 1 precedes the audio of second 1): the engine offers nothing."""
+    conv = Conversation(sampling=SAMPLING)
+    pcm = load_wav("describe_en_scotland.wav")[: 2 * INPUT_SAMPLE_RATE]
+    frames = camera(fixtures_dir, 2)
+    assert not engine.prefill(conv, [VideoPart(frames, [0.0, 0.5], interleave_audio=True), AudioPart(pcm)])
+    assert engine.prefill(conv, [VideoPart(camera(fixtures_dir, 4), [0.0, 0.5, 1.0, 1.5], True), AudioPart(pcm)])
+    job, _ = engine.worker.pending.get_nowait()
+    assert [type(p) for p in job.conv.turns[-1].parts] == [VideoPart, AudioPart]
+    assert len(job.conv.turns[-1].parts[0].frames) == 4 and len(job.conv.turns[-1].parts[1].pcm) == len(pcm)
