@@ -94,7 +94,9 @@ class Settings:
     image_fps: float = opt(
         2.0, "camera frames kept per second (Qwen3-Omni reads video at 2 fps); extra frames are dropped"
     )
-    max_turn_images: int = opt(4, "latest camera frames attached to a user turn")
+    max_camera_turn_s: int = opt(
+        20, "camera video covers at most this much of a spoken turn, at 2 fps; the rest is audio only (0 = no camera)"
+    )
     max_image_pixels: int = opt(16_777_216, "largest image accepted (width x height); larger ones get an error")
     # Websocket transport
     ws_outbound_queue_events: int = opt(4096, "events queued for a slow websocket client before it is disconnected")

@@ -120,3 +120,68 @@ def test_prefill_waits_for_the_grids_of_a_window(engine, load_wav, fixtures_dir)
     job, _ = engine.worker.pending.get_nowait()
     assert [type(p) for p in job.conv.turns[-1].parts] == [VideoPart, AudioPart]
     assert len(job.conv.turns[-1].parts[0].frames) == 4 and len(job.conv.turns[-1].parts[1].pcm) == len(pcm)
+
+
+def test_session_offers_and_commit_reuse_the_camera_prefill(engine, load_wav, fixtures_dir):
+    """The session core drives the real engine: a still-image turn, then a camera turn
+    (camera 1 s late, frames at 4 fps by the session clock, sampled to 2 fps) in 100 ms
+    chunks. Its PrefillTurn offers go to `engine.prefill`; after the commit only the tail
+    is prefilled, and the answer equals one offline prefill of the same conversation."""
+    import json
+
+    from assistant.realtime.commands import PrefillTurn
+    from assistant.realtime.session import RealtimeSession
+
+    t = [0.0]
+    settings = from_sources(
+        env={}, model="tiny", warmup=False, audio_window_s=WINDOW_S, greedy=True, min_answer_tokens=4,
+        max_answer_tokens=6, min_answer_frames=6, max_answer_frames=6,
+    )  # fmt: skip
+    session = RealtimeSession(settings, clock=lambda: t[0])
+    session.receive_text(
+        '{"type": "session.update", "session": {"type": "realtime", "audio": {"input": {"turn_detection": null}}}}'
+    )
+    frames = camera(fixtures_dir, 64)
+    offered = 0
+
+    def feed(outputs):
+        nonlocal offered
+        for out in outputs:
+            if isinstance(out, PrefillTurn):
+                engine.prefill(out.conversation, out.parts)
+                offered += drain(engine)
+
+    # Turn 1: a photo, then speech: an image turn (the engine prefills it whole at the commit).
+    feed(session.append_frame(frames[5]))
+    feed(session.append_audio(load_wav("hello_en_us.wav"), INPUT_SAMPLE_RATE))
+    feed(session.receive_text('{"type": "input_audio_buffer.commit"}'))
+    assert [type(p).__name__ for p in session.conversation.turns[-1].parts] == ["ImagePart", "AudioPart"]
+    feed(session.receive_text(json.dumps({"type": "conversation.item.create", "item": {
+        "type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Hi."}]}})))  # fmt: skip
+    assert session.conversation.turns[-1].role == "assistant"
+    # Turn 2: speech with the camera joining 1 s in.
+    pcm = load_wav("long_10s_en_us.wav")
+    chunk = INPUT_SAMPLE_RATE // 10
+    for i in range(0, len(pcm), chunk):
+        if i >= INPUT_SAMPLE_RATE and (i // chunk) % 2 == 0:
+            feed(session.append_frame(frames[i // chunk % len(frames)]))
+        feed(session.append_audio(pcm[i : i + chunk], INPUT_SAMPLE_RATE))
+        t[0] += 0.1
+    feed(session.receive_text('{"type": "input_audio_buffer.commit"}'))
+    video, spoken = session.conversation.turns[-1].parts
+    assert isinstance(video, VideoPart) and video.interleave_audio and len(spoken.pcm) == len(pcm)
+    assert len(video.frames) == -(-len(pcm) // (INPUT_SAMPLE_RATE // 2))
+    assert offered > 0
+
+    conv = session.conversation
+    offline = Conversation(conv.voice, conv.instructions, conv.sampling, list(conv.turns))
+    engine.conv_cache.forget(offline.id)
+    job_s, codes_s = answer(engine, session.conversation, engine.conv_cache)
+    job_o, codes_o = answer(engine, offline, None)
+    assert job_s._tokens == job_o._tokens
+    assert torch.equal(codes_s, codes_o)
+    after, total = job_s.stats.prefill_tokens, job_o.stats.prefill_tokens
+    print(f"session camera turn: {offered} tokens prefilled while spoken, {after} after commit vs {total} offline")
+    per_grid = job_o._t["video_grid_thw"][0, 1:].prod().item() // 4
+    assert after <= WINDOW_S * (13 + per_grid) + 12
+    assert after < total / 4

@@ -525,23 +525,25 @@ def png(color, size=(32, 24)) -> str:
 
 
 def test_camera_frames_sampled_and_attached_as_video():
-    h = Harness(max_turn_images=3)
+    """input_image_buffer.append between audio appends (a camera streamed over the
+    websocket): frames over image_fps (2) are dropped before decoding, and the turn gets
+    one kept frame per half second of its audio, in Qwen's interleaved camera layout."""
+    h = Harness()
     h.send(type="session.update", session={"type": "realtime", "audio": {"input": {"turn_detection": None}}})
-    for i in range(16):  # 8 fps for 2 s
+    for i in range(16):  # 8 fps for 2 s, 125 ms of audio after each frame
         h.send(type="input_image_buffer.append", image=png((i * 10, 0, 0)))
         h.clock.t += 0.125
-    h.append(0.3)
+        h.append(0.125)
     h.send(type="input_audio_buffer.commit")
-    parts = h.session.conversation.turns[-1].parts
-    assert isinstance(parts[0], VideoPart) and isinstance(parts[1], AudioPart)
-    video = parts[0]
-    assert len(video.frames) == 3  # only the latest frames are kept
-    assert video.timestamps_s == pytest.approx([0.0, 0.5, 1.0], abs=0.01)  # sampled to 2 fps
-    assert video.frames[-1][0, 0, 0] == 120  # the newest kept frame (t=1.5 s) is the 13th sent
+    video, audio = h.session.conversation.turns[-1].parts
+    assert isinstance(video, VideoPart) and video.interleave_audio and isinstance(audio, AudioPart)
+    assert video.timestamps_s == [0.0, 0.5, 1.0, 1.5]  # 2 s of audio: four half-seconds
+    assert [f[0, 0, 0] for f in video.frames] == [0, 40, 80, 120]  # the 1st, 5th, 9th, 13th sent
     h.append(0.3)
     h.send(type="input_image_buffer.append", image=png((0, 255, 0)))
     h.send(type="input_audio_buffer.commit")
-    assert isinstance(h.session.conversation.turns[-1].parts[0], ImagePart)  # one frame: an image
+    parts = h.session.conversation.turns[-1].parts
+    assert isinstance(parts[0], ImagePart) and parts[0].image[0, 0, 1] == 255  # one frame: an image
 
 
 def test_bad_images_are_errors():

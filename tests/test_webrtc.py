@@ -179,7 +179,9 @@ async def test_push_to_talk_over_the_data_channel(server):
 
 
 async def test_camera_frames_join_the_user_turn(server):
-    """A video track's frames reach the committed turn, sampled to at most 2 fps, the latest few kept."""
+    """A video track's frames reach the committed turn as a camera+microphone turn: one
+    frame per half second of its audio, in Qwen's interleaved layout, and the tiny model
+    answers it."""
     from PIL import Image
 
     frames = [np.asarray(Image.open(p).convert("RGB")) for p in sorted((FIXTURES / "frames").glob("*.png"))]
@@ -202,9 +204,11 @@ async def test_camera_frames_join_the_user_turn(server):
         visual = [p for p in turn.parts if type(p).__name__ in ("VideoPart", "ImagePart")]
         assert len(visual) == 1, turn.parts
         video = visual[0]
-        assert type(video).__name__ == "VideoPart", "several seconds of camera give a video"
-        assert 2 <= len(video.frames) <= server.settings.max_turn_images
-        assert all(b - a >= 0.45 for a, b in zip(video.timestamps_s, video.timestamps_s[1:], strict=False))
+        assert type(video).__name__ == "VideoPart" and video.interleave_audio, "a streamed camera: a camera turn"
+        half_seconds = -(-len(turn.parts[-1].pcm) // 8000)  # 16 kHz audio: one frame per started half second
+        assert len(video.frames) == min(half_seconds, 2 * server.settings.max_camera_turn_s)
+        assert video.timestamps_s == [i / 2 for i in range(len(video.frames))]
+        assert len({id(f) for f in video.frames}) >= 2, "the camera's frames change over the turn"
         assert video.frames[0].shape == frames[0].shape and video.frames[0].dtype == np.uint8
     finally:
         await client.close()

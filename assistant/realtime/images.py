@@ -1,4 +1,6 @@
-"""Camera frames for a session: decoding with limits, and sampling to the model's rate.
+"""Camera frames for a session: decoding with limits, sampling to the model's rate, and
+the recent frames stamped with the input audio position they arrived at (camera.py picks
+a turn's frames from them).
 
 Qwen3-Omni reads video at 2 fps (qwen-omni-utils samples at that rate), so frames that
 arrive faster are dropped *before* they are decoded: decoding costs a few ms of CPU per
@@ -14,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
+
+from ..engine.api import INPUT_SAMPLE_RATE
 
 MAX_SIDE_PX = 1280  # larger frames are reduced on decode (JPEG draft mode makes that cheap)
 
@@ -41,35 +45,57 @@ def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
         raise ValueError(f"not a decodable image: {type(exc).__name__}") from None
 
 
-@dataclass
+@dataclass(eq=False)
 class Frame:
-    t_s: float  # arrival time (the session clock)
+    """A kept camera frame, stamped with the input audio position it arrived at: the end of
+    the session's input audio buffer then (16 kHz samples of the input stream, the timeline
+    of `audio_start_ms`). The audio position, not the wall clock, decides which half-second
+    of a turn shows it, so the choice does not depend on when the events were handled."""
+
+    pos: int
     image: np.ndarray
 
 
+HISTORY_S = 10  # frames this far behind the newest are kept for a turn start the VAD finds late
+HISTORY_FRAMES = 32  # and at most this many (with image_fps=0 every frame is kept)
+
+
 class FrameSampler:
-    """Keep at most `fps` frames per second and only the latest `max_frames`.
+    """The camera's recent frames, at most `fps` per second of wall clock.
 
     Time is cut into slots of 1/fps seconds; the first frame of a slot is kept and later
-    ones in the same slot are dropped undecoded (`wants()` says which)."""
+    ones in the same slot are dropped undecoded (`wants()` says which): decoding is the
+    CPU cost this bounds. Kept frames stay for `HISTORY_S` s of input audio (plus the
+    latest older one), because a turn's start is only known once the VAD has found it,
+    up to a few hundred ms after the fact, padded back by its prefix padding."""
 
-    def __init__(self, fps: float, max_frames: int) -> None:
+    def __init__(self, fps: float) -> None:
         self.period_s = 1.0 / fps if fps > 0 else 0.0
-        self.frames: deque[Frame] = deque(maxlen=max(1, max_frames))
+        self.frames: deque[Frame] = deque(maxlen=HISTORY_FRAMES)
         self._last_slot: int | None = None
 
     def wants(self, t_s: float) -> bool:
         return self.period_s == 0.0 or self._last_slot is None or int(t_s // self.period_s) > self._last_slot
 
-    def add(self, t_s: float, image: np.ndarray) -> None:
-        self.frames.append(Frame(t_s, image))
+    def add(self, t_s: float, pos: int, image: np.ndarray) -> None:
+        if self.frames and self.frames[-1].pos == pos:
+            self.frames.pop()  # no audio between them: no half-second could ever pick the older one
+        self.frames.append(Frame(pos, image))
         self._last_slot = int(t_s // self.period_s) if self.period_s else None
+        while len(self.frames) > 1 and self.frames[1].pos <= pos - HISTORY_S * INPUT_SAMPLE_RATE:
+            self.frames.popleft()
 
-    def take(self) -> list[Frame]:
-        """The frames for the turn being committed; the sampler starts over."""
-        frames = list(self.frames)
-        self.frames.clear()
-        return frames
+    def consume(self, through: int) -> None:
+        """A turn whose audio ends at `through` was committed: its frames are not shown
+        again (a still image goes with one turn, as a message would); frames that arrived
+        after its audio stay for the next turn."""
+        while self.frames and self.frames[0].pos <= through:
+            self.frames.popleft()
 
-    def clear(self) -> None:
-        self.frames.clear()
+    def at(self, pos: int) -> Frame | None:
+        """The latest frame that arrived at or before audio position `pos`."""
+        return next((f for f in reversed(self.frames) if f.pos <= pos), None)
+
+    def after(self, pos: int) -> Frame | None:
+        """The first frame that arrived after audio position `pos`."""
+        return next((f for f in self.frames if f.pos > pos), None)

@@ -48,6 +48,7 @@ from ..engine.api import (
 )
 from ..settings import Settings
 from . import events as ev
+from .camera import CameraTurn
 from .commands import (
     CancelResponse,
     ClearPlayback,
@@ -131,7 +132,8 @@ class RealtimeSession(InputSide, ResponseSide):
         self._vad_epoch = 0
         self._speech: tuple[str, int] | None = None  # (item_id, first sample) of the turn being spoken
         self._prefill_offered = 0  # buffer end at the last PrefillTurn (one offer per second of speech)
-        self._frames = FrameSampler(settings.image_fps, settings.max_turn_images)
+        self._frames = FrameSampler(settings.image_fps)
+        self._camera: CameraTurn | None = None  # frames chosen for the turn being spoken
         self._items: list[str] = []  # item ids in the order the client sees them
         self._roles: dict[str, str] = {}
         self._kinds: dict[str, str] = {}  # assistant item -> "audio" | "text"

@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..audio import StreamResampler, pcm16_to_float
-from ..engine.api import INPUT_SAMPLE_RATE, AudioPart, ImagePart, Part, Turn, VideoPart, new_id
+from ..engine.api import INPUT_SAMPLE_RATE, Part, Turn, new_id
 from . import events as ev
+from .camera import CameraTurn, turn_parts
 from .commands import CancelResponse, ClearPlayback, Output, PrefillTurn, VadWork
 from .images import decode_image
 from .vad import WINDOW_SAMPLES, SpeechStarted, SpeechStopped
@@ -39,26 +40,44 @@ class InputSide:
                 event_id=event_id,
             )
         self._buf.append(x)
+        self._camera_turn()  # choose frames as the audio passes their half-seconds
         if self.turn_detection is not None:
             self._vad_pending.append(x)
         self._offer_prefill()
 
-    def _offer_prefill(self) -> None:
-        """While a turn is being spoken, hand the engine its audio so far about once a
-        second, so that what is final of it is prefilled before the commit (issue #7).
-        The turn starts where the commit will take it from: the VAD's audio_start (with
-        its prefix padding), or the whole buffer in manual mode."""
+    def _turn_start(self) -> int | None:
+        """Where the commit will take the turn being spoken from: the VAD's audio_start
+        (with its prefix padding, clipped to what is buffered), or the whole buffer in
+        manual mode; None between VAD turns."""
         if self._speech is not None:
-            start = self._speech[1]
-        elif self.turn_detection is None and self._buf.end > self._buf.start:
-            start = self._buf.start
-        else:
+            return max(self._speech[1], self._buf.start)
+        if self.turn_detection is None:
+            return self._buf.start
+        return None
+
+    def _camera_turn(self) -> CameraTurn | None:
+        """The camera frames of the turn being spoken, chosen up to the buffer's end."""
+        start = self._turn_start()
+        if start is None:
+            return None
+        if self._camera is None or self._camera.start != start:
+            self._camera = CameraTurn(start, self.settings.max_camera_turn_s)
+        self._camera.advance(self._frames, self._buf.end)
+        return self._camera
+
+    def _offer_prefill(self) -> None:
+        """While a turn is being spoken, hand the engine the turn so far about once a
+        second, so that what is final of it is prefilled before the commit (issue #7).
+        Built by `turn_parts` from the same frame choices as the commit, so a camera
+        turn's offered frames are exactly the committed ones."""
+        start = self._turn_start()
+        if start is None or self._buf.end <= start:
             return
         if self._buf.end - max(self._prefill_offered, start) < PREFILL_EVERY_SAMPLES:
             return
         self._prefill_offered = self._buf.end
-        audio = self._buf.peek(start)
-        self._out.append(PrefillTurn(self.conversation, [AudioPart(audio, INPUT_SAMPLE_RATE)]))
+        parts = turn_parts(self._camera_turn(), self._buf.peek(start))
+        self._out.append(PrefillTurn(self.conversation, parts))
 
     def _audio_append(self, event: ev.AudioAppend) -> None:
         self._append(pcm16_to_float(event.pcm16), self.input_rate_hz, event.event_id)
@@ -73,9 +92,11 @@ class InputSide:
         # The resampler holds a few ms back (filter delay); a manual commit means "all I sent".
         self._buf.append(self._resampler.flush())
         self._resampler = StreamResampler(self._resampler.from_hz, INPUT_SAMPLE_RATE)
+        camera = self._camera_turn()  # before the take moves the buffer's start
+        self._frames.consume(self._buf.end)
         audio = self._buf.take(self._buf.start, self._buf.end)
         self._reset_vad()
-        self._commit(item_id, audio)
+        self._commit(item_id, turn_parts(camera, audio))
 
     def _audio_clear(self, event: ev.AudioClear) -> None:
         self._buf.clear()
@@ -90,11 +111,10 @@ class InputSide:
         self._endpointer.reset()
         self._endpointer.position = self._buf.end
         self._speech = None
+        self._camera = None
 
-    def _commit(self, item_id: str, audio: np.ndarray) -> None:
+    def _commit(self, item_id: str, parts: list[Part]) -> None:
         t = self.clock()
-        parts: list[Part] = self._visual_parts(t)
-        parts.append(AudioPart(audio, INPUT_SAMPLE_RATE))
         previous = self._items[-1] if self._items else None
         self._send("input_audio_buffer.committed", previous_item_id=previous, item_id=item_id)
         self._add_turn(Turn("user", parts, id=item_id), previous)
@@ -167,9 +187,12 @@ class InputSide:
         assert td is not None and self._speech is not None
         item_id, start = self._speech
         self._send("input_audio_buffer.speech_stopped", audio_end_ms=event.audio_end_ms, item_id=item_id)
-        audio = self._buf.take(start, event.audio_end_ms * INPUT_SAMPLE_RATE // 1000)
-        self._speech = None
-        self._commit(item_id, audio)
+        camera = self._camera_turn()  # before the take moves the buffer's start
+        end = event.audio_end_ms * INPUT_SAMPLE_RATE // 1000
+        self._frames.consume(end)
+        audio = self._buf.take(start, end)
+        self._speech = self._camera = None
+        self._commit(item_id, turn_parts(camera, audio))
         if td.create_response:
             if self._active is None:
                 self._create_response(self._t_last_commit)
@@ -179,6 +202,10 @@ class InputSide:
     # ------------------------------------------------------------------ camera
 
     def _image_append(self, event: ev.ImageAppend) -> None:
+        """A camera frame or a still image (Qwen-Omni-Realtime's event). It is stamped with
+        the input audio position, so a client that sends images between its audio chunks
+        gets them in the half-seconds they arrived in (camera.py); one sent before the
+        audio, with no other during the turn, reaches the model as an image."""
         t = self.clock()
         if not self._frames.wants(t):
             return  # over the frame rate: dropped before decoding
@@ -186,25 +213,16 @@ class InputSide:
             image = decode_image(event.image, max_pixels=self.settings.max_image_pixels)
         except ValueError as exc:
             raise ev.ProtocolError("invalid_image", str(exc), param="image") from None
-        self._frames.add(t, image)
+        self._frames.add(t, self._buf.end, image)
 
     def append_frame(self, rgb: np.ndarray) -> list[Output]:
         """A decoded camera frame (uint8 [H, W, 3]), e.g. from a WebRTC video track. Sampled
         like `input_image_buffer.append`: over the frame rate it is dropped."""
         t = self.clock()
         if self._frames.wants(t):
-            self._frames.add(t, rgb)
+            self._frames.add(t, self._buf.end, rgb)
         return self._drain()
 
     def wants_frame(self) -> bool:
         """Whether a frame arriving now would be kept (skip decoding it otherwise)."""
         return self._frames.wants(self.clock())
-
-    def _visual_parts(self, t: float) -> list[Part]:
-        frames = self._frames.take()
-        if not frames:
-            return []
-        if len(frames) == 1:
-            return [ImagePart(frames[0].image)]
-        t0 = frames[0].t_s
-        return [VideoPart([f.image for f in frames], [round(f.t_s - t0, 3) for f in frames])]
