@@ -47,6 +47,8 @@ from .convcache import CachedPrefix, ConversationCache, TalkerPrefix, common_pre
 from .resident import Resident, media_after
 from .sampling import Picker
 
+MEDIA_KEYS = ("input_features", "pixel_values", "pixel_values_videos")  # per-item encoder inputs (large)
+
 
 @dataclass
 class StreamConfig:
@@ -126,12 +128,12 @@ class StreamJob:
     def _prefill(self) -> list[Event]:
         res, s = self.res, self.sampling
         self.stats.t_started = now()
-        prepared = inputs_mod.prepare(res.processor, self.conv)
-        t = {k: v.to(res.device) for k, v in prepared.tensors.items()}
-        for key in ("input_features", "pixel_values", "pixel_values_videos"):
-            if key in t:
-                t[key] = t[key].to(res.dtype)
+        host = inputs_mod.prepare(res.processor, self.conv).tensors
+        # Media stay on the host until the cached prefix is known: only the tail's are moved
+        # (the history's features and pixels would otherwise be copied to the device every turn).
+        t = {k: v.to(res.device) for k, v in host.items() if k not in MEDIA_KEYS}
         ids = t["input_ids"]  # [1, P]
+        id_list = ids[0].tolist()
         self._prompt_ids, self._t = ids, t
         self._audio_lengths = t["feature_attention_mask"].sum(-1) if "feature_attention_mask" in t else None
         pos, deltas = res.thinker.get_rope_index(
@@ -144,11 +146,11 @@ class StreamJob:
             t.get("video_second_per_grid"),
         )  # pos [3, 1, P]: positions of the whole prompt, prefix included
         self._thinker_deltas = deltas  # [1, 1]
-        prefix = self._reuse_prefix(ids[0].tolist())
+        prefix = self._reuse_prefix(id_list)
         n = len(prefix.ids) if prefix else 0
         self._talker_prefix = prefix.talker if prefix else None  # extended by _talker_prefill
         tail_ids = ids[:, n:]  # [1, P - n]
-        tail = media_after(t, ids[0].tolist(), n, res)
+        tail = self._to_device(media_after(host, id_list, n, res))
         embeds, mm_outputs = self._encode(tail_ids, tail)
         self.stats.t_preprocessed = now()
         self._thinker_cache = prefix.kv if prefix else DynamicCache(config=res.thinker.config.text_config)
@@ -194,11 +196,8 @@ class StreamJob:
         KV cache, so that at commit only the tail is left (issue #7)."""
         res = self.res
         self.stats.t_started = now()
-        t = {k: v.to(res.device) for k, v in inputs_mod.prepare(res.processor, self.conv).tensors.items()}
-        if "input_features" in t:
-            t["input_features"] = t["input_features"].to(res.dtype)
-        for key in ("pixel_values", "pixel_values_videos"):
-            t.pop(key, None)  # vision is not prefilled early here
+        host = inputs_mod.prepare(res.processor, self.conv).tensors
+        t = {k: v.to(res.device) for k, v in host.items() if k not in MEDIA_KEYS}  # vision is not prefilled early
         ids = t["input_ids"][0].tolist()
         audio_id = res.cfg.thinker_config.audio_token_id
         cut = max(i for i, tok in enumerate(ids) if tok == audio_id) + 1 if audio_id in ids else 0
@@ -214,7 +213,10 @@ class StreamJob:
             self.done = True
             return []
         tail_ids = t["input_ids"][:, n:cut]
-        embeds, _ = self._encode(tail_ids, media_after(t, ids, n, res))
+        tail = media_after(
+            {k: v for k, v in host.items() if k in ("input_features", "feature_attention_mask")}, ids, n, res
+        )
+        embeds, _ = self._encode(tail_ids, self._to_device(tail))
         kv = prefix.kv if prefix else DynamicCache(config=res.thinker.config.text_config)
         out = res.thinker.model(
             input_ids=tail_ids,
@@ -233,6 +235,14 @@ class StreamJob:
         self.stats.prefill_tokens = cut - n
         self.done = True
         return []
+
+    def _to_device(self, tail: dict) -> dict:
+        res = self.res
+        tail = {k: v.to(res.device) for k, v in tail.items()}
+        for key in MEDIA_KEYS:
+            if key in tail:
+                tail[key] = tail[key].to(res.dtype)
+        return tail
 
     def _reuse_prefix(self, ids: list[int]) -> CachedPrefix | None:
         """This conversation's cached KV, cropped to what the new prompt shares with it
