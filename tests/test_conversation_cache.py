@@ -151,3 +151,27 @@ def test_eviction_is_least_recently_used():
         cache.checkin(name, Entry())
     assert len(cache) == 2 and cache.checkout("a") is None
     assert cache.checkout("b") is not None and cache.checkout("c") is not None
+
+
+def test_earlier_clips_are_found_by_identity_not_featurised_again(resident, load_wav, monkeypatch):
+    """Each turn re-renders the whole conversation; an earlier clip must cost neither
+    feature extraction nor hashing of its samples again, and give the same features."""
+    proc = resident.processor
+    clip = load_wav(CLIPS[0])
+    conv = Conversation(sampling=SAMPLING)
+    conv.add_user([AudioPart(clip, 16000)])
+    first = inputs_mod.prepare(proc, conv).tensors
+    assert not clip.flags.writeable  # history is read-only, so its identity stands for its samples
+    with pytest.raises(ValueError):
+        clip[0] = 1.0
+    calls = []
+    real = inputs_mod._piece_features
+    monkeypatch.setattr(inputs_mod, "_piece_features", lambda *a: calls.append(1) or real(*a))
+    again = inputs_mod.prepare(proc, conv).tensors
+    assert calls == []
+    copy = Conversation(sampling=SAMPLING)
+    copy.add_user([AudioPart(clip.copy(), 16000)])  # same samples, another array: the content-keyed path
+    other = inputs_mod.prepare(proc, copy).tensors
+    assert calls
+    for key in ("input_ids", "input_features", "feature_attention_mask"):
+        assert torch.equal(first[key], again[key]) and torch.equal(first[key], other[key])
