@@ -59,4 +59,6 @@ def test_engine_only_compares_with_stock(tiny_dir, tmp_path):
     assert 0 < ours["first_audio_ms"] < ours["total_ms"]
     assert case["first_audio_speedup"] > 0 and case["total_ratio"] > 0
     assert [t["turn"] for t in run["turns"]["per_turn"]] == [1, 2]
+    talker = [t["talker_prefill_tokens"] for t in run["turns"]["per_turn"]]
+    assert 9 < talker[1] < 2 * talker[0]  # turn 2's talker reads turn 1's user part from the cache
     assert run["prefill_tokens"]["10s"] > run["prefill_tokens"]["2s"] > 0

@@ -36,6 +36,18 @@ def respond(resident, conv, cache):
     return job, codes, audio
 
 
+def assert_same_talker_user_kv(cached_job, plain_job):
+    """The talker KV the cached job keeps for the next turn (its user positions) equals
+    the full prefill's. Stricter than comparing codes: a tiny random talker often picks
+    the same codes from a context that is one position off."""
+    kept = cached_job._talker_cache
+    users = plain_job.stats.talker_prefill_tokens - 9  # the full talker prompt minus the assistant prefix
+    assert kept.get_seq_length() == users
+    for mine, full in zip(kept.layers, plain_job._talker_cache.layers, strict=True):
+        torch.testing.assert_close(mine.keys, full.keys[..., :users, :], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(mine.values, full.values[..., :users, :], rtol=1e-4, atol=1e-4)
+
+
 def test_common_prefix():
     assert common_prefix([1, 2, 3], [1, 2, 4, 5]) == 2
     assert common_prefix([1, 2], [1, 2, 3]) == 2
@@ -45,7 +57,7 @@ def test_common_prefix():
 def test_cached_turns_equal_full_prefill_and_prefill_only_the_tail(resident, load_wav):
     cached, plain = Conversation(sampling=SAMPLING), Conversation(sampling=SAMPLING)
     cache = ConversationCache(capacity=4)
-    prefill = []
+    prefill, talker = [], []
     for i, clip in enumerate(CLIPS):
         for conv in (cached, plain):
             conv.add_user([AudioPart(load_wav(clip), 16000)])
@@ -54,12 +66,19 @@ def test_cached_turns_equal_full_prefill_and_prefill_only_the_tail(resident, loa
         assert job_c._tokens == job_p._tokens, f"turn {i + 1}: text differs with the cache"
         assert torch.equal(codes_c, codes_p), f"turn {i + 1}: codec frames differ with the cache"
         assert audio_c == audio_p
+        assert_same_talker_user_kv(job_c, job_p)
         prompt = inputs_mod.prepare(resident.processor, cached).input_ids.shape[1]
         prefill.append((job_c.stats.prefill_tokens, job_p.stats.prefill_tokens, prompt))
+        talker.append((job_c.stats.talker_prefill_tokens, job_p.stats.talker_prefill_tokens))
     # Turn 1 prefills everything; later turns only the new user turn and the answer's tail.
     assert prefill[0][0] == prefill[0][1]
     for cached_tokens, full_tokens, _ in prefill[1:]:
         assert cached_tokens < full_tokens / 2, prefill
+    # The talker too: its prompt is every user turn plus 9 assistant positions, and the
+    # earlier user turns come from the cache, so the codes above were made with reuse.
+    assert talker[0][0] == talker[0][1]
+    for i, (cached_tokens, full_tokens) in enumerate(talker[1:], start=1):
+        assert cached_tokens == full_tokens - talker[i - 1][1] + 9, talker
     assert cache.hits == 2 and cache.misses == 1
 
 
@@ -80,6 +99,46 @@ def test_truncation_crops_the_cache_consistently(resident, load_wav):
     job_p, codes_p, _ = respond(resident, plain, None)
     assert job_c._tokens == job_p._tokens and torch.equal(codes_c, codes_p)
     assert job_c.stats.prefill_tokens < job_p.stats.prefill_tokens
+    assert job_c.stats.talker_prefill_tokens < job_p.stats.talker_prefill_tokens
+    assert_same_talker_user_kv(job_c, job_p)
+
+
+def test_talker_reuse_stops_where_a_role_changes(resident, load_wav):
+    """A deleted answer leaves the cached ids and the new prompt sharing `<|im_start|>`
+    but not the role after it: that position was assistant, now it starts a user turn,
+    so the talker KV must not cover it (the thinker KV still may)."""
+    cached, plain = Conversation(sampling=SAMPLING), Conversation(sampling=SAMPLING)
+    cache = ConversationCache(capacity=4)
+    for conv in (cached, plain):
+        conv.add_user([AudioPart(load_wav(CLIPS[0]), 16000)])
+    respond(resident, cached, cache)
+    respond(resident, plain, None)
+    for conv in (cached, plain):
+        conv.delete(conv.turns[-1].id)
+        conv.add_user([AudioPart(load_wav(CLIPS[1]), 16000)])
+    job_c, codes_c, _ = respond(resident, cached, cache)
+    job_p, codes_p, _ = respond(resident, plain, None)
+    assert job_c.stats.prefill_tokens < job_p.stats.prefill_tokens  # the thinker reused through `<|im_start|>`
+    assert job_c._tokens == job_p._tokens and torch.equal(codes_c, codes_p)
+    assert_same_talker_user_kv(job_c, job_p)
+    assert 9 < job_c.stats.talker_prefill_tokens < job_p.stats.talker_prefill_tokens
+
+
+def test_an_evicted_conversation_prefills_its_whole_talker_prompt(resident, load_wav):
+    cache = ConversationCache(capacity=1)
+    first, other, plain = (Conversation(sampling=SAMPLING) for _ in range(3))
+    for conv in (first, other, plain):
+        conv.add_user([AudioPart(load_wav(CLIPS[0]), 16000)])
+    respond(resident, first, cache)
+    respond(resident, other, cache)  # evicts `first`: capacity 1
+    respond(resident, plain, None)
+    for conv in (first, plain):
+        conv.add_user([AudioPart(load_wav(CLIPS[1]), 16000)])
+    job_c, codes_c, _ = respond(resident, first, cache)
+    job_p, codes_p, _ = respond(resident, plain, None)
+    assert job_c.stats.prefill_tokens == job_p.stats.prefill_tokens
+    assert job_c.stats.talker_prefill_tokens == job_p.stats.talker_prefill_tokens
+    assert job_c._tokens == job_p._tokens and torch.equal(codes_c, codes_p)
 
 
 def test_eviction_is_least_recently_used():
@@ -92,3 +151,27 @@ def test_eviction_is_least_recently_used():
         cache.checkin(name, Entry())
     assert len(cache) == 2 and cache.checkout("a") is None
     assert cache.checkout("b") is not None and cache.checkout("c") is not None
+
+
+def test_earlier_clips_are_found_by_identity_not_featurised_again(resident, load_wav, monkeypatch):
+    """Each turn re-renders the whole conversation; an earlier clip must cost neither
+    feature extraction nor hashing of its samples again, and give the same features."""
+    proc = resident.processor
+    clip = load_wav(CLIPS[0])
+    conv = Conversation(sampling=SAMPLING)
+    conv.add_user([AudioPart(clip, 16000)])
+    first = inputs_mod.prepare(proc, conv).tensors
+    assert not clip.flags.writeable  # history is read-only, so its identity stands for its samples
+    with pytest.raises(ValueError):
+        clip[0] = 1.0
+    calls = []
+    real = inputs_mod._piece_features
+    monkeypatch.setattr(inputs_mod, "_piece_features", lambda *a: calls.append(1) or real(*a))
+    again = inputs_mod.prepare(proc, conv).tensors
+    assert calls == []
+    copy = Conversation(sampling=SAMPLING)
+    copy.add_user([AudioPart(clip.copy(), 16000)])  # same samples, another array: the content-keyed path
+    other = inputs_mod.prepare(proc, copy).tensors
+    assert calls
+    for key in ("input_ids", "input_features", "feature_attention_mask"):
+        assert torch.equal(first[key], again[key]) and torch.equal(first[key], other[key])

@@ -72,6 +72,8 @@ def test_incremental_prefill_equals_offline_and_leaves_only_the_tail(resident, l
     job_o, codes_o, audio_o = answer(resident, offline, None)
     assert job_s._tokens == job_o._tokens
     assert torch.equal(codes_s, codes_o) and audio_s == audio_o
+    # The first exchange's talker KV survived the partial prefills: only this turn is new to it.
+    assert job_s.stats.talker_prefill_tokens < job_o.stats.talker_prefill_tokens
     tail_s = len(pcm) / INPUT_SAMPLE_RATE % WINDOW_S
     print(
         f"{clip}: {len(pcm) / INPUT_SAMPLE_RATE:.1f} s utterance: prefilled after commit "

@@ -108,6 +108,7 @@ async def run_ours(engine, conv: Conversation) -> dict:
                 "audio_ms": round(st.audio_samples * 1000 / OUTPUT_SAMPLE_RATE, 1),
                 "chunks": chunks,
                 "prefill_tokens": st.prefill_tokens,
+                "talker_prefill_tokens": st.talker_prefill_tokens,
                 "audio_ttfp_ms": st.audio_ttfp_ms,
                 "audio_rtf": None if st.audio_rtf is None else round(st.audio_rtf, 4),
                 "stages_ms": st.stage_ms(),
@@ -177,6 +178,9 @@ async def compare(engine, parts: list[Part], length: AnswerLength, reps: int, pr
     }
 
 
+TURN_KEYS = ("first_audio_ms", "audio_ttfp_ms", "prefill_tokens", "talker_prefill_tokens")
+
+
 async def turns(engine, parts: list[Part], length: AnswerLength, n: int, progress=None) -> dict:
     """One conversation of `n` equal user turns; first packet of each."""
     conv = engine.new_conversation()
@@ -185,7 +189,7 @@ async def turns(engine, parts: list[Part], length: AnswerLength, n: int, progres
     for i in range(n):
         conv.add_user(list(parts))
         r = await run_ours(engine, conv)
-        per_turn.append({"turn": i + 1, **{k: r[k] for k in ("first_audio_ms", "audio_ttfp_ms", "prefill_tokens")}})
+        per_turn.append({"turn": i + 1, **{k: r[k] for k in TURN_KEYS}})
         if progress:
             progress.update(1)
     first, last = per_turn[0]["first_audio_ms"], per_turn[-1]["first_audio_ms"]

@@ -342,14 +342,22 @@ def engine_markdown(run: dict) -> str:
     ]
     if run.get("turns"):
         t = run["turns"]
-        rows = [[str(x["turn"]), _f(x["first_audio_ms"]), str(x["prefill_tokens"])] for x in t["per_turn"]]
+        rows = [
+            [
+                str(x["turn"]),
+                _f(x["first_audio_ms"]),
+                str(x["prefill_tokens"]),
+                str(x.get("talker_prefill_tokens", "-")),
+            ]
+            for x in t["per_turn"]
+        ]
         lines += [
             "",
             f"## Turn 1 vs turn {len(rows)} (one conversation, equal user turns)",
             "",
             f"Last over first: {t['last_over_first']} (issue #7 target: <= 1.2).",
             "",
-            markdown_table(("turn", "first audio", "prefill tokens"), rows),
+            markdown_table(("turn", "first audio", "prefill tokens", "talker prefill tokens"), rows),
         ]
     if run.get("prefill_tokens"):
         rows = [[k, str(v)] for k, v in run["prefill_tokens"].items()]

@@ -12,6 +12,12 @@ Policy (issue #7):
   simply pays a full prefill on its next turn. A conversation longer than the model's
   context is trimmed by the session (oldest items first, settings.max_conversation_items);
   the trimmed prompt no longer shares a prefix and is prefilled in full once.
+- The talker's KV is kept too, for the user-role positions of the prompt only (the
+  talker prompt is every user turn's positions, then a 9-position assistant prefix that
+  changes each turn, qwen3-omni-streaming.md §2.2): the user parts of earlier turns are
+  a prefix of the next talker prompt, so only the new user turn and the assistant
+  prefix are prefilled. It is cropped with the thinker's, so truncation and eviction
+  treat both alike.
 - A cache is checked out while a response uses it, so two responses can never write it.
   Only the model worker thread touches this object.
 """
@@ -25,12 +31,28 @@ import torch
 
 
 @dataclass
+class TalkerPrefix:
+    """The talker's KV for the user-role positions among the first `len(user)` thinker
+    tokens of the cached ids (the talker prompt's leading part)."""
+
+    kv: object  # transformers DynamicCache, int(user.sum()) positions
+    user: torch.Tensor  # [M] bool: which of those thinker positions the talker read
+
+    def keep(self, m: int) -> None:
+        """Cover only the first m thinker positions (causal attention: the rest of the KV is exact)."""
+        if m < len(self.user):
+            self.user = self.user[:m]
+            crop_to(self.kv, int(self.user.sum()))
+
+
+@dataclass
 class CachedPrefix:
     ids: list[int]  # tokens whose keys/values are in `kv`
     kv: object  # transformers DynamicCache
     embed: torch.Tensor  # [1, N, D] thinker layer-0 inputs
     hidden: torch.Tensor  # [1, N, D] thinker accept_hidden_layer outputs (zeros where never computed)
     window_aligned: bool = False  # ends inside an audio span at an encoder-window boundary (incremental prefill)
+    talker: TalkerPrefix | None = None  # None after a text-only first turn, or a talker-less path
 
     def keep(self, n: int) -> None:
         """Crop to the first n tokens."""
@@ -41,6 +63,8 @@ class CachedPrefix:
             self.ids = self.ids[:n]
             self.embed = self.embed[:, :n]
             self.hidden = self.hidden[:, :n]
+            if self.talker is not None:
+                self.talker.keep(n)
 
 
 class ConversationCache:
@@ -83,6 +107,13 @@ class ConversationCache:
         self._forgotten[conv_id] = None
         while len(self._forgotten) > 1024:
             self._forgotten.popitem(last=False)
+
+
+def crop_to(kv, n: int) -> None:
+    """Keep the first n positions of a DynamicCache (its `crop` takes minus the count to drop)."""
+    drop = kv.get_seq_length() - n
+    if drop > 0:
+        kv.crop(-drop)
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import types
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -26,9 +27,11 @@ MIN_PIECE_SAMPLES = 400  # one 25 ms STFT window
 
 
 def resample_to_16k(part: AudioPart) -> np.ndarray:
-    pcm = np.asarray(part.pcm, dtype=np.float32).reshape(-1)
+    pcm = np.asarray(part.pcm, dtype=np.float32)
+    if pcm.ndim != 1:
+        pcm = pcm.reshape(-1)
     if part.sample_rate == INPUT_SAMPLE_RATE:
-        return pcm
+        return pcm  # the caller's own array when it is 1-D float32: `_clip_features` memoises by identity
     return soxr.resample(pcm, part.sample_rate, INPUT_SAMPLE_RATE).astype(np.float32)
 
 
@@ -196,6 +199,40 @@ def _piece_features(processor, piece: np.ndarray, kwargs: dict) -> tuple[np.ndar
     return value
 
 
+def _clip_features(processor, clip: np.ndarray, window: int | None, kwargs: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Log-mel features of one clip, featurised window by window.
+
+    Every turn re-renders the whole conversation, so earlier turns' clips come back each
+    turn; hashing their samples for `_piece_features` costs time in proportion to the
+    history. A clip that owns its samples is made read-only the first time it is seen
+    (it is history: nothing may change it) and then found again by identity, held by a
+    weak reference so the entry goes when the conversation drops the clip. Views and
+    other arrays whose contents could change under us take the content-keyed path."""
+    memo = processor.__dict__.setdefault("_assistant_clip_memo", {})
+    key = (id(clip), window, repr(sorted(kwargs.items())))
+    hit = memo.get(key)
+    if hit is not None and hit[0]() is clip and not clip.flags.writeable:
+        return hit[1]
+    pieces = [clip[i : i + window] for i in range(0, len(clip), window)] if window else [clip]
+    f_parts, m_parts = [], []
+    for piece in pieces:
+        if len(piece) // HOP_SAMPLES == 0:
+            continue
+        feat, mask_part = _piece_features(processor, piece, kwargs)
+        f_parts.append(feat)
+        m_parts.append(mask_part)
+    value = (np.concatenate(f_parts, axis=-1), np.concatenate(m_parts, axis=-1))  # [mel, T], [T]
+    if clip.base is None:  # owns its memory, so no other array can write into it once it is read-only
+        clip.flags.writeable = False
+
+        def release(ref, key=key):
+            if memo.get(key, (None,))[0] is ref:
+                del memo[key]
+
+        memo[key] = (weakref.ref(clip, release), value)
+    return value
+
+
 def per_clip_process_audio(self, audio, **kwargs):
     """A drop-in for `Qwen3OmniMoeProcessor._process_audio` that featurises each clip alone.
 
@@ -214,16 +251,9 @@ def per_clip_process_audio(self, audio, **kwargs):
         # audio tokens) are final as soon as the window is complete: what incremental
         # prefill needs. Whisper's per-utterance log floor would otherwise tie every frame
         # to the loudest frame of the whole clip.
-        pieces = [clip[i : i + window] for i in range(0, len(clip), window)] if window else [clip]
-        f_parts, m_parts = [], []
-        for piece in pieces:
-            if len(piece) // HOP_SAMPLES == 0:
-                continue
-            feat, mask_part = _piece_features(self, piece, kwargs)
-            f_parts.append(feat)
-            m_parts.append(mask_part)
-        feats.append(np.concatenate(f_parts, axis=-1))  # [mel, T_i]
-        masks.append(np.concatenate(m_parts, axis=-1))  # [T_i]
+        feat, mask_part = _clip_features(self, clip, window, kwargs)
+        feats.append(feat)  # [mel, T_i]
+        masks.append(mask_part)  # [T_i]
     width = max(f.shape[-1] for f in feats)
     features = np.zeros((len(feats), feats[0].shape[0], width), dtype=feats[0].dtype)
     mask = np.zeros((len(feats), width), dtype=masks[0].dtype)

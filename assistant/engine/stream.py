@@ -44,9 +44,11 @@ from .api import (
     now,
 )
 from .code2wav import IncrementalCode2Wav, to_pcm16
-from .convcache import CachedPrefix, ConversationCache, common_prefix
+from .convcache import CachedPrefix, ConversationCache, TalkerPrefix, common_prefix, crop_to
 from .resident import Resident, media_after
 from .sampling import Picker
+
+MEDIA_KEYS = ("input_features", "pixel_values", "pixel_values_videos")  # per-item encoder inputs (large)
 
 
 @dataclass
@@ -138,11 +140,12 @@ class StreamJob:
         res, s = self.res, self.sampling
         self.stats.t_started = now()
         prepared = inputs_mod.prepare(res.processor, self.conv)
-        t = {k: v.to(res.device) for k, v in prepared.tensors.items()}
-        for key in ("input_features", "pixel_values", "pixel_values_videos"):
-            if key in t:
-                t[key] = t[key].to(res.dtype)
+        host = prepared.tensors
+        # Media stay on the host until the cached prefix is known: only the tail's are moved
+        # (the history's features and pixels would otherwise be copied to the device every turn).
+        t = {k: v.to(res.device) for k, v in host.items() if k not in MEDIA_KEYS}
         ids = t["input_ids"]  # [1, P]
+        id_list = ids[0].tolist()
         self._prompt_ids, self._t = ids, t
         self._audio_lengths = t["feature_attention_mask"].sum(-1) if "feature_attention_mask" in t else None
         pos, deltas = res.thinker.get_rope_index(
@@ -155,10 +158,11 @@ class StreamJob:
             t.get("video_second_per_grid"),
         )  # pos [3, 1, P]: positions of the whole prompt, prefix included
         self._thinker_deltas = deltas  # [1, 1]
-        prefix = self._reuse_prefix(ids[0].tolist())
+        prefix = self._reuse_prefix(id_list)
         n = len(prefix.ids) if prefix else 0
+        self._talker_prefix = prefix.talker if prefix else None  # extended by _talker_prefill
         tail_ids = ids[:, n:]  # [1, P - n]
-        tail = media_after(t, ids[0].tolist(), n, res)
+        tail = self._to_device(media_after(host, id_list, n, res))
         embeds, mm_outputs = self._encode(tail_ids, tail)
         self.stats.t_preprocessed = now()
         self._thinker_cache = prefix.kv if prefix else DynamicCache(config=res.thinker.config.text_config)
@@ -207,10 +211,8 @@ class StreamJob:
         res = self.res
         self.stats.t_started = now()
         prepared = inputs_mod.prepare(res.processor, self.conv)
-        t = {k: v.to(res.device) for k, v in prepared.tensors.items()}
-        for key in ("input_features", "pixel_values", "pixel_values_videos"):
-            if key in t:
-                t[key] = t[key].to(res.dtype)
+        host = prepared.tensors
+        t = {k: v.to(res.device) for k, v in host.items() if k not in MEDIA_KEYS}  # media: only the tail's, below
         ids = t["input_ids"][0].tolist()
         audio_id = res.cfg.thinker_config.audio_token_id
         cut = max(i for i, tok in enumerate(ids) if tok == audio_id) + 1 if audio_id in ids else 0
@@ -234,7 +236,7 @@ class StreamJob:
             self.done = True
             return []
         tail_ids = t["input_ids"][:, n:cut]
-        embeds, mm = self._encode(tail_ids, media_after(t, ids, n, res))
+        embeds, mm = self._encode(tail_ids, self._to_device(media_after(host, ids, n, res)))
         kv = prefix.kv if prefix else DynamicCache(config=res.thinker.config.text_config)
         out = res.thinker.model(
             input_ids=tail_ids,
@@ -249,10 +251,19 @@ class StreamJob:
         embed, hidden = hs[0], hs[res.tcfg.accept_hidden_layer]  # [1, cut - n, D]
         if prefix:
             embed, hidden = torch.cat([prefix.embed, embed], 1), torch.cat([prefix.hidden, hidden], 1)
-        self.cache.checkin(self.conv.id, CachedPrefix(ids[:cut], kv, embed, hidden, window_aligned=True))
+        talker = prefix.talker if prefix else None  # earlier turns' talker KV stays valid: nothing before n changed
+        self.cache.checkin(self.conv.id, CachedPrefix(ids[:cut], kv, embed, hidden, window_aligned=True, talker=talker))
         self.stats.prefill_tokens = cut - n
         self.done = True
         return []
+
+    def _to_device(self, tail: dict) -> dict:
+        res = self.res
+        tail = {k: v.to(res.device) for k, v in tail.items()}
+        for key in MEDIA_KEYS:
+            if key in tail:
+                tail[key] = tail[key].to(res.dtype)
+        return tail
 
     def _reuse_prefix(self, ids: list[int]) -> CachedPrefix | None:
         """This conversation's cached KV, cropped to what the new prompt shares with it
@@ -347,30 +358,32 @@ class StreamJob:
     # ------------------------------------------------------------------ talker
 
     def _talker_prefill(self) -> list[Event]:
-        res, s = self.res, self.sampling
+        res = self.res
         ids = self._prompt_ids  # [1, P]
         P = ids.shape[1]
-        pos_idx = torch.arange(P, device=res.device)
-        is_start = ids[0] == res.cfg.im_start_token_id
-        prev_start = torch.cummax(torch.where(is_start, pos_idx, torch.full_like(pos_idx, -1)), 0).values.clamp_min(0)
-        role = ids[0, (prev_start + 1).clamp_max(P - 1)]
-        user = role == res.cfg.user_token_id  # every user-role position, all turns (as stock)
+        user = self._user_mask(ids[0])  # [P] every user-role position, all turns (as stock)
+        m = self._talker_reuse(user)  # the first m thinker positions' user parts are in the talker KV already
+        k = int(user[:m].sum())
         mm = torch.isin(ids, res.mm_ids)  # [1, P]
-        full_user = res.model._get_talker_user_parts(0, P, mm, self._thinker_hidden, self._thinker_embed)
-        user_embeds, user_ids = full_user[:, user], ids[:, user]  # [1, U, D], [1, U]
+        new_user = res.model._get_talker_user_parts(m, P, mm, self._thinker_hidden, self._thinker_embed)
+        user_embeds, user_ids = new_user[:, user[m:]], ids[:, user]  # [1, U - k, D], [1, U]
+        is_start = ids[0] == res.cfg.im_start_token_id
         starts = torch.nonzero(is_start[:-1] & (ids[0, 1:] == res.cfg.assistant_token_id)).flatten()
         a0 = int(starts[-1])
         t0 = torch.tensor([[self._tokens[0]]], device=res.device)
-        embed_with_t0 = torch.cat([self._thinker_embed, res.embed(t0)], dim=1)  # [1, P + 1, D]
+        # Only the open assistant turn from its `<|im_start|>`, plus t0 (the parts read no further back).
+        embed_with_t0 = torch.cat([self._thinker_embed[:, a0:], res.embed(t0)], dim=1)  # [1, P + 1 - a0, D]
         asst_embeds, asst_ids, _ = res.model._get_talker_assistant_parts(
-            a0, P + 1, res.speaker_id(self.conv.voice), embed_with_t0, res.tts_pad, res.tts_bos, res.tts_eos
+            0, P + 1 - a0, res.speaker_id(self.conv.voice), embed_with_t0, res.tts_pad, res.tts_bos, res.tts_eos
         )
-        embeds = torch.cat([user_embeds, asst_embeds], dim=1)  # [1, U + 9, D]
-        talker_ids = torch.cat([user_ids, asst_ids], dim=1)
+        embeds = torch.cat([user_embeds, asst_embeds], dim=1)  # [1, U - k + 9, D]: what is left to prefill
+        talker_ids = torch.cat([user_ids, asst_ids], dim=1)  # [1, U + 9]: the whole talker prompt
         mask = torch.ones_like(talker_ids)
         t = self._t
         has_mm = self._audio_lengths is not None or "image_grid_thw" in t or "video_grid_thw" in t
         if has_mm:
+            # Over the whole talker prompt: the scan assigns each token its position from the
+            # tokens before it only, so the reused prefix keeps the positions it was built with.
             pos, deltas = res.talker.get_rope_index(
                 talker_ids,
                 t.get("image_grid_thw"),
@@ -387,15 +400,18 @@ class StreamJob:
             pos = torch.arange(talker_ids.shape[1], device=res.device).view(1, 1, -1).expand(3, 1, -1)
             deltas = torch.zeros(1, 1, dtype=torch.long, device=res.device)
         self._talker_deltas = deltas
-        self._talker_cache = DynamicCache(config=res.talker.config.text_config)
+        self._talker_cache = self._talker_prefix.kv if k else DynamicCache(config=res.talker.config.text_config)
+        self._talker_prefix = TalkerPrefix(self._talker_cache, user)  # _store_cache crops it back to U
         out = res.talker(
             inputs_embeds=embeds,
             attention_mask=mask,
-            position_ids=pos,
+            position_ids=pos[:, :, k:],
             cache=self._talker_cache,
             use_cache=True,
             output_hidden_states=True,
         )
+        self.stats.talker_prefill_tokens = embeds.shape[1]
+        s = self.sampling
         self._talker_picker = Picker(
             greedy=s.greedy,
             temperature=s.talker_temperature,
@@ -412,6 +428,31 @@ class StreamJob:
         self.stats.t_talker_first_frame = now()
         self._phase = "frame"
         return []
+
+    def _user_mask(self, ids: torch.Tensor) -> torch.Tensor:
+        """[P] bool: positions in user turns (from their `<|im_start|>` to the next one),
+        which stock's talker prompt takes from every turn of the conversation."""
+        res = self.res
+        P = ids.shape[0]
+        pos_idx = torch.arange(P, device=res.device)
+        is_start = ids == res.cfg.im_start_token_id
+        prev_start = torch.cummax(torch.where(is_start, pos_idx, torch.full_like(pos_idx, -1)), 0).values.clamp_min(0)
+        return ids[(prev_start + 1).clamp_max(P - 1)] == res.cfg.user_token_id
+
+    def _talker_reuse(self, user: torch.Tensor) -> int:
+        """How many leading thinker positions the reused talker KV covers. The thinker's
+        reuse already cut it to the shared ids; the role of its last position can still
+        hinge on the token after it (`<|im_start|>` then a different role), so it is cut
+        further where the two user masks part."""
+        prefix = self._talker_prefix
+        if prefix is None:
+            return 0
+        m = min(len(prefix.user), len(user))
+        differ = torch.nonzero(prefix.user[:m] != user[:m]).flatten()
+        if len(differ):
+            m = int(differ[0])
+        prefix.keep(m)
+        return m
 
     def _after_talker(self, out) -> None:
         self._after_talker_row(out.logits[0, -1], out.hidden_states[0][-1][:, -1:])
@@ -544,7 +585,10 @@ class StreamJob:
             fed_embed = self.res.embed(torch.tensor([fed], device=self.res.device))  # [1, F, D]
             embed = torch.cat([embed, fed_embed], 1)
             hidden = torch.cat([hidden, torch.zeros_like(fed_embed)], 1)
-        self.cache.checkin(self.conv.id, CachedPrefix(ids, cache_kv, embed, hidden))
+        talker = getattr(self, "_talker_prefix", None)
+        if talker is not None:  # drop the assistant prefix and codec steps: the next prompt differs there
+            crop_to(talker.kv, int(talker.user.sum()))
+        self.cache.checkin(self.conv.id, CachedPrefix(ids, cache_kv, embed, hidden, talker=talker))
 
     def _finish(self, status: str, error: EngineError | None = None) -> list[Event]:
         events: list[Event] = []
