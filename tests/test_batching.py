@@ -101,6 +101,7 @@ class FakeJob:
     slack_s: float | None = None  # None: first packet pending
     cancelled: bool = False
     audio: bool = True
+    partial: bool = False  # an early prefill of a turn still being spoken
 
     @property
     def first_packet_pending(self) -> bool:
@@ -123,6 +124,7 @@ def test_scheduler_order(monkeypatch):
         FakeJob("new_early", t_submitted=99.8),
         FakeJob("late", slack_s=-0.2),
         FakeJob("cancelled", slack_s=3.0, cancelled=True),
+        FakeJob("head_start", t_submitted=99.0, partial=True),
     ]
     order = []
     w._active = [(j, None) for j in jobs]
@@ -131,8 +133,8 @@ def test_scheduler_order(monkeypatch):
         order.append(job.name)
         w._active = [e for e in w._active if e[0] is not job]
     # Cancels first, then whoever is about to underrun (least slack first), then first
-    # packets in arrival order, before the responses that have audio ahead.
-    assert order == ["cancelled", "late", "starving", "new_early", "new_late", "ahead_less", "ahead"]
+    # packets in arrival order, then early prefill, before the responses that have audio ahead.
+    assert order == ["cancelled", "late", "starving", "new_early", "new_late", "head_start", "ahead_less", "ahead"]
     # A first packet kept waiting past 2 x guard (0.32 s) ranks with the starving, by how overdue it is.
     w._active = [(j, None) for j in (FakeJob("late", slack_s=-0.2), FakeJob("overdue", t_submitted=99.4))]
     assert w._pick()[0].name == "overdue"  # 0.28 s overdue beats 0.2 s short
@@ -148,3 +150,23 @@ def test_playback_slack_counts_whole_chunks(resident, load_wav):
     assert job._vocoder.next_chunk_size() == 2 and job._frames - job._vocoder.decoded_frames == 0
     assert job.playback_slack_s(t, 0.01) == pytest.approx(emitted_s - 0.02)
     assert job.playback_slack_s(t + 0.5, 0.01) == pytest.approx(emitted_s - 0.5 - 0.02)
+
+
+def test_superseded_early_prefills_are_dropped_unrun(resident, load_wav):
+    """Offers pile up under load: only the newest unrun offer per conversation survives,
+    and none once the response itself is queued."""
+    w = ModelWorker(8)
+    a1, a2 = (_job(resident, load_wav, CLIPS[0], 3) for _ in range(2))
+    for job in (a1, a2):
+        job.partial = True
+    a2.conv.id = a1.conv.id
+    b = _job(resident, load_wav, CLIPS[1], 3)
+    b.partial = True
+    w._active = [(a1, None), (b, None), (a2, None)]
+    w._drop_superseded_prefills()
+    assert [e[0] for e in w._active] == [b, a2]
+    response = _job(resident, load_wav, CLIPS[1], 3)
+    response.conv.id = b.conv.id
+    w._active.append((response, None))
+    w._drop_superseded_prefills()
+    assert [e[0] for e in w._active] == [a2, response]

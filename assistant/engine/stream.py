@@ -166,7 +166,11 @@ class StreamJob:
         embeds, mm_outputs = self._encode(tail_ids, tail)
         self.stats.t_preprocessed = now()
         self._thinker_cache = prefix.kv if prefix else DynamicCache(config=res.thinker.config.text_config)
-        out = res.thinker(
+        # The thinker's own forward (transformers 5.24) takes no logits_to_keep and runs
+        # lm_head over every prompt position: on the tiny model that was 250 ms of a
+        # 470-token video prefill (a [P, 152k] product), on the real one P x 152k floats of
+        # memory. The text model, then lm_head on the last position only.
+        out = res.thinker.model(
             input_ids=tail_ids,
             inputs_embeds=embeds,
             mm_encoder_outputs=mm_outputs,
@@ -176,8 +180,8 @@ class StreamJob:
             cache=self._thinker_cache,
             use_cache=True,
             output_hidden_states=True,
-            logits_to_keep=1,
         )
+        logits = res.thinker.lm_head(out.last_hidden_state[:, -1:])  # [1, 1, V]
         self.stats.prefill_tokens = tail_ids.shape[1]  # what the commit still had to prefill
         hs = out.hidden_states
         embed, hidden = hs[0], hs[res.tcfg.accept_hidden_layer]  # [1, P - n, D] each
@@ -197,7 +201,7 @@ class StreamJob:
         if s.thinker_repetition_penalty != 1.0:
             self._thinker_picker.history = ids[0].tolist()  # stock penalises prompt ids too
             self._thinker_picker.min_new += len(self._thinker_picker.history)
-        events = self._accept_token(out.logits[0, -1])
+        events = self._accept_token(logits[0, -1])
         self.stats.t_thinker_first_token = now()
         self._phase = "talker_prefill" if self.audio else "text"
         return events

@@ -12,8 +12,9 @@ out (frames still to compute for the chunk x the measured cost of a frame). Orde
 1. a cancelled response (finishing it is cheap and frees its client);
 2. a response whose slack is under `guard_s` (least slack first);
 3. a response still waiting for its first packet (first come, first served);
-4. the rest, least slack first.
-A first packet that has waited longer than `2 x guard_s` moves up to class 2, ranked by
+4. early prefill of turns still being spoken (a head start: never before a deadline);
+5. the rest, least slack first.
+A first packet that has waited longer than `2 x guard_s` moves up to class 2 (the starving), ranked by
 how overdue it is: under overload, starving new responses would also keep them out of
 the batched steps that make room for everyone.
 So a new turn's first packet goes before responses with enough audio ahead, and nobody
@@ -143,7 +144,23 @@ class ModelWorker:
             try:
                 self._active.append(self.pending.get_nowait())
             except queue.Empty:
-                return
+                break
+        self._drop_superseded_prefills()
+
+    def _drop_superseded_prefills(self) -> None:
+        """An early prefill (a head start on a turn still being spoken) that has not run
+        yet is useless once a newer offer or the response itself exists for the same
+        conversation: either covers what it would have done. Dropped unrun (they have no
+        listener), so a burst of offers under load costs one prefill, not all of them."""
+        latest: dict[str, StreamJob] = {}
+        for job, _ in self._active:  # admission order: later entries are newer
+            if not job.done and job._phase == "prefill":
+                latest[job.conv.id] = job
+        self._active = [
+            entry
+            for entry in self._active
+            if not (entry[0].partial and entry[0]._phase == "prefill" and latest[entry[0].conv.id] is not entry[0])
+        ]
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -196,12 +213,14 @@ class ModelWorker:
             job = entry[0]
             if job.cancelled:
                 return (0, 0.0)
+            if job.partial:
+                return (3, job.t_submitted)
             if job.first_packet_pending:
                 overdue = t - job.t_submitted - 2.0 * self.guard_s
                 return (1, -overdue) if overdue > 0 else (2, job.t_submitted)
             if not job.audio:
-                return (3, float("inf"))
+                return (4, float("inf"))
             left = job.playback_slack_s(t, self.frame_cost_s)
-            return (1 if left < self.guard_s else 3, left)
+            return (1 if left < self.guard_s else 4, left)
 
         return min(self._active, key=slack)
