@@ -72,6 +72,10 @@ class Settings:
         2,
         "audio-encoder attention window in whole seconds (checkpoint: 8); complete windows are prefilled while the user speaks (0 = off)",
     )
+    max_context_tokens: int = opt(
+        0,
+        "prompt + answer token budget; over it the oldest exchanges are dropped to half of it (0 = the model's context)",
+    )
     conversation_cache_size: int = opt(16, "conversations whose thinker KV cache is kept between turns (0 = off)")
     cpu_threads: int = opt(
         1,

@@ -177,6 +177,7 @@ class ResponseStats:
     t_first_audio: float | None = None  # first audio chunk handed out
     t_done: float | None = None
     prefill_tokens: int = 0
+    context_trimmed_turns: int = 0  # oldest turns left out of the prompt to fit the context (context.py)
     talker_prefill_tokens: int = 0  # talker prompt positions prefilled (earlier user turns come from the cache)
     text_tokens: int = 0
     frames: int = 0

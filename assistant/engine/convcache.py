@@ -10,8 +10,8 @@ Policy (issue #7):
   on media whose placeholders fall in that rest.
 - At most `capacity` conversations are cached; the least recently used is evicted and
   simply pays a full prefill on its next turn. A conversation longer than the model's
-  context is trimmed by the session (oldest items first, settings.max_conversation_items);
-  the trimmed prompt no longer shares a prefix and is prefilled in full once.
+  context is trimmed oldest-first to half the context (context.py); `starts` remembers
+  where, so the trimmed prompt is prefilled in full once and later turns append to it.
 - The talker's KV is kept too, for the user-role positions of the prompt only (the
   talker prompt is every user turn's positions, then a 9-position assistant prefix that
   changes each turn, qwen3-omni-streaming.md §2.2): the user parts of earlier turns are
@@ -72,6 +72,7 @@ class ConversationCache:
         self.capacity = capacity
         self._entries: OrderedDict[str, CachedPrefix] = OrderedDict()
         self._forgotten: OrderedDict[str, None] = OrderedDict()  # closed conversations (bounded)
+        self.starts: dict[str, str] = {}  # conversation -> first turn kept after a context trim (context.py)
         self.hits = 0
         self.misses = 0
 
@@ -104,6 +105,7 @@ class ConversationCache:
         """The conversation is over: free its cache now, and refuse the check-in of a
         response that was still running (it would otherwise linger until evicted)."""
         self._entries.pop(conv_id, None)
+        self.starts.pop(conv_id, None)
         self._forgotten[conv_id] = None
         while len(self._forgotten) > 1024:
             self._forgotten.popitem(last=False)

@@ -59,7 +59,9 @@ class LocalEngine:
         self.settings = settings
         self.resident = resident
         self.info = info or EngineInfo("local", settings.model, settings.device, settings.dtype, False)
-        self.stream_config = StreamConfig(tuple(chunk_ramp(settings)), settings.codec_left_context_frames)
+        self.stream_config = StreamConfig(
+            tuple(chunk_ramp(settings)), settings.codec_left_context_frames, settings.max_context_tokens
+        )
         self.worker = ModelWorker(
             settings.engine_queue_size,
             max_batch=settings.max_batch_responses,

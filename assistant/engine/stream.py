@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
+from . import context as context_mod
 from . import inputs as inputs_mod
 from .api import (
     OUTPUT_SAMPLE_RATE,
@@ -44,6 +45,7 @@ from .api import (
     now,
 )
 from .code2wav import IncrementalCode2Wav, to_pcm16
+from .context import ContextTooLong
 from .convcache import CachedPrefix, ConversationCache, TalkerPrefix, common_prefix, crop_to
 from .resident import Resident, media_after
 from .sampling import Picker
@@ -55,6 +57,7 @@ MEDIA_KEYS = ("input_features", "pixel_values", "pixel_values_videos")  # per-it
 class StreamConfig:
     chunk_ramp: tuple[int, ...] = (1, 2, 4, 8, 16, 25)
     left_context: int = 25
+    context_tokens: int = 0  # prompt + answer budget; 0 = the thinker's max_position_embeddings (context.py)
 
 
 class StreamJob:
@@ -115,6 +118,8 @@ class StreamJob:
                 if self._phase == "advance":
                     return self._advance()
                 return self._text_only_step()
+        except ContextTooLong as exc:
+            return self._finish("failed", EngineError("context_length_exceeded", str(exc)))
         except torch.OutOfMemoryError as exc:  # only this response fails; the worker keeps serving
             return self._finish("failed", EngineError("out_of_memory", str(exc)[:300]))
         except (ValueError, RuntimeError, IndexError) as exc:
@@ -139,7 +144,7 @@ class StreamJob:
     def _prefill(self) -> list[Event]:
         res, s = self.res, self.sampling
         self.stats.t_started = now()
-        prepared = inputs_mod.prepare(res.processor, self.conv)
+        prepared = self._prepare_in_context()
         host = prepared.tensors
         # Media stay on the host until the cached prefix is known: only the tail's are moved
         # (the history's features and pixels would otherwise be copied to the device every turn).
@@ -214,7 +219,11 @@ class StreamJob:
         up to the last audio token is then what the committed turn will have too."""
         res = self.res
         self.stats.t_started = now()
-        prepared = inputs_mod.prepare(res.processor, self.conv)
+        try:
+            prepared = self._prepare_in_context()
+        except ContextTooLong:
+            self.done = True  # the response will say so at commit; a head start has nothing to do
+            return []
         host = prepared.tensors
         t = {k: v.to(res.device) for k, v in host.items() if k not in MEDIA_KEYS}  # media: only the tail's, below
         ids = t["input_ids"][0].tolist()
@@ -260,6 +269,23 @@ class StreamJob:
         self.stats.prefill_tokens = cut - n
         self.done = True
         return []
+
+    def _prepare_in_context(self) -> inputs_mod.Prepared:
+        """The prompt, with the oldest exchanges dropped when it would not leave room for the
+        answer in the context (policy: context.py). The snapshot keeps only the turns the
+        prompt has, so the talker prompt and the cached ids match it."""
+        res = self.res
+        limit = (self.config.context_tokens or res.thinker.config.text_config.max_position_embeddings) - (
+            self.sampling.max_tokens
+        )
+        start_id = self.cache.starts.get(self.conv.id) if self.cache is not None else None
+        prepared, start = context_mod.fit(res.processor, self.conv, limit, start_id)
+        if start:
+            self.stats.context_trimmed_turns = start
+            if self.cache is not None:
+                self.cache.starts[self.conv.id] = self.conv.turns[start].id
+            self.conv.turns = self.conv.turns[start:]
+        return prepared
 
     def _to_device(self, tail: dict) -> dict:
         res = self.res
