@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from assistant.engine import inputs as inputs_mod
-from assistant.engine.api import AudioChunk, AudioPart, Conversation, ResponseDone, Sampling, TextPart
+from assistant.engine.api import AudioChunk, AudioPart, Conversation, ResponseDone, Sampling, TextPart, Turn
 from assistant.engine.convcache import ConversationCache, common_prefix
 from assistant.engine.local import load_resident
 from assistant.engine.stream import StreamJob
@@ -175,3 +176,30 @@ def test_earlier_clips_are_found_by_identity_not_featurised_again(resident, load
     assert calls
     for key in ("input_ids", "input_features", "feature_attention_mask"):
         assert torch.equal(first[key], again[key]) and torch.equal(first[key], other[key])
+
+
+def test_media_replaced_by_other_media_of_the_same_length_is_not_reused(resident, load_wav):
+    """Placeholder ids are the same for any clip of a given length: the cache must also
+    compare content, or the old clip's keys and values would answer for the new one."""
+    clip = load_wav(CLIPS[0])
+    other = np.ascontiguousarray(clip[::-1])  # same length, other sound
+    cached, plain = Conversation(sampling=SAMPLING), Conversation(sampling=SAMPLING)
+    cache = ConversationCache(capacity=4)
+    cached.add_user([AudioPart(clip, 16000)])
+    respond(resident, cached, cache)
+    # The client deletes the first item and creates another clip in its place.
+    for conv in (cached, plain):
+        if conv is plain:
+            conv.turns = [Turn("user", [AudioPart(other, 16000)]), cached.turns[1]]
+        else:
+            conv.turns[0] = Turn("user", [AudioPart(other, 16000)], id=conv.turns[0].id)
+        conv.add_user([TextPart("And now?")])
+    job_c, codes_c, _ = respond(resident, cached, cache)
+    job_p, codes_p, _ = respond(resident, plain, None)
+    assert job_c.stats.prefill_tokens == job_p.stats.prefill_tokens  # nothing of the old clip reused
+    assert job_c._tokens == job_p._tokens and torch.equal(codes_c, codes_p)
+    # An unchanged media turn is still reused on the next turn.
+    for conv in (cached, plain):
+        conv.add_user([TextPart("Once more.")])
+    job_c, _, _ = respond(resident, cached, cache)
+    assert job_c.stats.prefill_tokens < job_p.stats.prefill_tokens / 2

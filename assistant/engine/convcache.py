@@ -18,6 +18,9 @@ Policy (issue #7):
   a prefix of the next talker prompt, so only the new user turn and the assistant
   prefix are prefilled. It is cropped with the thinker's, so truncation and eviction
   treat both alike.
+- Placeholder ids say nothing of media content, so each entry also keeps a digest of
+  every complete media turn it covers (inputs.turn_media_keys); reuse stops at the
+  first turn whose media differ from the new prompt's at the same position.
 - A cache is checked out while a response uses it, so two responses can never write it.
   Only the model worker thread touches this object.
 """
@@ -25,7 +28,7 @@ Policy (issue #7):
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -53,6 +56,7 @@ class CachedPrefix:
     hidden: torch.Tensor  # [1, N, D] thinker accept_hidden_layer outputs (zeros where never computed)
     window_aligned: bool = False  # ends inside an audio span at an encoder-window boundary (incremental prefill)
     talker: TalkerPrefix | None = None  # None after a text-only first turn, or a talker-less path
+    media: list[tuple[int, bytes]] = field(default_factory=list)  # (turn start, content digest) of whole media turns
 
     def keep(self, n: int) -> None:
         """Crop to the first n tokens."""
@@ -63,6 +67,7 @@ class CachedPrefix:
             self.ids = self.ids[:n]
             self.embed = self.embed[:, :n]
             self.hidden = self.hidden[:, :n]
+            self.media = [(pos, key) for pos, key in self.media if pos < n]
             if self.talker is not None:
                 self.talker.keep(n)
 

@@ -293,3 +293,51 @@ def splice_assistant_ids(ids: list[int], spoken: list[list[int]], tokenizer) -> 
         turn += 1
         i = end
     return out
+
+
+_DIGESTS: dict[int, tuple[weakref.ref, bytes]] = {}  # id(array) -> (weak ref, digest); read-only arrays only
+
+
+def _digest(arr: np.ndarray) -> bytes:
+    """Content digest of a media array, memoised by identity once the array is read-only
+    (as `_clip_features` does): earlier turns come back every turn."""
+    hit = _DIGESTS.get(id(arr))
+    if hit is not None and hit[0]() is arr and not arr.flags.writeable:
+        return hit[1]
+    digest = hashlib.blake2b(np.ascontiguousarray(arr).tobytes(), digest_size=16).digest()
+    if arr.base is None:
+        arr.flags.writeable = False
+        key = id(arr)
+
+        def release(ref, key=key):
+            if _DIGESTS.get(key, (None,))[0] is ref:
+                del _DIGESTS[key]
+
+        _DIGESTS[key] = (weakref.ref(arr, release), digest)
+    return digest
+
+
+def turn_media_keys(conv: Conversation) -> list[bytes | None]:
+    """Per turn, a digest of its media content (None without media).
+
+    The conversation cache matches prompts by token ids, and every audio, image or video
+    placeholder has the same id: a turn replaced by different media of the same token
+    length would otherwise reuse the old media's keys and values."""
+    keys: list[bytes | None] = []
+    for turn in conv.turns:
+        h = hashlib.blake2b(digest_size=16)
+        media = False
+        for part in turn.parts:
+            if isinstance(part, AudioPart):
+                h.update(b"a%d" % part.sample_rate + _digest(np.asarray(part.pcm)))
+            elif isinstance(part, ImagePart):
+                h.update(b"i" + _digest(np.asarray(part.image)))
+            elif isinstance(part, VideoPart):
+                h.update(b"v%d" % bool(getattr(part, "interleave_audio", False)))
+                for frame, t in zip(part.frames, part.timestamps_s, strict=True):
+                    h.update(_digest(np.asarray(frame)) + repr(float(t)).encode())
+            else:
+                continue
+            media = True
+        keys.append(h.digest() if media else None)
+    return keys

@@ -163,7 +163,8 @@ class StreamJob:
             t.get("video_second_per_grid"),
         )  # pos [3, 1, P]: positions of the whole prompt, prefix included
         self._thinker_deltas = deltas  # [1, 1]
-        prefix = self._reuse_prefix(id_list)
+        self._media = self._media_turns(id_list)
+        prefix = self._reuse_prefix(id_list, self._media)
         n = len(prefix.ids) if prefix else 0
         self._talker_prefix = prefix.talker if prefix else None  # extended by _talker_prefill
         tail_ids = ids[:, n:]  # [1, P - n]
@@ -242,7 +243,11 @@ class StreamJob:
             lengths,
             t.get("video_second_per_grid"),
         )
-        prefix = self._reuse_prefix(ids[: cut + 1])  # +1: the cut itself may be reused whole
+        media = self._media_turns(ids)
+        prefix = self._reuse_prefix(ids[: cut + 1], media)  # +1: the cut itself may be reused whole
+        # The turn being spoken is not complete: its digest will change, so it is not kept.
+        last_start = max(media) if media and self.conv.turns[-1].role == "user" else None
+        complete = sorted((pos, key) for pos, key in media.items() if pos != last_start)
         n = len(prefix.ids) if prefix else 0
         if n >= cut:
             self.cache.checkin(self.conv.id, prefix)
@@ -265,7 +270,9 @@ class StreamJob:
         if prefix:
             embed, hidden = torch.cat([prefix.embed, embed], 1), torch.cat([prefix.hidden, hidden], 1)
         talker = prefix.talker if prefix else None  # earlier turns' talker KV stays valid: nothing before n changed
-        self.cache.checkin(self.conv.id, CachedPrefix(ids[:cut], kv, embed, hidden, window_aligned=True, talker=talker))
+        self.cache.checkin(
+            self.conv.id, CachedPrefix(ids[:cut], kv, embed, hidden, window_aligned=True, talker=talker, media=complete)
+        )
         self.stats.prefill_tokens = cut - n
         self.done = True
         return []
@@ -295,16 +302,29 @@ class StreamJob:
                 tail[key] = tail[key].to(res.dtype)
         return tail
 
-    def _reuse_prefix(self, ids: list[int]) -> CachedPrefix | None:
+    def _media_turns(self, ids: list[int]) -> dict[int, bytes]:
+        """{position of the turn's <|im_start|>: digest of its media} for turns with media."""
+        im_start = self.res.cfg.im_start_token_id
+        starts = [i for i, tok in enumerate(ids) if tok == im_start]
+        offset = 1 if self.conv.instructions else 0  # the system message comes first
+        keys = inputs_mod.turn_media_keys(self.conv)
+        return {starts[offset + i]: key for i, key in enumerate(keys) if key is not None and offset + i < len(starts)}
+
+    def _reuse_prefix(self, ids: list[int], media: dict[int, bytes]) -> CachedPrefix | None:
         """This conversation's cached KV, cropped to what the new prompt shares with it
-        (never the whole prompt: the last token must be run to get logits), and never
-        ending inside a media placeholder span."""
+        (never the whole prompt: the last token must be run to get logits), never past a
+        turn whose media differ from the cached ones, and never ending inside a media
+        placeholder span."""
         if self.cache is None:
             return None
         prefix = self.cache.checkout(self.conv.id)
         if prefix is None:
             return None
         n = min(common_prefix(prefix.ids, ids), len(ids) - 1)
+        for pos, key in prefix.media:  # sorted by position
+            if pos < n and media.get(pos) != key:
+                n = pos  # same placeholder ids, other content: reuse stops before that turn
+                break
         # An entry from incremental prefill ends at an encoder-window boundary inside an
         # audio span and may be reused whole; any other cut inside a span backs off to it.
         if not (prefix.window_aligned and n == len(prefix.ids)):
@@ -618,7 +638,8 @@ class StreamJob:
         talker = getattr(self, "_talker_prefix", None)
         if talker is not None:  # drop the assistant prefix and codec steps: the next prompt differs there
             crop_to(talker.kv, int(talker.user.sum()))
-        self.cache.checkin(self.conv.id, CachedPrefix(ids, cache_kv, embed, hidden, talker=talker))
+        media = sorted(getattr(self, "_media", {}).items())
+        self.cache.checkin(self.conv.id, CachedPrefix(ids, cache_kv, embed, hidden, talker=talker, media=media))
 
     def _finish(self, status: str, error: EngineError | None = None) -> list[Event]:
         events: list[Event] = []
