@@ -73,10 +73,12 @@ async def server(netns_addrs, tiny_dir):
         max_sessions=MAX_SESSIONS,
         min_answer_tokens=4,
         max_answer_tokens=40,
-        min_answer_frames=40,  # random weights may end an answer at any frame: fix it at 40
-        max_answer_frames=40,  # 3.2 s of speech (noise: random weights); the 2-core CPU makes it in ~8 s
-        # A short first chunk, then 2 s chunks: the engine runs slower than real time on this CPU, so this is
-        # what makes audio queue up on the server, as it does on a GPU (barge-in must then drop queued audio).
+        min_answer_frames=120,  # random weights may end an answer at any frame: fix the length
+        # 9.6 s of speech (noise: random weights), made in about 4 s on the 2-core CPU: long enough that a
+        # response is still being generated when a vanished peer is detected (PEER_TIMEOUT_S + polling).
+        max_answer_frames=120,
+        # A short first chunk, then 2 s chunks: audio made faster than real time queues up on the server,
+        # as it does on a GPU (barge-in must then drop queued audio).
         chunk_ramp_frames="2,25",
         echo_guard_ms=0,
     )
