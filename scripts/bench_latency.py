@@ -285,14 +285,14 @@ async def run_engine_only(args) -> dict:
         "cases": {},
     }
     try:
-        total = 2 * args.reps * len(visuals) + (args.turns or 0)
+        total = 2 * args.reps * len(visuals) + (args.turns or 0) * args.reps
         with _progress(total, "engine only", args.quiet) as bar:
             for visual in visuals:
                 name = "audio" if visual == "none" else f"audio+{visual}"
                 run["cases"][name] = await eo.compare(engine, eo.user_parts(wav, visual), length, args.reps, bar)
             if args.turns:
                 short = eo.AnswerLength(min(length.tokens, 8), min(length.frames, 12))
-                run["turns"] = await eo.turns(engine, eo.user_parts(wav), short, args.turns, bar)
+                run["turns"] = await eo.turns(engine, eo.user_parts(wav), short, args.turns, bar, reps=args.reps)
         run["prefill_tokens"] = await eo.prefill_tokens(
             engine,
             {"2s": eo.FIXTURES / "hello_en_us.wav", "10s": eo.FIXTURES / "long_10s_en_us.wav"},

@@ -181,20 +181,27 @@ async def compare(engine, parts: list[Part], length: AnswerLength, reps: int, pr
 TURN_KEYS = ("first_audio_ms", "audio_ttfp_ms", "prefill_tokens", "talker_prefill_tokens")
 
 
-async def turns(engine, parts: list[Part], length: AnswerLength, n: int, progress=None) -> dict:
-    """One conversation of `n` equal user turns; first packet of each."""
-    conv = engine.new_conversation()
-    conv.sampling = length.sampling()
-    per_turn = []
-    for i in range(n):
-        conv.add_user(list(parts))
-        r = await run_ours(engine, conv)
-        per_turn.append({"turn": i + 1, **{k: r[k] for k in TURN_KEYS}})
-        if progress:
-            progress.update(1)
+async def turns(engine, parts: list[Part], length: AnswerLength, n: int, progress=None, reps: int = 1) -> dict:
+    """`reps` conversations of `n` equal user turns each; per turn, the median first packet
+    over the conversations (one sample per turn is at the mercy of a noisy machine)."""
+    runs: list[list[dict]] = []
+    for _ in range(reps):
+        conv = engine.new_conversation()
+        conv.sampling = length.sampling()
+        rows = []
+        for i in range(n):
+            conv.add_user(list(parts))
+            r = await run_ours(engine, conv)
+            rows.append({"turn": i + 1, **{k: r[k] for k in TURN_KEYS}})
+            if progress:
+                progress.update(1)
+        runs.append(rows)
+    per_turn = [{"turn": i + 1, **{k: median([run[i][k] for run in runs]) for k in TURN_KEYS}} for i in range(n)]
     first, last = per_turn[0]["first_audio_ms"], per_turn[-1]["first_audio_ms"]
     return {
+        "reps": reps,
         "per_turn": per_turn,
+        "runs": runs,
         "turn1_first_audio_ms": first,
         f"turn{n}_first_audio_ms": last,
         "last_over_first": round(last / first, 3) if first and last else None,  # issue #7 target: <= 1.2

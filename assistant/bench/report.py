@@ -353,7 +353,7 @@ def engine_markdown(run: dict) -> str:
         ]
         lines += [
             "",
-            f"## Turn 1 vs turn {len(rows)} (one conversation, equal user turns)",
+            f"## Turn 1 vs turn {len(rows)} (equal user turns; medians over {t.get('reps', 1)} conversations)",
             "",
             f"Last over first: {t['last_over_first']} (issue #7 target: <= 1.2).",
             "",
