@@ -137,7 +137,9 @@ class StreamJob:
             return 0.0
         ahead = self.stats.t_first_audio + self.stats.audio_samples / OUTPUT_SAMPLE_RATE - t
         pending = self._frames - self._vocoder.decoded_frames
-        return ahead - max(1, self._vocoder.next_chunk_size() - pending) * frame_cost_s
+        # The chunk goes out when it is full or when the answer ends, whichever comes first.
+        to_chunk = min(self._vocoder.next_chunk_size() - pending, self.sampling.max_frames - self._frames)
+        return ahead - max(1, to_chunk) * frame_cost_s
 
     # ------------------------------------------------------------------ thinker
 
