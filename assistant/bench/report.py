@@ -346,8 +346,8 @@ def engine_markdown(run: dict) -> str:
             [
                 str(x["turn"]),
                 _f(x["first_audio_ms"]),
-                str(x["prefill_tokens"]),
-                str(x.get("talker_prefill_tokens", "-")),
+                _f(x["prefill_tokens"]),
+                _f(x.get("talker_prefill_tokens")),
             ]
             for x in t["per_turn"]
         ]
