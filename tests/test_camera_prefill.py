@@ -185,3 +185,46 @@ def test_session_offers_and_commit_reuse_the_camera_prefill(engine, load_wav, fi
     per_grid = job_o._t["video_grid_thw"][0, 1:].prod().item() // 4
     assert after <= WINDOW_S * (13 + per_grid) + 12
     assert after < total / 4
+
+
+def _camera_turn(frames: list[np.ndarray], pcm: np.ndarray) -> list:
+    return [
+        VideoPart(frames, [i / 2 for i in range(len(frames))], interleave_audio=True),
+        AudioPart(pcm, INPUT_SAMPLE_RATE),
+    ]
+
+
+def test_earlier_videos_are_gridded_without_pixels_and_equal_the_full_path(engine, fixtures_dir, load_wav):
+    """Turns after the first prepare earlier camera turns' grids only (no resize and patch
+    work); the answer equals a cache-less full prefill, and when the cache stops before an
+    earlier video (its frames were replaced) the pixels are made after all."""
+    from assistant.engine import inputs as inputs_mod
+    from assistant.engine.convcache import ConversationCache
+
+    pcm = load_wav("hello_en_us.wav")
+    frames = camera(fixtures_dir, 6)
+    cached, plain = Conversation(sampling=SAMPLING), Conversation(sampling=SAMPLING)
+    cache = ConversationCache(4)
+    for turn in range(3):
+        for conv in (cached, plain):
+            conv.add_user(_camera_turn(frames[turn:] + frames[:turn], pcm))
+        if turn == 2:  # the client replaced the first turn's video with other frames of the same size
+            for conv in (cached, plain):
+                parts = conv.turns[0].parts
+                parts[0] = VideoPart(list(reversed(parts[0].frames)), parts[0].timestamps_s, interleave_audio=True)
+        dry = inputs_mod.prepare(engine.resident.processor, cached, pixels_from_turn=len(cached.turns) - 1).tensors
+        full = inputs_mod.prepare(engine.resident.processor, cached).tensors
+        assert torch.equal(dry["input_ids"], full["input_ids"]) and torch.equal(
+            dry["video_grid_thw"], full["video_grid_thw"]
+        )
+        if turn:
+            offset = int(dry["video_pixel_offset"][0])
+            assert offset > 0 and torch.equal(dry["pixel_values_videos"], full["pixel_values_videos"][offset:])
+        job_c, codes_c = answer(engine, cached, cache)
+        job_p, codes_p = answer(engine, plain, None)
+        assert job_c._tokens == job_p._tokens, f"turn {turn + 1}"
+        assert torch.equal(codes_c, codes_p), f"turn {turn + 1}"
+        if turn == 1:
+            assert job_c.stats.prefill_tokens < 0.6 * job_p.stats.prefill_tokens  # only the new turn (the cache)
+        if turn == 2:  # reuse stopped before turn 1's video: it was encoded again, from real pixels
+            assert job_c.stats.prefill_tokens == job_p.stats.prefill_tokens

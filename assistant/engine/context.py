@@ -40,11 +40,14 @@ def _start_index(turns: list[Turn], turn_id: str | None) -> int:
     return 0  # the remembered turn was deleted: start over from the oldest
 
 
-def fit(processor, conv: Conversation, limit_tokens: int, start_id: str | None) -> tuple[inputs_mod.Prepared, int]:
-    """The prompt of `conv.turns[start:]` within `limit_tokens`, and `start`."""
+def fit(
+    processor, conv: Conversation, limit_tokens: int, start_id: str | None, pixels_from_turn: int = 0
+) -> tuple[inputs_mod.Prepared, int]:
+    """The prompt of `conv.turns[start:]` within `limit_tokens`, and `start`.
+    `pixels_from_turn` (an index into conv.turns): see inputs.prepare."""
     turns = conv.turns
     start = _start_index(turns, start_id)
-    prepared = inputs_mod.prepare(processor, _view(conv, start))
+    prepared = inputs_mod.prepare(processor, _view(conv, start), max(0, pixels_from_turn - start))
     if prepared.input_ids.shape[1] <= limit_tokens:
         return prepared, start
     target = limit_tokens // 2
@@ -56,7 +59,7 @@ def fit(processor, conv: Conversation, limit_tokens: int, start_id: str | None) 
                 f"the context allows {limit_tokens} before the answer"
             )
         start = later_users[0]
-        prepared = inputs_mod.prepare(processor, _view(conv, start))
+        prepared = inputs_mod.prepare(processor, _view(conv, start), max(0, pixels_from_turn - start))
         n = prepared.input_ids.shape[1]
         if n <= target or (n <= limit_tokens and len(later_users) == 1):
             return prepared, start

@@ -84,6 +84,9 @@ class ConversationCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def has(self, conv_id: str) -> bool:
+        return conv_id in self._entries
+
     def checkout(self, conv_id: str) -> CachedPrefix | None:
         entry = self._entries.pop(conv_id, None)
         if entry is None:

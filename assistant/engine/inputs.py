@@ -89,6 +89,8 @@ class Media:
     videos: list[np.ndarray] = field(default_factory=list)
     fps: list[float] = field(default_factory=list)
     interleaved: list[bool] = field(default_factory=list)  # per video
+    video_turn: list[int] = field(default_factory=list)  # per video: index of its turn in conv.turns
+    turn: int = 0  # the turn being rendered
 
 
 def _user_content(parts: list, media: Media) -> list[dict]:
@@ -116,6 +118,7 @@ def _user_content(parts: list, media: Media) -> list[dict]:
             else:
                 frames, rate = sample_video(part)
             media.videos.append(frames)
+            media.video_turn.append(media.turn)
             media.fps.append(rate)
             media.interleaved.append(live)
             content.append({"type": "video"})
@@ -129,7 +132,8 @@ def messages(conv: Conversation) -> tuple[list[dict], Media]:
     media = Media()
     if conv.instructions:
         msgs.append({"role": "system", "content": [{"type": "text", "text": conv.instructions}]})
-    for turn in conv.turns:
+    for i, turn in enumerate(conv.turns):
+        media.turn = i
         if turn.role == "assistant":
             msgs.append({"role": "assistant", "content": [{"type": "text", "text": turn.text_content()}]})
             continue
@@ -141,7 +145,12 @@ def messages(conv: Conversation) -> tuple[list[dict], Media]:
     return msgs, media
 
 
-def prepare(processor, conv: Conversation) -> Prepared:
+def prepare(processor, conv: Conversation, pixels_from_turn: int = 0) -> Prepared:
+    """`pixels_from_turn`: videos of earlier turns get their grids (token counts) but no
+    pixel values: they are in the KV cache already, and resizing and patching every
+    earlier camera turn again cost ~270 ms per 10 s of 640x480 video, every turn and
+    every early-prefill offer. `video_pixel_offset` then says how many patch rows of
+    the leading videos are missing (resident.media_after)."""
     msgs, media = messages(conv)
     text = processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
     kwargs: dict = {}
@@ -166,7 +175,22 @@ def prepare(processor, conv: Conversation) -> Prepared:
         processor._process_audio.__func__ is not per_clip_process_audio
     ):
         processor._process_audio = types.MethodType(per_clip_process_audio, processor)
-    tensors = dict(processor(text=text, return_tensors="pt", padding=True, **kwargs))
+    if not isinstance(getattr(processor, "_process_videos", None), types.MethodType) or (
+        processor._process_videos.__func__ is not grid_only_process_videos
+    ):
+        processor._process_videos = types.MethodType(grid_only_process_videos, processor)
+    # The leading videos only: media_after can then skip their rows by one offset.
+    dry = 0
+    while dry < len(media.videos) and media.video_turn[dry] < pixels_from_turn:
+        dry += 1
+    processor._assistant_dry_videos = dry  # read by grid_only_process_videos; the model worker is the only caller
+    try:
+        tensors = dict(processor(text=text, return_tensors="pt", padding=True, **kwargs))
+    finally:
+        processor._assistant_dry_videos = 0
+    if dry:
+        grids = tensors["video_grid_thw"][:dry]
+        tensors["video_pixel_offset"] = grids.prod(-1).sum().reshape(1)  # patch rows not computed
     spoken = [t.token_ids for t in conv.turns if t.role == "assistant"]
     if any(spoken):
         ids = splice_assistant_ids(tensors["input_ids"][0].tolist(), spoken, processor.tokenizer)
@@ -231,6 +255,55 @@ def _clip_features(processor, clip: np.ndarray, window: int | None, kwargs: dict
 
         memo[key] = (weakref.ref(clip, release), value)
     return value
+
+
+def _grid_of(video_processor, video: np.ndarray, videos_kwargs: dict) -> list[int]:
+    """[t, h, w] patches of a video from its shape alone, as the processor would resize it
+    (Qwen2VLVideoProcessor.get_num_of_video_patches; without the per-frame pixel cap,
+    which prepare() turns off)."""
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import smart_resize
+
+    vp = video_processor
+    patch, merge, temporal = vp.patch_size, vp.merge_size, vp.temporal_patch_size
+    size = videos_kwargs.get("size") or vp.size
+    frames, height, width = video.shape[0], video.shape[1], video.shape[2]  # [T, H, W, 3]
+    rh, rw = smart_resize(
+        height, width, patch * merge, min_pixels=size["shortest_edge"], max_pixels=size["longest_edge"]
+    )
+    return [(frames + -frames % temporal) // temporal, rh // patch, rw // patch]
+
+
+def grid_only_process_videos(self, videos, audio=None, processed_audio=None, video_to_audio_indices=None, **kwargs):
+    """A drop-in for `Qwen3OmniMoeProcessor._process_videos` that skips the pixel work of
+    the first `self._assistant_dry_videos` videos (their grids still make their tokens)."""
+    dry = getattr(self, "_assistant_dry_videos", 0)
+    vk = kwargs["videos_kwargs"]
+    grids = [_grid_of(self.video_processor, v, vk) for v in videos[:dry]]
+    pixels = None
+    if len(videos) > dry:
+        out = self.video_processor(list(videos[dry:]), **vk)
+        grids += out["video_grid_thw"].tolist()
+        pixels = out["pixel_values_videos"]
+    if pixels is None:
+        width = 3 * self.video_processor.temporal_patch_size * self.video_processor.patch_size**2
+        pixels = torch.zeros(0, width)
+    fps = vk.get("fps") or 1.0
+    processed = {
+        "pixel_values_videos": pixels,
+        "video_grid_thw": torch.tensor(grids, dtype=torch.long),
+        "video_second_per_grid": [self.video_processor.temporal_patch_size / fps] * len(grids),
+    }
+    replacements = [
+        self.replace_video_token(
+            processed,
+            video_idx=i,
+            processed_audio=processed_audio,
+            video_to_audio_indices=video_to_audio_indices,
+            **kwargs,
+        )
+        for i in range(len(grids))
+    ]
+    return processed, replacements
 
 
 def per_clip_process_audio(self, audio, **kwargs):

@@ -130,11 +130,18 @@ def media_after(t: dict, ids: list[int], n: int, res: Resident) -> dict:
     ):
         if grid in t:
             cached = sum(1 for tok in ids[:n] if tok == token)
-            tail.update(_vision_after(t, pixels, grid, cached, proc.merge_size))
+            missing = (
+                int(t["video_pixel_offset"][0]) if pixels == "pixel_values_videos" and "video_pixel_offset" in t else 0
+            )
+            tail.update(_vision_after(t, pixels, grid, cached, proc.merge_size, missing))
     return tail
 
 
-def _vision_after(t: dict, pixels: str, grid: str, cached: int, merge: int) -> dict:
+class MissingPixels(LookupError):
+    """The tail needs patches of a video that prepare() only gridded (pixels_from_turn)."""
+
+
+def _vision_after(t: dict, pixels: str, grid: str, cached: int, merge: int, missing: int = 0) -> dict:
     """The patches and grids of one kind of visual media past the first `cached`
     placeholder tokens. A camera turn cut by incremental prefill is cached up to a whole
     2-frame grid; the vision encoder attends within each grid (cu_seqlens per temporal
@@ -151,4 +158,6 @@ def _vision_after(t: dict, pixels: str, grid: str, cached: int, merge: int) -> d
             rest.append([thw[0] - done // per_grid, thw[1], thw[2]])
     if not rest:
         return {}
-    return {pixels: t[pixels][skip:], grid: torch.tensor(rest, dtype=t[grid].dtype, device=t[grid].device)}
+    if skip < missing:  # the first `missing` rows (earlier videos) were never computed
+        raise MissingPixels(f"the tail starts {missing - skip} patch rows inside a video prepared without pixels")
+    return {pixels: t[pixels][skip - missing :], grid: torch.tensor(rest, dtype=t[grid].dtype, device=t[grid].device)}

@@ -47,7 +47,7 @@ from .api import (
 from .code2wav import IncrementalCode2Wav, to_pcm16
 from .context import ContextTooLong
 from .convcache import CachedPrefix, ConversationCache, TalkerPrefix, common_prefix, crop_to
-from .resident import Resident, media_after
+from .resident import MissingPixels, Resident, media_after
 from .sampling import Picker
 
 MEDIA_KEYS = ("input_features", "pixel_values", "pixel_values_videos")  # per-item encoder inputs (large)
@@ -170,7 +170,12 @@ class StreamJob:
         n = len(prefix.ids) if prefix else 0
         self._talker_prefix = prefix.talker if prefix else None  # extended by _talker_prefill
         tail_ids = ids[:, n:]  # [1, P - n]
-        tail = self._to_device(media_after(host, id_list, n, res))
+        try:
+            tail = media_after(host, id_list, n, res)
+        except MissingPixels:
+            host = self._prepare_in_context(all_pixels=True).tensors  # the same ids, every video's pixels
+            tail = media_after(host, id_list, n, res)
+        tail = self._to_device(tail)
         embeds, mm_outputs = self._encode(tail_ids, tail)
         self.stats.t_preprocessed = now()
         self._thinker_cache = prefix.kv if prefix else DynamicCache(config=res.thinker.config.text_config)
@@ -256,7 +261,11 @@ class StreamJob:
             self.done = True
             return []
         tail_ids = t["input_ids"][:, n:cut]
-        embeds, mm = self._encode(tail_ids, self._to_device(media_after(host, ids, n, res)))
+        try:
+            tail = media_after(host, ids, n, res)
+        except MissingPixels:
+            tail = media_after(self._prepare_in_context(all_pixels=True).tensors, ids, n, res)
+        embeds, mm = self._encode(tail_ids, self._to_device(tail))
         kv = prefix.kv if prefix else DynamicCache(config=res.thinker.config.text_config)
         out = res.thinker.model(
             input_ids=tail_ids,
@@ -279,16 +288,24 @@ class StreamJob:
         self.done = True
         return []
 
-    def _prepare_in_context(self) -> inputs_mod.Prepared:
+    def _prepare_in_context(self, all_pixels: bool = False) -> inputs_mod.Prepared:
         """The prompt, with the oldest exchanges dropped when it would not leave room for the
         answer in the context (policy: context.py). The snapshot keeps only the turns the
-        prompt has, so the talker prompt and the cached ids match it."""
+        prompt has, so the talker prompt and the cached ids match it.
+
+        With a cached prefix for this conversation, videos before the last user turn get
+        no pixel values (inputs.prepare, pixels_from_turn): the cache almost always covers
+        them. When it does not (a cache cut early, or evicted), `media_after` raises
+        MissingPixels and the caller prepares again with every pixel."""
         res = self.res
         limit = (self.config.context_tokens or res.thinker.config.text_config.max_position_embeddings) - (
             self.sampling.max_tokens
         )
+        pixels_from = 0
+        if not all_pixels and self.cache is not None and self.cache.has(self.conv.id):
+            pixels_from = max((i for i, turn in enumerate(self.conv.turns) if turn.role == "user"), default=0)
         start_id = self.cache.starts.get(self.conv.id) if self.cache is not None else None
-        prepared, start = context_mod.fit(res.processor, self.conv, limit, start_id)
+        prepared, start = context_mod.fit(res.processor, self.conv, limit, start_id, pixels_from)
         if start:
             self.stats.context_trimmed_turns = start
             if self.cache is not None:
