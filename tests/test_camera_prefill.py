@@ -228,3 +228,31 @@ def test_earlier_videos_are_gridded_without_pixels_and_equal_the_full_path(engin
             assert job_c.stats.prefill_tokens < 0.6 * job_p.stats.prefill_tokens  # only the new turn (the cache)
         if turn == 2:  # reuse stopped before turn 1's video: it was encoded again, from real pixels
             assert job_c.stats.prefill_tokens == job_p.stats.prefill_tokens
+
+
+@pytest.mark.parametrize("complete", [True, False])
+def test_capped_camera_turn_is_prefilled_past_its_last_grid_once_complete(engine, load_wav, fixtures_dir, complete):
+    """A 10 s turn whose video stopped at the cap (2 s, 4 frames): once the session marks
+    the video complete, early prefill goes on through the audio after its last grid."""
+    pcm = load_wav("long_10s_en_us.wav")
+    frames = camera(fixtures_dir, 4)
+
+    def turn(end_s: float) -> list:
+        n = min(4, 2 * int(np.ceil(end_s)))
+        video = VideoPart(frames[:n], [i / 2 for i in range(n)], interleave_audio=True, complete=complete and n == 4)
+        return [video, AudioPart(pcm[: int(end_s * INPUT_SAMPLE_RATE)], INPUT_SAMPLE_RATE)]
+
+    streamed, offline = Conversation(sampling=SAMPLING), Conversation(sampling=SAMPLING)
+    engine.conv_cache.forget(offline.id)
+    for step in range(1, 21):  # offers every 0.5 s
+        engine.prefill(streamed, turn(step * 0.5))
+        drain(engine)
+    for conv in (streamed, offline):
+        conv.add_user(turn(len(pcm) / INPUT_SAMPLE_RATE))
+    job_s, codes_s = answer(engine, streamed, engine.conv_cache)
+    job_o, codes_o = answer(engine, offline, None)
+    assert job_s._tokens == job_o._tokens and torch.equal(codes_s, codes_o)
+    if complete:
+        assert job_s.stats.prefill_tokens <= 2 * 13 + 12  # at most one window of audio and the closing tokens
+    else:
+        assert job_s.stats.prefill_tokens > 8 * 12  # stuck after the 2 s the grids cover: 8 s of audio left

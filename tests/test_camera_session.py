@@ -103,6 +103,20 @@ def test_video_covers_at_most_max_camera_turn_s_then_audio_only():
     video, spoken = committed(h)
     assert len(spoken.pcm) == 5 * RATE  # all the audio
     assert [label(f) for f in video.frames] == [1, 6, 11, 16]  # 2 s at 2 fps, then no more grids
+    assert video.complete  # no frame will be added: the engine may prefill past the last grid
+
+
+def test_a_video_is_complete_only_once_its_last_half_second_has_started():
+    turn = CameraTurn(start=0, max_camera_turn_s=1)  # two half-seconds
+    frames = FrameSampler(fps=0)
+    frames.add(0.0, 0, frame(1))
+    frames.add(0.0, 8000, frame(2))
+    turn.advance(frames, 8000)  # the second half-second has not started yet
+    video = turn_parts(turn, np.zeros(8000, np.float32))[0]
+    assert isinstance(video, ImagePart) or not video.complete
+    turn.advance(frames, 8001)
+    video = turn_parts(turn, np.zeros(8001, np.float32))[0]
+    assert [label(f) for f in video.frames] == [1, 2] and video.complete
 
 
 def test_a_camera_that_starts_late_fills_the_early_half_seconds_with_its_first_frame():

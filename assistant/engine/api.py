@@ -100,6 +100,9 @@ class VideoPart:
     # rendered time-interleaved with them (Qwen's audio-in-video layout, inputs.py); frame i
     # is then the camera at i / 2 s from the audio's start (timestamps_s[i] == i / 2).
     interleave_audio: bool = False
+    # No frame will be added to this video (a camera turn past --max-camera-turn-s): early
+    # prefill may then go on past its last grid, with the audio that follows it.
+    complete: bool = False
 
 
 Part = TextPart | AudioPart | ImagePart | VideoPart

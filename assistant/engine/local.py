@@ -192,9 +192,14 @@ class LocalEngine:
         head: list[Part] = []
         if len(parts) == 2 and isinstance(parts[0], VideoPart) and parts[0].interleave_audio:
             video = parts[0]
-            seconds = min(seconds, len(video.frames) // 2 // window_s * window_s)
-            frames = 2 * seconds  # 2 fps: two frames per grid
-            head.append(VideoPart(video.frames[:frames], video.timestamps_s[:frames], interleave_audio=True))
+            if video.complete and 2 * seconds >= len(video.frames):
+                # Every grid is final and all of them precede the cut: the audio after the
+                # last grid follows it in the layout, so the cut needs no more frames.
+                head.append(VideoPart(video.frames, video.timestamps_s, interleave_audio=True, complete=True))
+            else:
+                seconds = min(seconds, len(video.frames) // 2 // window_s * window_s)
+                frames = 2 * seconds  # 2 fps: two frames per grid
+                head.append(VideoPart(video.frames[:frames], video.timestamps_s[:frames], interleave_audio=True))
         elif len(parts) != 1:
             return None
         if seconds == 0:

@@ -50,6 +50,12 @@ class CameraTurn:
             if first is not None and first.pos <= last_point:  # a camera that starts past the video's span: none
                 self.slots = [s if s is not None else first for s in self.slots]
 
+    def full(self, samples: int) -> bool:
+        """Whether the video of a turn of `samples` samples has all its frames (the cap)."""
+        return (
+            self.max_slots > 0 and len(self.slots) == self.max_slots and samples > (self.max_slots - 1) * HALF_S_SAMPLES
+        )
+
     def frames(self, samples: int) -> list[Frame]:
         """The frames of a turn of `samples` audio samples: one per started half-second,
         up to the cap; empty when the camera has sent nothing for it."""
@@ -71,7 +77,12 @@ def turn_parts(camera: CameraTurn | None, audio: np.ndarray) -> list[Part]:
     frames = camera.frames(len(audio)) if camera is not None else []
     spoken = AudioPart(audio, INPUT_SAMPLE_RATE)
     if len({id(f) for f in frames}) >= 2:
-        video = VideoPart([f.image for f in frames], [i / 2 for i in range(len(frames))], interleave_audio=True)
+        video = VideoPart(
+            [f.image for f in frames],
+            [i / 2 for i in range(len(frames))],
+            interleave_audio=True,
+            complete=camera.full(len(audio)),
+        )
         return [video, spoken]
     if frames:
         return [ImagePart(frames[0].image), spoken]
