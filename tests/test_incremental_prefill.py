@@ -135,3 +135,22 @@ def test_server_prefills_while_the_user_speaks(tiny_dir, load_wav):
         short_tokens = asyncio.run(turn(server.url, load_wav("hello_en_us.wav")))
     print(f"tokens prefilled after commit: 10 s utterance {long_tokens}, 2.8 s utterance {short_tokens}")
     assert long_tokens <= 13 * WINDOW_S + 12 and short_tokens <= 13 * WINDOW_S + 12
+
+
+def test_a_commit_shorter_than_the_offers_keeps_its_whole_windows(resident, load_wav):
+    """Offers run to the buffer's end; the VAD's commit may end earlier. The windows the
+    commit still has whole are reused; only the rest is prefilled, with the same answer."""
+    pcm = load_wav("long_10s_en_us.wav")
+    committed = pcm[: int(4.5 * INPUT_SAMPLE_RATE)]  # 2 whole windows and a quarter of a third
+    streamed, offline = Conversation(sampling=SAMPLING), Conversation(sampling=SAMPLING)
+    cache = ConversationCache(4)
+    speak_incrementally(resident, streamed, cache, pcm[: 6 * INPUT_SAMPLE_RATE])  # 3 windows prefilled
+    for conv in (streamed, offline):
+        conv.add_user([AudioPart(committed, INPUT_SAMPLE_RATE)])
+    job_s, codes_s, audio_s = answer(resident, streamed, cache)
+    job_o, codes_o, audio_o = answer(resident, offline, None)
+    assert job_s._tokens == job_o._tokens and torch.equal(codes_s, codes_o) and audio_s == audio_o
+    per_window = resident.audio_window_tokens
+    span = job_o._prompt_ids[0].tolist().index(resident.audio_start_id) + 1  # first audio token
+    reused = job_o.stats.prefill_tokens - job_s.stats.prefill_tokens
+    assert reused == span + 2 * per_window  # everything before the span, and two whole windows

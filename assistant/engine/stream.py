@@ -329,6 +329,21 @@ class StreamJob:
         keys = inputs_mod.turn_media_keys(self.conv)
         return {starts[offset + i]: key for i, key in enumerate(keys) if key is not None and offset + i < len(starts)}
 
+    def _whole_windows_cut(self, ids: list[int], n: int) -> int | None:
+        """The end of the last whole encoder window of an audio-only span that `n` falls in
+        (after its start token), or None. Whole windows are featurised and encoded alone
+        (inputs.per_clip_process_audio, the encoder's window attention), so their tokens
+        are the same in any longer or shorter clip that shares them."""
+        per_window = self.res.audio_window_tokens
+        audio = self.res.cfg.thinker_config.audio_token_id
+        k = n
+        while k > 0 and ids[k - 1] == audio:
+            k -= 1
+        if not per_window or k == n or k == 0 or ids[k - 1] != self.res.audio_start_id:
+            return None  # not inside an audio-only span (camera spans interleave video)
+        whole = (n - k) // per_window * per_window
+        return k + whole if whole else None
+
     def _reuse_prefix(self, ids: list[int], media: dict[int, bytes]) -> CachedPrefix | None:
         """This conversation's cached KV, cropped to what the new prompt shares with it
         (never the whole prompt: the last token must be run to get logits), never past a
@@ -345,10 +360,17 @@ class StreamJob:
                 n = pos  # same placeholder ids, other content: reuse stops before that turn
                 break
         # An entry from incremental prefill ends at an encoder-window boundary inside an
-        # audio span and may be reused whole; any other cut inside a span backs off to it.
+        # audio span and may be reused whole. If the committed audio is shorter than what
+        # was offered (offers run to the buffer's end, past where the VAD ends the turn),
+        # its whole windows are still final: the cut goes back to the last of them. Any
+        # other cut inside a span backs off to the span's start.
         if not (prefix.window_aligned and n == len(prefix.ids)):
-            while n > 0 and ids[n - 1] in self.res.span_ids:
-                n -= 1
+            window_cut = self._whole_windows_cut(ids, n) if prefix.window_aligned else None
+            if window_cut is not None:
+                n = window_cut
+            else:
+                while n > 0 and ids[n - 1] in self.res.span_ids:
+                    n -= 1
         if n == 0:
             return None
         prefix.keep(n)
