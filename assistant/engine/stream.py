@@ -3,8 +3,8 @@
 Stock `generate()` runs thinker -> talker -> Code2Wav one after the other. Here the same
 modules run interleaved (../shared/reference/qwen3-omni-streaming.md §2.3-2.5):
 
-1. `_prefill`: processor, audio/vision encoders, thinker prefill (KV cache) and the first
-   text token t0.
+1. `_prefill` (prefill.py): processor, audio/vision encoders, thinker prefill (KV cache)
+   and the first text token t0.
 2. `_talker_prefill`: as soon as t0 exists, the talker prompt (user parts from thinker
    layer-0 embeddings and `accept_hidden_layer` hidden states, then the 9-position
    assistant prefix ending in t0) is prefilled and code-0 of frame 0 is chosen.
@@ -28,8 +28,6 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
-from . import context as context_mod
-from . import inputs as inputs_mod
 from .api import (
     OUTPUT_SAMPLE_RATE,
     AudioChunk,
@@ -46,11 +44,10 @@ from .api import (
 )
 from .code2wav import IncrementalCode2Wav, to_pcm16
 from .context import ContextTooLong
-from .convcache import CachedPrefix, ConversationCache, TalkerPrefix, common_prefix, crop_to
-from .resident import MissingPixels, Resident, media_after
+from .convcache import CachedPrefix, ConversationCache, TalkerPrefix, crop_to
+from .prefill import ThinkerPrefill
+from .resident import Resident
 from .sampling import Picker
-
-MEDIA_KEYS = ("input_features", "pixel_values", "pixel_values_videos")  # per-item encoder inputs (large)
 
 
 @dataclass
@@ -60,7 +57,7 @@ class StreamConfig:
     context_tokens: int = 0  # prompt + answer budget; 0 = the thinker's max_position_embeddings (context.py)
 
 
-class StreamJob:
+class StreamJob(ThinkerPrefill):
     """One response. Not thread-safe: only the model worker calls `step()`."""
 
     def __init__(
@@ -142,258 +139,6 @@ class StreamJob:
         return ahead - max(1, to_chunk) * frame_cost_s
 
     # ------------------------------------------------------------------ thinker
-
-    def _prefill(self) -> list[Event]:
-        res, s = self.res, self.sampling
-        self.stats.t_started = now()
-        prepared = self._prepare_in_context()
-        host = prepared.tensors
-        # Media stay on the host until the cached prefix is known: only the tail's are moved
-        # (the history's features and pixels would otherwise be copied to the device every turn).
-        t = {k: v.to(res.device) for k, v in host.items() if k not in MEDIA_KEYS}
-        ids = t["input_ids"]  # [1, P]
-        id_list = ids[0].tolist()
-        self._prompt_ids, self._t = ids, t
-        self._audio_lengths = t["feature_attention_mask"].sum(-1) if "feature_attention_mask" in t else None
-        pos, deltas = res.thinker.get_rope_index(
-            ids,
-            t.get("image_grid_thw"),
-            t.get("video_grid_thw"),
-            t["attention_mask"],
-            prepared.audio_in_video,  # camera turns: audio positions interleaved with the grids
-            self._audio_lengths,
-            t.get("video_second_per_grid"),
-        )  # pos [3, 1, P]: positions of the whole prompt, prefix included
-        self._thinker_deltas = deltas  # [1, 1]
-        self._media = self._media_turns(id_list)
-        prefix = self._reuse_prefix(id_list, self._media)
-        n = len(prefix.ids) if prefix else 0
-        self._talker_prefix = prefix.talker if prefix else None  # extended by _talker_prefill
-        tail_ids = ids[:, n:]  # [1, P - n]
-        try:
-            tail = media_after(host, id_list, n, res)
-        except MissingPixels:
-            host = self._prepare_in_context(all_pixels=True).tensors  # the same ids, every video's pixels
-            tail = media_after(host, id_list, n, res)
-        tail = self._to_device(tail)
-        embeds, mm_outputs = self._encode(tail_ids, tail)
-        self.stats.t_preprocessed = now()
-        self._thinker_cache = prefix.kv if prefix else DynamicCache(config=res.thinker.config.text_config)
-        # The thinker's own forward (transformers 5.24) takes no logits_to_keep and runs
-        # lm_head over every prompt position: on the tiny model that was 250 ms of a
-        # 470-token video prefill (a [P, 152k] product), on the real one P x 152k floats of
-        # memory. The text model, then lm_head on the last position only.
-        out = res.thinker.model(
-            input_ids=tail_ids,
-            inputs_embeds=embeds,
-            mm_encoder_outputs=mm_outputs,
-            image_grid_thw=tail.get("image_grid_thw"),
-            video_grid_thw=tail.get("video_grid_thw"),
-            position_ids=pos[:, :, n:],
-            cache=self._thinker_cache,
-            use_cache=True,
-            output_hidden_states=True,
-        )
-        logits = res.thinker.lm_head(out.last_hidden_state[:, -1:])  # [1, 1, V]
-        self.stats.prefill_tokens = tail_ids.shape[1]  # what the commit still had to prefill
-        hs = out.hidden_states
-        embed, hidden = hs[0], hs[res.tcfg.accept_hidden_layer]  # [1, P - n, D] each
-        if prefix:
-            embed, hidden = torch.cat([prefix.embed, embed], 1), torch.cat([prefix.hidden, hidden], 1)
-        self._thinker_embed, self._thinker_hidden = embed, hidden  # [1, P, D]: layer-0 inputs, talker-read layer
-        self._thinker_picker = Picker(
-            greedy=s.greedy,
-            temperature=s.thinker_temperature,
-            top_k=s.thinker_top_k,
-            top_p=s.thinker_top_p,
-            repetition_penalty=s.thinker_repetition_penalty,
-            eos_id=res.cfg.im_end_token_id,
-            min_new=s.min_tokens,
-            generator=self._gen,
-        )
-        if s.thinker_repetition_penalty != 1.0:
-            self._thinker_picker.history = ids[0].tolist()  # stock penalises prompt ids too
-            self._thinker_picker.min_new += len(self._thinker_picker.history)
-        events = self._accept_token(logits[0, -1])
-        self.stats.t_thinker_first_token = now()
-        self._phase = "talker_prefill" if self.audio else "text"
-        return events
-
-    def _partial_prefill(self) -> list[Event]:
-        """Prefill the conversation up to the last complete encoder window of the turn
-        being spoken, and keep the KV cache, so that at commit only the tail is left
-        (issue #7). The engine cut the turn's audio to whole windows and, for a camera
-        turn, its frames to the grids before them; in the interleaved layout everything
-        up to the last audio token is then what the committed turn will have too."""
-        res = self.res
-        self.stats.t_started = now()
-        try:
-            prepared = self._prepare_in_context()
-        except ContextTooLong:
-            self.done = True  # the response will say so at commit; a head start has nothing to do
-            return []
-        host = prepared.tensors
-        t = {k: v.to(res.device) for k, v in host.items() if k not in MEDIA_KEYS}  # media: only the tail's, below
-        ids = t["input_ids"][0].tolist()
-        audio_id = res.cfg.thinker_config.audio_token_id
-        cut = max(i for i, tok in enumerate(ids) if tok == audio_id) + 1 if audio_id in ids else 0
-        if cut == 0 or res.image_id in ids[cut:] or res.video_id in ids[cut:]:
-            self.done = True  # nothing final yet, or frames past the audio (the engine never offers those)
-            return []
-        lengths = t["feature_attention_mask"].sum(-1)
-        pos, _ = res.thinker.get_rope_index(
-            t["input_ids"],
-            t.get("image_grid_thw"),
-            t.get("video_grid_thw"),
-            t["attention_mask"],
-            prepared.audio_in_video,
-            lengths,
-            t.get("video_second_per_grid"),
-        )
-        media = self._media_turns(ids)
-        prefix = self._reuse_prefix(ids[: cut + 1], media)  # +1: the cut itself may be reused whole
-        # The turn being spoken is not complete: its digest will change, so it is not kept.
-        last_start = max(media) if media and self.conv.turns[-1].role == "user" else None
-        complete = sorted((pos, key) for pos, key in media.items() if pos != last_start)
-        n = len(prefix.ids) if prefix else 0
-        if n >= cut:
-            self.cache.checkin(self.conv.id, prefix)
-            self.done = True
-            return []
-        tail_ids = t["input_ids"][:, n:cut]
-        try:
-            tail = media_after(host, ids, n, res)
-        except MissingPixels:
-            tail = media_after(self._prepare_in_context(all_pixels=True).tensors, ids, n, res)
-        embeds, mm = self._encode(tail_ids, self._to_device(tail))
-        kv = prefix.kv if prefix else DynamicCache(config=res.thinker.config.text_config)
-        out = res.thinker.model(
-            input_ids=tail_ids,
-            inputs_embeds=embeds,
-            mm_encoder_outputs=mm,
-            position_ids=pos[:, :, n:cut],
-            cache=kv,
-            use_cache=True,
-            output_hidden_states=True,
-        )
-        hs = out.hidden_states
-        embed, hidden = hs[0], hs[res.tcfg.accept_hidden_layer]  # [1, cut - n, D]
-        if prefix:
-            embed, hidden = torch.cat([prefix.embed, embed], 1), torch.cat([prefix.hidden, hidden], 1)
-        talker = prefix.talker if prefix else None  # earlier turns' talker KV stays valid: nothing before n changed
-        self.cache.checkin(
-            self.conv.id, CachedPrefix(ids[:cut], kv, embed, hidden, window_aligned=True, talker=talker, media=complete)
-        )
-        self.stats.prefill_tokens = cut - n
-        self.done = True
-        return []
-
-    def _prepare_in_context(self, all_pixels: bool = False) -> inputs_mod.Prepared:
-        """The prompt, with the oldest exchanges dropped when it would not leave room for the
-        answer in the context (policy: context.py). The snapshot keeps only the turns the
-        prompt has, so the talker prompt and the cached ids match it.
-
-        With a cached prefix for this conversation, videos before the last user turn get
-        no pixel values (inputs.prepare, pixels_from_turn): the cache almost always covers
-        them. When it does not (a cache cut early, or evicted), `media_after` raises
-        MissingPixels and the caller prepares again with every pixel."""
-        res = self.res
-        limit = (self.config.context_tokens or res.thinker.config.text_config.max_position_embeddings) - (
-            self.sampling.max_tokens
-        )
-        pixels_from = 0
-        if not all_pixels and self.cache is not None and self.cache.has(self.conv.id):
-            pixels_from = max((i for i, turn in enumerate(self.conv.turns) if turn.role == "user"), default=0)
-        start_id = self.cache.starts.get(self.conv.id) if self.cache is not None else None
-        prepared, start = context_mod.fit(res.processor, self.conv, limit, start_id, pixels_from)
-        if start:
-            self.stats.context_trimmed_turns = start
-            if self.cache is not None:
-                self.cache.starts[self.conv.id] = self.conv.turns[start].id
-            self.conv.turns = self.conv.turns[start:]
-        return prepared
-
-    def _to_device(self, tail: dict) -> dict:
-        res = self.res
-        tail = {k: v.to(res.device) for k, v in tail.items()}
-        for key in MEDIA_KEYS:
-            if key in tail:
-                tail[key] = tail[key].to(res.dtype)
-        return tail
-
-    def _media_turns(self, ids: list[int]) -> dict[int, bytes]:
-        """{position of the turn's <|im_start|>: digest of its media} for turns with media."""
-        im_start = self.res.cfg.im_start_token_id
-        starts = [i for i, tok in enumerate(ids) if tok == im_start]
-        offset = 1 if self.conv.instructions else 0  # the system message comes first
-        keys = inputs_mod.turn_media_keys(self.conv)
-        return {starts[offset + i]: key for i, key in enumerate(keys) if key is not None and offset + i < len(starts)}
-
-    def _whole_windows_cut(self, ids: list[int], n: int) -> int | None:
-        """The end of the last whole encoder window of an audio-only span that `n` falls in
-        (after its start token), or None. Whole windows are featurised and encoded alone
-        (inputs.per_clip_process_audio, the encoder's window attention), so their tokens
-        are the same in any longer or shorter clip that shares them."""
-        per_window = self.res.audio_window_tokens
-        audio = self.res.cfg.thinker_config.audio_token_id
-        k = n
-        while k > 0 and ids[k - 1] == audio:
-            k -= 1
-        if not per_window or k == n or k == 0 or ids[k - 1] != self.res.audio_start_id:
-            return None  # not inside an audio-only span (camera spans interleave video)
-        whole = (n - k) // per_window * per_window
-        return k + whole if whole else None
-
-    def _reuse_prefix(self, ids: list[int], media: dict[int, bytes]) -> CachedPrefix | None:
-        """This conversation's cached KV, cropped to what the new prompt shares with it
-        (never the whole prompt: the last token must be run to get logits), never past a
-        turn whose media differ from the cached ones, and never ending inside a media
-        placeholder span."""
-        if self.cache is None:
-            return None
-        prefix = self.cache.checkout(self.conv.id)
-        if prefix is None:
-            return None
-        n = min(common_prefix(prefix.ids, ids), len(ids) - 1)
-        for pos, key in prefix.media:  # sorted by position
-            if pos < n and media.get(pos) != key:
-                n = pos  # same placeholder ids, other content: reuse stops before that turn
-                break
-        # An entry from incremental prefill ends at an encoder-window boundary inside an
-        # audio span and may be reused whole. If the committed audio is shorter than what
-        # was offered (offers run to the buffer's end, past where the VAD ends the turn),
-        # its whole windows are still final: the cut goes back to the last of them. Any
-        # other cut inside a span backs off to the span's start.
-        if not (prefix.window_aligned and n == len(prefix.ids)):
-            window_cut = self._whole_windows_cut(ids, n) if prefix.window_aligned else None
-            if window_cut is not None:
-                n = window_cut
-            else:
-                while n > 0 and ids[n - 1] in self.res.span_ids:
-                    n -= 1
-        if n == 0:
-            return None
-        prefix.keep(n)
-        return prefix
-
-    def _encode(self, ids: torch.Tensor, t: dict) -> tuple[torch.Tensor, dict | None]:
-        """Run the audio and vision encoders on the tail's media (Table 2's preprocessing)
-        and scatter audio into the token embeddings; vision outputs go to the thinker as
-        `mm_encoder_outputs`, which also carries their DeepStack features."""
-        res = self.res
-        embeds = res.embed(ids)  # [1, L, D]
-        if "input_features" in t:
-            feats = res.thinker.get_audio_features(t["input_features"], t["feature_attention_mask"]).last_hidden_state
-            mask = (ids == res.cfg.thinker_config.audio_token_id).unsqueeze(-1).expand_as(embeds)
-            embeds = embeds.masked_scatter(mask, feats.to(embeds.dtype))
-        mm = {}
-        if "pixel_values" in t:
-            mm["image"] = res.thinker.get_image_features(t["pixel_values"], t["image_grid_thw"], return_dict=True)
-        if "pixel_values_videos" in t:
-            mm["video"] = res.thinker.get_video_features(
-                t["pixel_values_videos"], t["video_grid_thw"], return_dict=True
-            )
-        return embeds, (mm or None)
 
     def _thinker_step(self) -> list[Event]:
         res = self.res
