@@ -26,7 +26,8 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
-from .api import EngineError, Event, now
+from .api import Event, now
+from .stream import STEP_ERRORS, step_error
 
 
 def padded_cache(caches: list[DynamicCache], config) -> tuple[DynamicCache, torch.Tensor]:
@@ -70,15 +71,6 @@ def decode_step(module, caches: list[DynamicCache], config, position_ids: torch.
     return out
 
 
-def failed_all(jobs, exc: Exception) -> dict:
-    """A batched step that raised fails every response in it (each gets its own done event)."""
-    if isinstance(exc, torch.OutOfMemoryError):
-        err = EngineError("out_of_memory", str(exc)[:300])
-    else:
-        err = EngineError("engine_error", f"{type(exc).__name__}: {exc}"[:500])
-    return {job: job._finish("failed", err) for job in jobs}
-
-
 def step_jobs(jobs) -> dict[object, list[Event]]:
     """One batched unit of work for responses that are all in the same phase ("frame"
     or "advance"); returns each response's events."""
@@ -89,8 +81,8 @@ def step_jobs(jobs) -> dict[object, list[Event]]:
                 return _frames(jobs)
             if phase == "advance":
                 return _advance(jobs)
-    except (ValueError, RuntimeError, IndexError, torch.OutOfMemoryError) as exc:
-        return failed_all([j for j in jobs if not j.done], exc)
+    except STEP_ERRORS as exc:  # every response in the step fails, each with its own done event
+        return {job: job._finish("failed", step_error(exc)) for job in jobs if not job.done}
     raise ValueError(f"phase {phase!r} is not batched")
 
 

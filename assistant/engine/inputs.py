@@ -234,26 +234,38 @@ def _clip_features(processor, clip: np.ndarray, window: int | None, kwargs: dict
     other arrays whose contents could change under us take the content-keyed path."""
     memo = processor.__dict__.setdefault("_assistant_clip_memo", {})
     key = (id(clip), window, repr(sorted(kwargs.items())))
+
+    def compute() -> tuple[np.ndarray, np.ndarray]:
+        pieces = [clip[i : i + window] for i in range(0, len(clip), window)] if window else [clip]
+        f_parts, m_parts = [], []
+        for piece in pieces:
+            if len(piece) // HOP_SAMPLES == 0:
+                continue
+            feat, mask_part = _piece_features(processor, piece, kwargs)
+            f_parts.append(feat)
+            m_parts.append(mask_part)
+        return np.concatenate(f_parts, axis=-1), np.concatenate(m_parts, axis=-1)  # [mel, T], [T]
+
+    return _by_identity(memo, key, clip, compute)
+
+
+def _by_identity(memo: dict, key, arr: np.ndarray, compute):
+    """`compute()` once for an array that owns its memory: the array is made read-only (it
+    is history: nothing may change it) and found again by identity, held by a weak
+    reference so the entry goes with the array. Views, whose memory another array could
+    still write, take `compute()` every time."""
     hit = memo.get(key)
-    if hit is not None and hit[0]() is clip and not clip.flags.writeable:
+    if hit is not None and hit[0]() is arr and not arr.flags.writeable:
         return hit[1]
-    pieces = [clip[i : i + window] for i in range(0, len(clip), window)] if window else [clip]
-    f_parts, m_parts = [], []
-    for piece in pieces:
-        if len(piece) // HOP_SAMPLES == 0:
-            continue
-        feat, mask_part = _piece_features(processor, piece, kwargs)
-        f_parts.append(feat)
-        m_parts.append(mask_part)
-    value = (np.concatenate(f_parts, axis=-1), np.concatenate(m_parts, axis=-1))  # [mel, T], [T]
-    if clip.base is None:  # owns its memory, so no other array can write into it once it is read-only
-        clip.flags.writeable = False
+    value = compute()
+    if arr.base is None:
+        arr.flags.writeable = False
 
         def release(ref, key=key):
             if memo.get(key, (None,))[0] is ref:
                 del memo[key]
 
-        memo[key] = (weakref.ref(clip, release), value)
+        memo[key] = (weakref.ref(arr, release), value)
     return value
 
 
@@ -372,22 +384,10 @@ _DIGESTS: dict[int, tuple[weakref.ref, bytes]] = {}  # id(array) -> (weak ref, d
 
 
 def _digest(arr: np.ndarray) -> bytes:
-    """Content digest of a media array, memoised by identity once the array is read-only
-    (as `_clip_features` does): earlier turns come back every turn."""
-    hit = _DIGESTS.get(id(arr))
-    if hit is not None and hit[0]() is arr and not arr.flags.writeable:
-        return hit[1]
-    digest = hashlib.blake2b(np.ascontiguousarray(arr).tobytes(), digest_size=16).digest()
-    if arr.base is None:
-        arr.flags.writeable = False
-        key = id(arr)
-
-        def release(ref, key=key):
-            if _DIGESTS.get(key, (None,))[0] is ref:
-                del _DIGESTS[key]
-
-        _DIGESTS[key] = (weakref.ref(arr, release), digest)
-    return digest
+    """Content digest of a media array, memoised by identity (earlier turns come back every turn)."""
+    return _by_identity(
+        _DIGESTS, id(arr), arr, lambda: hashlib.blake2b(np.ascontiguousarray(arr).tobytes(), digest_size=16).digest()
+    )
 
 
 def turn_media_keys(conv: Conversation) -> list[bytes | None]:

@@ -52,12 +52,7 @@ class ThinkerPrefill:
         n = len(prefix.ids) if prefix else 0
         self._talker_prefix = prefix.talker if prefix else None  # extended by _talker_prefill
         tail_ids = ids[:, n:]  # [1, P - n]
-        try:
-            tail = media_after(host, id_list, n, res)
-        except MissingPixels:
-            host = self._prepare_in_context(all_pixels=True).tensors  # the same ids, every video's pixels
-            tail = media_after(host, id_list, n, res)
-        tail = self._to_device(tail)
+        tail = self._tail_media(host, id_list, n)
         embeds, mm_outputs = self._encode(tail_ids, tail)
         self.stats.t_preprocessed = now()
         self._thinker_cache = prefix.kv if prefix else DynamicCache(config=res.thinker.config.text_config)
@@ -143,11 +138,7 @@ class ThinkerPrefill:
             self.done = True
             return []
         tail_ids = t["input_ids"][:, n:cut]
-        try:
-            tail = media_after(host, ids, n, res)
-        except MissingPixels:
-            tail = media_after(self._prepare_in_context(all_pixels=True).tensors, ids, n, res)
-        embeds, mm = self._encode(tail_ids, self._to_device(tail))
+        embeds, mm = self._encode(tail_ids, self._tail_media(host, ids, n))
         kv = prefix.kv if prefix else DynamicCache(config=res.thinker.config.text_config)
         out = res.thinker.model(
             input_ids=tail_ids,
@@ -194,6 +185,16 @@ class ThinkerPrefill:
                 self.cache.starts[self.conv.id] = self.conv.turns[start].id
             self.conv.turns = self.conv.turns[start:]
         return prepared
+
+    def _tail_media(self, host: dict, ids: list[int], n: int) -> dict:
+        """The encoder inputs of media from position n on, on the device. Earlier videos may
+        have been prepared without pixels; if the tail reaches one, prepare again with all
+        of them (the same ids)."""
+        try:
+            tail = media_after(host, ids, n, self.res)
+        except MissingPixels:
+            tail = media_after(self._prepare_in_context(all_pixels=True).tensors, ids, n, self.res)
+        return self._to_device(tail)
 
     def _to_device(self, tail: dict) -> dict:
         res = self.res

@@ -49,6 +49,18 @@ from .prefill import ThinkerPrefill
 from .resident import Resident
 from .sampling import Picker
 
+# What a step may raise that fails its response(s) but not the worker (batch.py too).
+STEP_ERRORS = (ValueError, RuntimeError, IndexError, torch.OutOfMemoryError)
+
+
+def step_error(exc: Exception) -> EngineError:
+    """The client-facing error for an exception from a step (one mapping for solo and batched steps)."""
+    if isinstance(exc, ContextTooLong):
+        return EngineError("context_length_exceeded", str(exc))
+    if isinstance(exc, torch.OutOfMemoryError):
+        return EngineError("out_of_memory", str(exc)[:300])
+    return EngineError("engine_error", f"{type(exc).__name__}: {exc}"[:500])
+
 
 @dataclass
 class StreamConfig:
@@ -115,12 +127,8 @@ class StreamJob(ThinkerPrefill):
                 if self._phase == "advance":
                     return self._advance()
                 return self._text_only_step()
-        except ContextTooLong as exc:
-            return self._finish("failed", EngineError("context_length_exceeded", str(exc)))
-        except torch.OutOfMemoryError as exc:  # only this response fails; the worker keeps serving
-            return self._finish("failed", EngineError("out_of_memory", str(exc)[:300]))
-        except (ValueError, RuntimeError, IndexError) as exc:
-            return self._finish("failed", EngineError("engine_error", f"{type(exc).__name__}: {exc}"[:500]))
+        except STEP_ERRORS as exc:  # only this response fails; the worker keeps serving
+            return self._finish("failed", step_error(exc))
 
     @property
     def first_packet_pending(self) -> bool:
