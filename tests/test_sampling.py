@@ -1,0 +1,71 @@
+"""The sampler's distribution against transformers' own logits warpers (pure data).
+
+`Picker.candidates` works on the top-k tokens only; stock `generate()` warps the whole
+vocabulary (temperature, then top-k, then top-p) and samples from its softmax. The two
+distributions must be the same, token for token.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+from assistant.engine.sampling import Picker
+
+
+def stock_probs(scores: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
+    """[V] -> [V]: what stock generate() samples from (its warper order)."""
+    x = scores.unsqueeze(0)
+    ids = torch.zeros(1, 1, dtype=torch.long)
+    if temperature != 1.0:
+        x = TemperatureLogitsWarper(temperature)(ids, x)
+    if top_k:
+        x = TopKLogitsWarper(top_k)(ids, x)
+    if top_p < 1.0:
+        x = TopPLogitsWarper(top_p)(ids, x)
+    return x.softmax(-1)[0]
+
+
+@pytest.mark.parametrize(
+    ("temperature", "top_k", "top_p", "vocab"),
+    [
+        (1.0, 50, 0.8, 2048),  # the code predictor's residuals
+        (0.9, 50, 1.0, 3072),  # the talker
+        (0.7, 20, 0.8, 4096),  # the thinker (its real vocabulary is 152k)
+        (1.3, 0, 0.5, 300),  # no top-k: the whole vocabulary is sorted
+    ],
+)
+def test_candidates_match_stock_warpers(temperature, top_k, top_p, vocab):
+    gen = torch.Generator().manual_seed(vocab)
+    picker = Picker(greedy=False, temperature=temperature, top_k=top_k, top_p=top_p)
+    for scale in (0.5, 3.0, 12.0):  # flat to peaked distributions
+        scores = torch.randn(vocab, generator=gen) * scale
+        ids, probs = picker.candidates(scores)
+        ours = torch.zeros(vocab).index_put_((ids,), probs)
+        want = stock_probs(scores, temperature, top_k, top_p)
+        assert torch.equal(ours > 0, want > 0), "a different set of tokens may be chosen"
+        torch.testing.assert_close(ours, want, rtol=1e-5, atol=1e-7)
+
+
+def test_sampling_draws_only_candidates_and_follows_the_seed():
+    scores = torch.randn(2048, generator=torch.Generator().manual_seed(0)) * 4
+    allowed = set(stock_probs(scores, 1.0, 50, 0.8).nonzero().flatten().tolist())
+
+    def draws(seed: int) -> list[int]:
+        picker = Picker(greedy=False, top_k=50, top_p=0.8, generator=torch.Generator().manual_seed(seed))
+        return [picker.pick(scores) for _ in range(200)]
+
+    first = draws(7)
+    assert set(first) <= allowed
+    assert len(set(first)) > 1  # it samples, not argmax
+    assert draws(7) == first
+
+
+def test_edits_do_not_touch_the_callers_logits():
+    logits = torch.arange(10, dtype=torch.float32)
+    before = logits.clone()
+    picker = Picker(greedy=True, repetition_penalty=1.5, suppress=torch.tensor([9]), eos_id=8, min_new=1)
+    assert picker.pick(logits) == 7
+    assert picker.pick(logits) == 8  # min_new reached; 7 is penalised, 8 is now the best
+    assert torch.equal(logits, before)
