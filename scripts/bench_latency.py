@@ -40,6 +40,11 @@ DEFAULT_FIXTURES = "hello_en_us.wav,weather_en_gb_f3.wav,count_en_us_m3.wav,desc
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--url", help="benchmark this running server instead of starting one in-process")
+    p.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run the server in this process (default: a child process, so users never share its GIL)",
+    )
     p.add_argument("--api-key", default=os.environ.get("ASSISTANT_API_KEY"), help="for --url (env ASSISTANT_API_KEY)")
     p.add_argument("--model", default="tiny", help="in-process server / engine-only model (default: tiny)")
     p.add_argument("--out", default=str(ROOT / "bench" / "out"), help="output directory")
@@ -171,7 +176,7 @@ def _turn_trend(records: list[dict]) -> dict:
 
 
 async def run_server_mode(args) -> dict:
-    from assistant.bench.server import InProcessServer
+    from assistant.bench.server import InProcessServer, ServerProcess
     from assistant.bench.users import load_jpeg_frames, load_utterance
 
     levels = [int(x) for x in args.concurrency.split(",") if x.strip()]
@@ -196,19 +201,12 @@ async def run_server_mode(args) -> dict:
             min_answer_frames=frames_n,  # applied when the server has this setting
             max_answer_frames=frames_n,
         )
-        print(f"starting the server in-process ({args.model})...", file=sys.stderr, flush=True)
-        server_ctx = InProcessServer(settings)
+        where = "in-process" if args.in_process else "in a child process"
+        print(f"starting the server {where} ({args.model})...", file=sys.stderr, flush=True)
+        server_ctx = InProcessServer(settings) if args.in_process else ServerProcess(settings)
         server_ctx.__enter__()
-        info = server_ctx.engine.info
         url = server_ctx.url
-        server_info = {
-            "url": url,
-            "in_process": True,
-            "model": info.model,
-            "device": info.device,
-            "dtype": info.dtype,
-            "is_tiny": info.is_tiny,
-        }
+        server_info = {"url": url, "in_process": args.in_process, **_health(url)}
     t_started = time.monotonic()
     records: list[dict] = []
     extra: dict = {}

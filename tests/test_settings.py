@@ -86,3 +86,12 @@ def test_chunk_ramp():
     assert settings_mod.chunk_ramp(Settings()) == [1, 2, 4, 8, 16, 25]
     with pytest.raises(ValueError):
         settings_mod.chunk_ramp(Settings(chunk_ramp_frames="1,0"))
+
+
+def test_settings_survive_the_environment_of_a_child_server():
+    # The benchmark starts `assistant serve` as a child process configured by ASSISTANT_* variables.
+    from assistant.bench.server import settings_env
+
+    s = Settings(port=0, vad_silence_ms=321, warmup=False, cuda_graphs=False, max_context_tokens=999, model="tiny")
+    assert settings_mod.from_sources(None, env=settings_env(s)) == s
+    assert settings_mod.from_sources(None, env=settings_env(Settings())) == Settings()

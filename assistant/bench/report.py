@@ -167,7 +167,9 @@ def server_markdown(run: dict) -> str:
     lines = [
         f"# Latency benchmark ({run['started_at']})",
         "",
-        f"Model `{run['server'].get('model')}` on {run['server'].get('device')}; transport {cfg['transport']}; "
+        f"Model `{run['server'].get('model')}` on {run['server'].get('device')}, server "
+        f"{'in the benchmark process' if run['server'].get('in_process') else 'in its own process'}; "
+        f"transport {cfg['transport']}; "
         f"turns {cfg['turn_detection']}; {cfg['turns_per_user']} turns per user "
         f"({cfg['video_turns_per_user']} with video); answers fixed at {cfg['answer_tokens']} text tokens / "
         f"≤{cfg['answer_frames']} codec frames; users start {cfg['stagger_ms']} ms apart. "
