@@ -256,3 +256,23 @@ def test_capped_camera_turn_is_prefilled_past_its_last_grid_once_complete(engine
         assert job_s.stats.prefill_tokens <= 2 * 13 + 12  # at most one window of audio and the closing tokens
     else:
         assert job_s.stats.prefill_tokens > 8 * 12  # stuck after the 2 s the grids cover: 8 s of audio left
+
+
+def test_grids_the_cache_holds_are_not_patched_again(engine, load_wav, fixtures_dir):
+    # Offers and the commit re-render the camera turn so far; the grids its cached prefix
+    # holds get their tokens but no pixels, and the rows that are computed are exactly the
+    # full video's rows after them (what resident.media_after slices for the encoder).
+    from assistant.engine import inputs
+
+    processor = engine.resident.processor
+    conv = Conversation(sampling=SAMPLING)
+    conv.add_user(live_turn(camera(fixtures_dir, 8), load_wav("describe_en_scotland.wav")))
+    full = inputs.prepare(processor, conv).tensors
+    t, h, w = full["video_grid_thw"][0].tolist()
+    assert t == 4 and "video_pixel_offset" not in full
+    for k in range(t + 1):
+        part = inputs.prepare(processor, conv, cached_video_tokens=k * h * w // 4 + 3).tensors  # +3: not a grid
+        assert torch.equal(part["input_ids"], full["input_ids"])
+        assert torch.equal(part["video_grid_thw"], full["video_grid_thw"])
+        assert int(part.get("video_pixel_offset", torch.zeros(1))[0]) == k * h * w
+        assert torch.equal(part["pixel_values_videos"], full["pixel_values_videos"][k * h * w :])

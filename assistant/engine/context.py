@@ -41,13 +41,20 @@ def _start_index(turns: list[Turn], turn_id: str | None) -> int:
 
 
 def fit(
-    processor, conv: Conversation, limit_tokens: int, start_id: str | None, pixels_from_turn: int = 0
+    processor,
+    conv: Conversation,
+    limit_tokens: int,
+    start_id: str | None,
+    pixels_from_turn: int = 0,
+    cached_video_tokens: int = 0,
 ) -> tuple[inputs_mod.Prepared, int]:
     """The prompt of `conv.turns[start:]` within `limit_tokens`, and `start`.
-    `pixels_from_turn` (an index into conv.turns): see inputs.prepare."""
+    `pixels_from_turn` (an index into conv.turns) and `cached_video_tokens`: see inputs.prepare."""
     turns = conv.turns
     start = _start_index(turns, start_id)
-    prepared = inputs_mod.prepare(processor, _view(conv, start), max(0, pixels_from_turn - start))
+    prepared = inputs_mod.prepare(
+        processor, _view(conv, start), max(0, pixels_from_turn - start), cached_video_tokens
+    )
     if prepared.input_ids.shape[1] <= limit_tokens:
         return prepared, start
     target = limit_tokens // 2
@@ -59,7 +66,8 @@ def fit(
                 f"the context allows {limit_tokens} before the answer"
             )
         start = later_users[0]
-        prepared = inputs_mod.prepare(processor, _view(conv, start), max(0, pixels_from_turn - start))
+        # A trimmed prompt no longer matches the cache: every pixel of what is left.
+        prepared = inputs_mod.prepare(processor, _view(conv, start))
         n = prepared.input_ids.shape[1]
         if n <= target or (n <= limit_tokens and len(later_users) == 1):
             return prepared, start

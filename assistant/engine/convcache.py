@@ -87,6 +87,11 @@ class ConversationCache:
     def has(self, conv_id: str) -> bool:
         return conv_id in self._entries
 
+    def count(self, conv_id: str, token: int) -> int:
+        """How many of the cached ids are `token` (0 without an entry); the entry stays."""
+        entry = self._entries.get(conv_id)
+        return entry.ids.count(token) if entry is not None else 0
+
     def checkout(self, conv_id: str) -> CachedPrefix | None:
         entry = self._entries.pop(conv_id, None)
         if entry is None:

@@ -145,12 +145,16 @@ def messages(conv: Conversation) -> tuple[list[dict], Media]:
     return msgs, media
 
 
-def prepare(processor, conv: Conversation, pixels_from_turn: int = 0) -> Prepared:
+def prepare(processor, conv: Conversation, pixels_from_turn: int = 0, cached_video_tokens: int = 0) -> Prepared:
     """`pixels_from_turn`: videos of earlier turns get their grids (token counts) but no
     pixel values: they are in the KV cache already, and resizing and patching every
     earlier camera turn again cost ~270 ms per 10 s of 640x480 video, every turn and
-    every early-prefill offer. `video_pixel_offset` then says how many patch rows of
-    the leading videos are missing (resident.media_after)."""
+    every early-prefill offer. `cached_video_tokens` (the video tokens in the
+    conversation's cached prefix) extends this into the first video that has pixels: its
+    leading 2-frame grids that the cache holds get no pixels either, so a camera turn's
+    early prefill offers and its commit patch only the frames since the last offer.
+    `video_pixel_offset` then says how many leading patch rows are missing
+    (resident.media_after, which asks for every pixel again if the cache turns out shorter)."""
     msgs, media = messages(conv)
     text = processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
     kwargs: dict = {}
@@ -183,14 +187,15 @@ def prepare(processor, conv: Conversation, pixels_from_turn: int = 0) -> Prepare
     dry = 0
     while dry < len(media.videos) and media.video_turn[dry] < pixels_from_turn:
         dry += 1
-    processor._assistant_dry_videos = dry  # read by grid_only_process_videos; the model worker is the only caller
+    # Read by grid_only_process_videos; the model worker is the only caller.
+    processor._assistant_dry_videos, processor._assistant_cached_video_tokens = dry, cached_video_tokens
+    processor._assistant_missing_rows = 0  # written back by it
     try:
         tensors = dict(processor(text=text, return_tensors="pt", padding=True, **kwargs))
     finally:
-        processor._assistant_dry_videos = 0
-    if dry:
-        grids = tensors["video_grid_thw"][:dry]
-        tensors["video_pixel_offset"] = grids.prod(-1).sum().reshape(1)  # patch rows not computed
+        processor._assistant_dry_videos = processor._assistant_cached_video_tokens = 0
+    if processor._assistant_missing_rows:
+        tensors["video_pixel_offset"] = torch.tensor([processor._assistant_missing_rows])  # patch rows not computed
     spoken = [t.token_ids for t in conv.turns if t.role == "assistant"]
     if any(spoken):
         ids = splice_assistant_ids(tensors["input_ids"][0].tolist(), spoken, processor.tokenizer)
@@ -287,15 +292,36 @@ def _grid_of(video_processor, video: np.ndarray, videos_kwargs: dict) -> list[in
 
 def grid_only_process_videos(self, videos, audio=None, processed_audio=None, video_to_audio_indices=None, **kwargs):
     """A drop-in for `Qwen3OmniMoeProcessor._process_videos` that skips the pixel work of
-    the first `self._assistant_dry_videos` videos (their grids still make their tokens)."""
+    the first `self._assistant_dry_videos` videos and of the leading grids of the next one
+    that `self._assistant_cached_video_tokens` covers (their grids still make their tokens).
+    Frames are resized and patched one at a time and patch rows are ordered grid by grid,
+    so the frames after a skipped grid give exactly the rows they give in the whole video
+    (tests/test_camera_prefill.py)."""
     dry = getattr(self, "_assistant_dry_videos", 0)
     vk = kwargs["videos_kwargs"]
-    grids = [_grid_of(self.video_processor, v, vk) for v in videos[:dry]]
+    vp = self.video_processor
+    grids = [_grid_of(vp, v, vk) for v in videos[:dry]]
+    missing = sum(t * h * w for t, h, w in grids)  # patch rows
     pixels = None
     if len(videos) > dry:
-        out = self.video_processor(list(videos[dry:]), **vk)
-        grids += out["video_grid_thw"].tolist()
-        pixels = out["pixel_values_videos"]
+        t, h, w = _grid_of(vp, videos[dry], vk)
+        cached = getattr(self, "_assistant_cached_video_tokens", 0) - missing // vp.merge_size**2
+        skip = min(t, max(0, cached) // (h * w // vp.merge_size**2))  # leading grids of videos[dry] in the cache
+        missing += skip * h * w
+        head = videos[dry][skip * vp.temporal_patch_size :]  # its frames still to patch
+        todo = ([head] if len(head) else []) + list(videos[dry + 1 :])
+        got = []
+        if todo:
+            out = vp(todo, **vk)
+            pixels, got = out["pixel_values_videos"], out["video_grid_thw"].tolist()
+        if skip and len(head):
+            if got[0][1:] != [h, w]:
+                raise RuntimeError(f"video grid {got[0]} differs from the estimate {[t, h, w]}")
+            got[0] = [t, h, w]  # the whole video's grid: it makes the video's tokens
+        elif skip:
+            got.insert(0, [t, h, w])
+        grids += got
+    self._assistant_missing_rows = missing
     if pixels is None:
         width = 3 * self.video_processor.temporal_patch_size * self.video_processor.patch_size**2
         pixels = torch.zeros(0, width)

@@ -166,19 +166,20 @@ class ThinkerPrefill:
         answer in the context (policy: context.py). The snapshot keeps only the turns the
         prompt has, so the talker prompt and the cached ids match it.
 
-        With a cached prefix for this conversation, videos before the last user turn get
-        no pixel values (inputs.prepare, pixels_from_turn): the cache almost always covers
-        them. When it does not (a cache cut early, or evicted), `media_after` raises
+        With a cached prefix for this conversation, videos before the last user turn, and
+        the grids of the last one that the cache holds, get no pixel values (inputs.prepare):
+        the cache almost always covers them. When it does not (a cache cut early, or evicted), `media_after` raises
         MissingPixels and the caller prepares again with every pixel."""
         res = self.res
         limit = (self.config.context_tokens or res.thinker.config.text_config.max_position_embeddings) - (
             self.sampling.max_tokens
         )
-        pixels_from = 0
+        pixels_from = cached_video = 0
         if not all_pixels and self.cache is not None and self.cache.has(self.conv.id):
             pixels_from = max((i for i, turn in enumerate(self.conv.turns) if turn.role == "user"), default=0)
+            cached_video = self.cache.count(self.conv.id, res.video_id)
         start_id = self.cache.starts.get(self.conv.id) if self.cache is not None else None
-        prepared, start = context_mod.fit(res.processor, self.conv, limit, start_id, pixels_from)
+        prepared, start = context_mod.fit(res.processor, self.conv, limit, start_id, pixels_from, cached_video)
         if start:
             self.stats.context_trimmed_turns = start
             if self.cache is not None:
