@@ -52,9 +52,7 @@ def fit(
     `pixels_from_turn` (an index into conv.turns) and `cached_video_tokens`: see inputs.prepare."""
     turns = conv.turns
     start = _start_index(turns, start_id)
-    prepared = inputs_mod.prepare(
-        processor, _view(conv, start), max(0, pixels_from_turn - start), cached_video_tokens
-    )
+    prepared = inputs_mod.prepare(processor, _view(conv, start), max(0, pixels_from_turn - start), cached_video_tokens)
     if prepared.input_ids.shape[1] <= limit_tokens:
         return prepared, start
     target = limit_tokens // 2
