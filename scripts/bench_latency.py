@@ -49,7 +49,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model", default="tiny", help="in-process server / engine-only model (default: tiny)")
     p.add_argument("--out", default=str(ROOT / "bench" / "out"), help="output directory")
     p.add_argument("--concurrency", default="1,2,4,8", help="comma-separated numbers of simultaneous users")
-    p.add_argument("--turns", type=int, default=None, help="turns per user (default 3); engine-only: turn-1 vs turn-N")
+    p.add_argument(
+        "--turns",
+        type=int,
+        default=None,
+        help="turns per user (default 5: 4 audio, 1 video); engine-only: turn-1 vs turn-N",
+    )
     p.add_argument("--video-turns", type=int, default=1, help="of each user's turns, how many send camera frames")
     p.add_argument("--turn-detection", choices=("server_vad", "manual"), default="server_vad")
     p.add_argument("--transport", choices=("websocket",), default="websocket", help="(WebRTC users: not yet)")
@@ -98,7 +103,7 @@ def _health(url: str) -> dict:
 def _plan(args, utterances) -> list:
     from assistant.bench.users import TurnPlan
 
-    turns = args.turns or 3
+    turns = args.turns or 5
     video = min(args.video_turns, turns)
     # Video turns come last, so turn 1 and the last audio turn compare equal inputs kinds.
     return [TurnPlan(utterances[i % len(utterances)], video=i >= turns - video) for i in range(turns)]

@@ -102,6 +102,8 @@ class FakeJob:
     cancelled: bool = False
     audio: bool = True
     partial: bool = False  # an early prefill of a turn still being spoken
+    _phase: str = "frame"
+    done: bool = False
 
     @property
     def first_packet_pending(self) -> bool:
@@ -138,6 +140,17 @@ def test_scheduler_order(monkeypatch):
     # A first packet kept waiting past 2 x guard (0.32 s) ranks with the starving, by how overdue it is.
     w._active = [(j, None) for j in (FakeJob("late", slack_s=-0.2), FakeJob("overdue", t_submitted=99.4))]
     assert w._pick()[0].name == "overdue"  # 0.28 s overdue beats 0.2 s short
+
+
+def test_first_packets_step_alone_but_join_a_streams_batch():
+    w = ModelWorker(4, max_batch=8)
+    new, a, b = FakeJob("new"), FakeJob("a", slack_s=0.3), FakeJob("b", slack_s=0.5)
+    talker = FakeJob("talker", slack_s=0.2, _phase="talker_prefill")
+    w._active = [(j, None) for j in (a, new, talker, b)]
+    entry = {e[0].name: e for e in w._active}
+    assert [e[0].name for e in w._group(entry["new"])] == ["new"]  # its first frame waits for no other row
+    assert [e[0].name for e in w._group(entry["a"])] == ["a", "new", "b"]  # a stream carries it along
+    assert [e[0].name for e in w._group(entry["talker"])] == ["talker"]  # not a decode step
 
 
 def test_playback_slack_counts_whole_chunks(resident, load_wav):
