@@ -112,6 +112,11 @@ class Settings:
     )
     max_input_audio_s: int = opt(120, "maximum buffered input audio per turn")
     max_conversation_items: int = opt(200, "oldest items are dropped past this count")
+    max_conversation_video_frames: int = opt(
+        240,
+        "camera frames a conversation keeps (2 per second of camera turn); past it the oldest camera turns "
+        "keep only their audio, until half remain",
+    )
 
 
 def _parse_value(kind: Any, text: str) -> Any:

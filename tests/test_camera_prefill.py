@@ -276,3 +276,28 @@ def test_grids_the_cache_holds_are_not_patched_again(engine, load_wav, fixtures_
         assert torch.equal(part["video_grid_thw"], full["video_grid_thw"])
         assert int(part.get("video_pixel_offset", torch.zeros(1))[0]) == k * h * w
         assert torch.equal(part["pixel_values_videos"], full["pixel_values_videos"][k * h * w :])
+
+
+def test_a_turn_that_lost_its_frames_is_prefilled_again_from_there(engine, fixtures_dir, load_wav):
+    """The session drops the oldest camera turns' frames past its budget (session.py,
+    `_enforce_video_frames`) by replacing the turn with its audio alone. The cache is reused
+    up to that turn, later videos get their pixels back, and the answer equals a full prefill."""
+    from assistant.engine.api import Turn
+    from assistant.engine.convcache import ConversationCache
+
+    pcm = load_wav("hello_en_us.wav")
+    frames = camera(fixtures_dir, 6)
+    cached, plain = Conversation(sampling=SAMPLING), Conversation(sampling=SAMPLING)
+    cache = ConversationCache(4)
+    for turn in range(4):
+        if turn == 3:  # turns: user, assistant, user, ... : the second user turn loses its frames
+            for conv in (cached, plain):
+                old = conv.turns[2]
+                conv.turns[2] = Turn("user", [p for p in old.parts if isinstance(p, AudioPart)], id=old.id)
+        for conv in (cached, plain):
+            conv.add_user(_camera_turn(frames[turn:] + frames[:turn], pcm))
+        job_c, codes_c = answer(engine, cached, cache)
+        job_p, codes_p = answer(engine, plain, None)
+        assert job_c._tokens == job_p._tokens and torch.equal(codes_c, codes_p), f"turn {turn + 1}"
+    # The first exchange came from the cache; everything from the changed turn on was prefilled.
+    assert 0.3 * job_p.stats.prefill_tokens < job_c.stats.prefill_tokens < job_p.stats.prefill_tokens

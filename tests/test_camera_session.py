@@ -195,3 +195,27 @@ def test_camera_turn_plain_data():
     assert [label(f.image) for f in turn.frames(16001)] == [1, 1, 2]
     parts = turn_parts(turn, np.zeros(16001, np.float32))
     assert isinstance(parts[0], VideoPart) and len(parts[0].frames) == 3
+
+
+def test_oldest_camera_turns_lose_their_frames_past_the_budget():
+    """Past `max_conversation_video_frames` the oldest camera turns keep only their audio,
+    until half the budget is left; items and audio stay, and the newest turn keeps its video."""
+    h = manual(max_conversation_video_frames=8)
+    ids = []
+    for turn in range(3):
+        for step in range(20):  # 2 s of audio, a frame every 500 ms: 4 frames
+            if step % 5 == 0:
+                camera(h, 10 * turn + step)
+            audio(h)
+        parts = committed(h)
+        assert [type(p) for p in parts] == [VideoPart, AudioPart] and len(parts[0].frames) == 4
+        ids.append(h.session.conversation.turns[-1].id)
+        kept = [[type(p) for p in t.parts] for t in h.session.conversation.turns]
+        if turn < 2:  # 4, then 8 frames: within the budget
+            assert all(k == [VideoPart, AudioPart] for k in kept)
+    turns = h.session.conversation.turns
+    assert [t.id for t in turns] == ids
+    # 12 > 8: the two oldest lose their 4 frames each, leaving 4 (<= half the budget).
+    assert [[type(p) for p in t.parts] for t in turns] == [[AudioPart], [AudioPart], [VideoPart, AudioPart]]
+    assert all(len(t.parts[-1].pcm) == 20 * CHUNK for t in turns)
+    assert not any(e["type"] == "conversation.item.deleted" for e in h.events)

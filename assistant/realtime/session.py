@@ -43,6 +43,7 @@ from ..engine.api import (
     Sampling,
     TextPart,
     Turn,
+    VideoPart,
     new_id,
     now,
 )
@@ -330,6 +331,30 @@ class RealtimeSession(InputSide, ResponseSide):
             if old.id in self._items:
                 self._items.remove(old.id)
             self._send("conversation.item.deleted", item_id=old.id)
+        self._enforce_video_frames()
+
+    def _enforce_video_frames(self) -> None:
+        """Policy: past `max_conversation_video_frames` (40 per 20 s camera turn, ~0.9 MB each
+        at 640x480), the oldest camera turns lose their frames until half the budget is
+        left; they keep their audio and their item. Halving makes it one event per many
+        turns: each costs one prefill from the first changed turn on, since the prompt
+        changes there (the conversation cache compares every turn's media). The turn is
+        replaced, not edited: a response already running keeps the turns it took."""
+        budget = self.settings.max_conversation_video_frames
+        turns = self.conversation.turns
+        counts = [sum(len(p.frames) for p in t.parts if isinstance(p, VideoPart)) for t in turns]
+        total = sum(counts)
+        if total <= budget:
+            return
+        for i, turn in enumerate(turns):
+            if total <= budget // 2:
+                break
+            rest = [p for p in turn.parts if not isinstance(p, VideoPart)]
+            if counts[i] and rest:  # a turn made only of video (not one the session builds) stays whole
+                turns[i] = Turn(
+                    turn.role, rest, id=turn.id, token_ids=turn.token_ids, frames=turn.frames, text=turn.text
+                )
+                total -= counts[i]
 
     def _item_create(self, event: ev.ItemCreate) -> None:
         item = event.item
