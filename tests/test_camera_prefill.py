@@ -99,10 +99,14 @@ def test_camera_turn_prefilled_while_spoken_equals_offline(engine, load_wav, fix
     assert job_s._tokens == job_o._tokens
     assert torch.equal(codes_s, codes_o)
     after, total = job_s.stats.prefill_tokens, job_o.stats.prefill_tokens
+    talker_after, talker_total = job_s.stats.talker_prefill_tokens, job_o.stats.talker_prefill_tokens
     print(
         f"{clip}: {duration_s:.1f} s camera turn ({len(frames)} frames, camera {lag_s:g} s late): "
-        f"{offered} tokens prefilled while spoken, {after} after commit vs {total} offline"
+        f"{offered} tokens prefilled while spoken, {after} after commit vs {total} offline; "
+        f"talker {talker_after} vs {talker_total}"
     )
+    # The talker's user part was prefilled with the thinker's: at commit, the tail and the 9-position prefix.
+    assert talker_after <= after + 9 and talker_after < talker_total / 2
     # After the commit: at most one window of audio and its grids, plus the closing tokens.
     per_grid = job_o._t["video_grid_thw"][0, 1:].prod().item() // 4
     assert after <= WINDOW_S * (13 + per_grid) + 12

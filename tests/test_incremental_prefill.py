@@ -72,8 +72,10 @@ def test_incremental_prefill_equals_offline_and_leaves_only_the_tail(resident, l
     job_o, codes_o, audio_o = answer(resident, offline, None)
     assert job_s._tokens == job_o._tokens
     assert torch.equal(codes_s, codes_o) and audio_s == audio_o
-    # The first exchange's talker KV survived the partial prefills: only this turn is new to it.
+    # The first exchange's talker KV survived the partial prefills, which added the turn so far
+    # to it: at commit the talker prefills the same tail as the thinker, plus its 9-position prefix.
     assert job_s.stats.talker_prefill_tokens < job_o.stats.talker_prefill_tokens
+    assert job_s.stats.talker_prefill_tokens <= job_s.stats.prefill_tokens + 9
     tail_s = len(pcm) / INPUT_SAMPLE_RATE % WINDOW_S
     print(
         f"{clip}: {len(pcm) / INPUT_SAMPLE_RATE:.1f} s utterance: prefilled after commit "

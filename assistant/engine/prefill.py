@@ -153,7 +153,10 @@ class ThinkerPrefill:
         embed, hidden = hs[0], hs[res.tcfg.accept_hidden_layer]  # [1, cut - n, D]
         if prefix:
             embed, hidden = torch.cat([prefix.embed, embed], 1), torch.cat([prefix.hidden, hidden], 1)
-        talker = prefix.talker if prefix else None  # earlier turns' talker KV stays valid: nothing before n changed
+        # Earlier turns' talker KV stays valid (nothing before n changed); the turn so far is added to it.
+        talker = self._talker_user_prefill(
+            t["input_ids"][:, :cut], t, lengths, embed, hidden, prefix.talker if prefix else None
+        )
         self.cache.checkin(
             self.conv.id, CachedPrefix(ids[:cut], kv, embed, hidden, window_aligned=True, talker=talker, media=complete)
         )

@@ -62,6 +62,42 @@ def step_error(exc: Exception) -> EngineError:
     return EngineError("engine_error", f"{type(exc).__name__}: {exc}"[:500])
 
 
+def reuse_talker(prefix: TalkerPrefix | None, user: torch.Tensor) -> int:
+    """How many leading thinker positions a reused talker KV covers for a prompt whose
+    user mask is `user` [P], cropping `prefix` to them. The thinker's reuse already cut it
+    to the shared ids; the role of its last position can still hinge on the token after
+    it (`<|im_start|>` then a different role), so it is cut further where the masks part."""
+    if prefix is None:
+        return 0
+    m = min(len(prefix.user), len(user))
+    differ = torch.nonzero(prefix.user[:m] != user[:m]).flatten()
+    if len(differ):
+        m = int(differ[0])
+    prefix.keep(m)
+    return m
+
+
+def talker_positions(res: Resident, talker_ids: torch.Tensor, t: dict, audio_lengths) -> tuple:
+    """(position_ids [3, 1, T], rope deltas [1, 1]) of a talker prompt [1, T]: the scan over
+    it assigns each token its position from the tokens before it only, so a reused or
+    early-prefilled prefix keeps the positions it was built with."""
+    if audio_lengths is None and "image_grid_thw" not in t and "video_grid_thw" not in t:
+        pos = torch.arange(talker_ids.shape[1], device=res.device).view(1, 1, -1).expand(3, 1, -1)
+        return pos, torch.zeros(1, 1, dtype=torch.long, device=res.device)
+    return res.talker.get_rope_index(
+        talker_ids,
+        t.get("image_grid_thw"),
+        t.get("video_grid_thw"),
+        torch.ones_like(talker_ids),
+        # Stays False for camera turns too: stock generate() hands the talker only the grids and
+        # video_second_per_grid, never use_audio_in_video ("Merge kwargs" in
+        # modeling_qwen3_omni_moe.py generate), so its talker positions are computed without it.
+        False,
+        audio_lengths,
+        t.get("video_second_per_grid"),
+    )
+
+
 @dataclass
 class StreamConfig:
     chunk_ramp: tuple[int, ...] = (1, 2, 4, 8, 16, 25)
@@ -206,7 +242,7 @@ class StreamJob(ThinkerPrefill):
         ids = self._prompt_ids  # [1, P]
         P = ids.shape[1]
         user = self._user_mask(ids[0])  # [P] every user-role position, all turns (as stock)
-        m = self._talker_reuse(user)  # the first m thinker positions' user parts are in the talker KV already
+        m = reuse_talker(self._talker_prefix, user)  # the first m thinker positions' user parts are in the KV
         k = int(user[:m].sum())
         mm = torch.isin(ids, res.mm_ids)  # [1, P]
         new_user = res.model._get_talker_user_parts(m, P, mm, self._thinker_hidden, self._thinker_embed)
@@ -223,26 +259,7 @@ class StreamJob(ThinkerPrefill):
         embeds = torch.cat([user_embeds, asst_embeds], dim=1)  # [1, U - k + 9, D]: what is left to prefill
         talker_ids = torch.cat([user_ids, asst_ids], dim=1)  # [1, U + 9]: the whole talker prompt
         mask = torch.ones_like(talker_ids)
-        t = self._t
-        has_mm = self._audio_lengths is not None or "image_grid_thw" in t or "video_grid_thw" in t
-        if has_mm:
-            # Over the whole talker prompt: the scan assigns each token its position from the
-            # tokens before it only, so the reused prefix keeps the positions it was built with.
-            pos, deltas = res.talker.get_rope_index(
-                talker_ids,
-                t.get("image_grid_thw"),
-                t.get("video_grid_thw"),
-                mask,
-                # Stays False for camera turns too: stock generate() hands the talker only the grids and
-                # video_second_per_grid, never use_audio_in_video ("Merge kwargs" in
-                # modeling_qwen3_omni_moe.py generate), so its talker positions are computed without it.
-                False,
-                self._audio_lengths,
-                t.get("video_second_per_grid"),
-            )
-        else:
-            pos = torch.arange(talker_ids.shape[1], device=res.device).view(1, 1, -1).expand(3, 1, -1)
-            deltas = torch.zeros(1, 1, dtype=torch.long, device=res.device)
+        pos, deltas = talker_positions(res, talker_ids, self._t, self._audio_lengths)
         self._talker_deltas = deltas
         self._talker_cache = self._talker_prefix.kv if k else DynamicCache(config=res.talker.config.text_config)
         self._talker_prefix = TalkerPrefix(self._talker_cache, user)  # _store_cache crops it back to U
@@ -283,20 +300,36 @@ class StreamJob(ThinkerPrefill):
         prev_start = torch.cummax(torch.where(is_start, pos_idx, torch.full_like(pos_idx, -1)), 0).values.clamp_min(0)
         return ids[(prev_start + 1).clamp_max(P - 1)] == res.cfg.user_token_id
 
-    def _talker_reuse(self, user: torch.Tensor) -> int:
-        """How many leading thinker positions the reused talker KV covers. The thinker's
-        reuse already cut it to the shared ids; the role of its last position can still
-        hinge on the token after it (`<|im_start|>` then a different role), so it is cut
-        further where the two user masks part."""
-        prefix = self._talker_prefix
-        if prefix is None:
-            return 0
-        m = min(len(prefix.user), len(user))
-        differ = torch.nonzero(prefix.user[:m] != user[:m]).flatten()
-        if len(differ):
-            m = int(differ[0])
-        prefix.keep(m)
-        return m
+    def _talker_user_prefill(
+        self, ids: torch.Tensor, t: dict, audio_lengths, embed: torch.Tensor, hidden: torch.Tensor, prefix
+    ) -> TalkerPrefix:
+        """The talker's KV for the user-role positions of `ids` [1, N], a prompt cut inside
+        the user turn being spoken (early prefill), extending `prefix` (a TalkerPrefix for
+        a leading part, or None). The talker reads user turns from the thinker's layer-0
+        inputs and `accept_hidden_layer` states ([1, N, D] each), which the early prefill
+        has just computed; with causal attention these positions' KV is final, so at
+        commit the talker prefills only the turn's tail and the assistant prefix. The same
+        calls as `_talker_prefill`, in two pieces (tests/test_camera_prefill.py and
+        tests/test_incremental_prefill.py compare with one offline prefill)."""
+        res = self.res
+        N = ids.shape[1]
+        user = self._user_mask(ids[0])  # [N]
+        m = reuse_talker(prefix, user)
+        k = int(user[:m].sum())
+        kv = prefix.kv if prefix is not None and k else DynamicCache(config=res.talker.config.text_config)
+        if int(user.sum()) > k:
+            mm = torch.isin(ids, res.mm_ids)  # [1, N]
+            new_user = res.model._get_talker_user_parts(m, N, mm, hidden, embed)[:, user[m:]]  # [1, U - k, D]
+            talker_ids = ids[:, user]  # [1, U]
+            pos, _ = talker_positions(res, talker_ids, t, audio_lengths)
+            res.talker(
+                inputs_embeds=new_user,
+                attention_mask=torch.ones_like(talker_ids),
+                position_ids=pos[:, :, k:],
+                cache=kv,
+                use_cache=True,
+            )
+        return TalkerPrefix(kv, user)
 
     def _after_talker(self, out) -> None:
         self._after_talker_row(out.logits[0, -1], out.hidden_states[0][-1][:, -1:])
