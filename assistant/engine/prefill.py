@@ -171,8 +171,9 @@ class ThinkerPrefill:
 
         With a cached prefix for this conversation, videos before the last user turn, and
         the grids of the last one that the cache holds, get no pixel values (inputs.prepare):
-        the cache almost always covers them. When it does not (a cache cut early, or evicted), `media_after` raises
-        MissingPixels and the caller prepares again with every pixel."""
+        the cache almost always covers them. When it does not (a cache cut early, or
+        evicted), `media_after` raises MissingPixels and the caller prepares again with
+        every pixel."""
         res = self.res
         limit = (self.config.context_tokens or res.thinker.config.text_config.max_position_embeddings) - (
             self.sampling.max_tokens
