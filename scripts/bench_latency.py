@@ -222,6 +222,10 @@ async def run_server_mode(args) -> dict:
                 records += await _level(args, url, conc, plan, frames, bar)
             extra.setdefault("level_runtime_s", {})[str(conc)] = round(time.monotonic() - t_level, 1)
         extra["turn_trend"] = _turn_trend(records)
+        if 1 in levels and 4 in levels:
+            from assistant.bench.metrics import concurrency_ratio
+
+            extra["concurrency_4_vs_1"] = concurrency_ratio(records)
         if not args.no_prefill_probe:
             first = next((r for r in records if r.get("turn") == 1 and r.get("error") is None), None)
             known = (

@@ -213,6 +213,19 @@ def test_percentiles_and_summary():
     assert rows["b"] == {"n": 0, "p50": None, "p90": None, "p99": None, "mean": None}
 
 
+def test_concurrency_ratio_compares_each_kind_with_itself():
+    def rec(c, kind, ms, underruns=0, error=None):
+        return {"concurrency": c, "kind": kind, "audio_ttfp_ms": ms, "underruns": underruns, "error": error}
+
+    records = [rec(1, "audio", 40), rec(1, "audio", 60), rec(1, "video", 90)]
+    records += [rec(4, "audio", ms) for ms in range(50, 100, 5)] + [rec(4, "audio", 1000, error="x")]
+    records += [rec(4, "video", 200, underruns=2), rec(2, "audio", 500)]
+    out = metrics.concurrency_ratio(records)
+    assert out["audio"] == {"p50_at_1": 50.0, "p90_at_4": 90.5, "ratio": 1.81, "underruns_at_4": 0}
+    assert out["video"]["ratio"] == pytest.approx(200 / 90, abs=1e-3) and out["video"]["underruns_at_4"] == 2
+    assert metrics.concurrency_ratio(records, at=8) == {}
+
+
 def test_first_audible_offset():
     data = b"\0\0" * 480 + np.full(10, 2000, dtype="<i2").tobytes()
     assert metrics.first_audible_offset_ms(data, 24_000) == pytest.approx(20.0)

@@ -90,3 +90,26 @@ def target_ms(kind: str) -> float:
 
 def median(values: Sequence[float]) -> float | None:
     return percentile(values, 50)
+
+
+def concurrency_ratio(records: Sequence[dict], at: int = 4, base: int = 1) -> dict[str, dict]:
+    """Issue #7's acceptance, per kind of turn: the p90 first packet (`audio_ttfp_ms`) at
+    `at` users over the p50 at `base` users (target <= 1.5), and the underruns at `at`
+    (target 0). Audio and video turns apart: a video turn costs more even alone, so a
+    mixed p90 would compare video turns with an audio median. Kinds missing either
+    level are left out."""
+    out = {}
+    for kind in sorted({r["kind"] for r in records}):
+        ok = [r for r in records if r["kind"] == kind and r.get("error") is None]
+        low = [r["audio_ttfp_ms"] for r in ok if r["concurrency"] == base]
+        high = [r for r in ok if r["concurrency"] == at]
+        if not low or not high:
+            continue
+        p50, p90 = percentile(low, 50), percentile([r["audio_ttfp_ms"] for r in high], 90)
+        out[kind] = {
+            f"p50_at_{base}": p50,
+            f"p90_at_{at}": p90,
+            "ratio": round(p90 / p50, 3) if p50 and p90 is not None else None,
+            f"underruns_at_{at}": sum(r.get("underruns") or 0 for r in high),
+        }
+    return out
