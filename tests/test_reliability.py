@@ -365,7 +365,7 @@ async def wait_quiet(server, n_tasks: int | None = None, timeout_s: float = 10.0
 
 
 @pytest.mark.parametrize("how", ["close", "abort"])
-async def test_client_vanishing_mid_response_cancels_it_and_leaks_nothing(long_server, how):
+async def test_client_vanishing_mid_response_cancels_it_and_leaks_nothing(long_server, how, caplog):
     server = long_server
     await conversation(ws_url(server), [TurnInput(text="warm up")])  # lazy initialisation out of the way
     await wait_sessions(server, 0)
@@ -393,6 +393,9 @@ async def test_client_vanishing_mid_response_cancels_it_and_leaks_nothing(long_s
     assert await wait_quiet(server, baseline) <= baseline
     assert live_sessions(server) == 0
     await wait_sessions(server, 0)
+    # A client going away is the client's business: no server error, no traceback.
+    errors = [r.getMessage() for r in caplog.records if r.name.startswith("assistant") and r.levelno >= 40]
+    assert not errors, errors
 
 
 async def test_connect_turn_disconnect_cycles_release_memory(server):

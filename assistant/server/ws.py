@@ -198,7 +198,13 @@ class WsConnection:
                 return  # EndSession: everything before it is written
             # Serialised at write time: response.done's `latency` is completed by the
             # first audio packet's write, which precedes it in this queue.
-            await self.ws.send_text(ev.dumps(item.event))
+            try:
+                await self.ws.send_text(ev.dumps(item.event))
+            except WebSocketDisconnect:
+                # The peer vanished (no close frame: a killed client or a lost network)
+                # while we wrote. That ends the session like a close does; it is not a
+                # server fault, so no 1011 and no error log holding the session's frames.
+                return
             if item.tag is not None:
                 self.dispatch(self.session.sent(item.tag))
 
