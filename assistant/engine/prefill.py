@@ -17,6 +17,7 @@ from .api import Event, now
 from .context import ContextTooLong
 from .convcache import CachedPrefix, common_prefix
 from .resident import MissingPixels, media_after
+from .rope import rope_index
 from .sampling import Picker
 
 MEDIA_KEYS = ("input_features", "pixel_values", "pixel_values_videos")  # per-item encoder inputs (large)
@@ -37,7 +38,8 @@ class ThinkerPrefill:
         id_list = ids[0].tolist()
         self._prompt_ids, self._t = ids, t
         self._audio_lengths = t["feature_attention_mask"].sum(-1) if "feature_attention_mask" in t else None
-        pos, deltas = res.thinker.get_rope_index(
+        pos, deltas = rope_index(
+            res.thinker,
             ids,
             t.get("image_grid_thw"),
             t.get("video_grid_thw"),
@@ -118,7 +120,8 @@ class ThinkerPrefill:
             self.done = True  # nothing final yet, or frames past the audio (the engine never offers those)
             return []
         lengths = t["feature_attention_mask"].sum(-1)
-        pos, _ = res.thinker.get_rope_index(
+        pos, _ = rope_index(
+            res.thinker,
             t["input_ids"],
             t.get("image_grid_thw"),
             t.get("video_grid_thw"),

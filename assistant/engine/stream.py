@@ -47,6 +47,7 @@ from .context import ContextTooLong
 from .convcache import CachedPrefix, ConversationCache, TalkerPrefix, crop_to
 from .prefill import ThinkerPrefill
 from .resident import Resident
+from .rope import rope_index
 from .sampling import Picker
 
 # What a step may raise that fails its response(s) but not the worker (batch.py too).
@@ -84,7 +85,8 @@ def talker_positions(res: Resident, talker_ids: torch.Tensor, t: dict, audio_len
     if audio_lengths is None and "image_grid_thw" not in t and "video_grid_thw" not in t:
         pos = torch.arange(talker_ids.shape[1], device=res.device).view(1, 1, -1).expand(3, 1, -1)
         return pos, torch.zeros(1, 1, dtype=torch.long, device=res.device)
-    return res.talker.get_rope_index(
+    return rope_index(
+        res.talker,
         talker_ids,
         t.get("image_grid_thw"),
         t.get("video_grid_thw"),
