@@ -76,7 +76,7 @@ def step_jobs(jobs) -> dict[object, list[Event]]:
     or "advance"); returns each response's events."""
     phase = jobs[0]._phase
     try:
-        with torch.no_grad():
+        with torch.inference_mode():  # as StreamJob.step
             if phase == "frame":
                 return _frames(jobs)
             if phase == "advance":

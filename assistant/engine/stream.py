@@ -153,7 +153,11 @@ class StreamJob(ThinkerPrefill):
         if self.done:
             return []
         try:
-            with torch.no_grad():
+            # Inference mode, not just no_grad: no version counters or view tracking on any
+            # tensor made here. The tiny CPU model's steps are hundreds of small ops, and
+            # that bookkeeping was 17% of a code-predictor frame (10.4 -> 8.6 ms). Every
+            # tensor the caches keep is made and updated inside steps, so never outside it.
+            with torch.inference_mode():
                 if self.cancelled:
                     return self._finish("cancelled")
                 if self._phase == "prefill":
