@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -104,6 +105,11 @@ class FakeJob:
     partial: bool = False  # an early prefill of a turn still being spoken
     _phase: str = "frame"
     done: bool = False
+    conv_id: str = ""  # "" = a conversation of its own
+
+    @property
+    def conv(self):
+        return SimpleNamespace(id=self.conv_id or self.name)
 
     @property
     def first_packet_pending(self) -> bool:
@@ -140,6 +146,26 @@ def test_scheduler_order(monkeypatch):
     # A first packet kept waiting past 2 x guard (0.32 s) ranks with the starving, by how overdue it is.
     w._active = [(j, None) for j in (FakeJob("late", slack_s=-0.2), FakeJob("overdue", t_submitted=99.4))]
     assert w._pick()[0].name == "overdue"  # 0.28 s overdue beats 0.2 s short
+
+
+def test_started_early_prefill_goes_before_its_conversations_response(monkeypatch):
+    """Between its steps an early prefill holds its conversation's cached prefix: once
+    the response is queued it finishes first. Unstarted ones wait as any head start."""
+    import assistant.engine.worker as worker_mod
+
+    monkeypatch.setattr(worker_mod, "now", lambda: 100.0)
+    w = ModelWorker(4, guard_s=0.16)
+    late = FakeJob("late", slack_s=-0.2)
+    response = FakeJob("response", t_submitted=99.9, conv_id="a")
+    started = FakeJob("started", t_submitted=99.0, partial=True, _phase="early_forward", conv_id="a")
+    other = FakeJob("other", t_submitted=98.0, partial=True, _phase="early_encode", conv_id="b")
+    w._active = [(j, None) for j in (late, response, other, started)]
+    order = []
+    while w._active:
+        job, _ = w._pick()
+        order.append(job.name)
+        w._active = [e for e in w._active if e[0] is not job]
+    assert order == ["started", "late", "response", "other"]
 
 
 def test_first_packets_step_alone_but_join_a_streams_batch():

@@ -8,6 +8,8 @@ here runs on the model worker thread, inside `StreamJob.step()`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from transformers import DynamicCache
 
@@ -21,6 +23,24 @@ from .rope import rope_index
 from .sampling import Picker
 
 MEDIA_KEYS = ("input_features", "pixel_values", "pixel_values_videos")  # per-item encoder inputs (large)
+
+
+@dataclass
+class _Early:
+    """An early prefill between its steps: the prepared prompt [1, P], the cut (the end
+    of what is final), the cached prefix it checked out (its first n positions)."""
+
+    host: dict
+    t: dict
+    ids: list[int]
+    cut: int
+    n: int
+    pos: torch.Tensor  # [3, 1, P]
+    lengths: torch.Tensor
+    prefix: CachedPrefix | None
+    complete: list
+    embeds: torch.Tensor | None = None  # [1, cut - n, D], after the encoders
+    mm: dict | None = None
 
 
 class ThinkerPrefill:
@@ -103,7 +123,14 @@ class ThinkerPrefill:
         being spoken, and keep the KV cache, so that at commit only the tail is left
         (issue #7). The engine cut the turn's audio to whole windows and, for a camera
         turn, its frames to the grids before them; in the interleaved layout everything
-        up to the last audio token is then what the committed turn will have too."""
+        up to the last audio token is then what the committed turn will have too.
+
+        Three steps (phases "prefill", "early_encode", "early_forward"): the processor,
+        the encoders, then the thinker and talker forwards. One step for all of it was
+        70 ms for a tiny-model camera turn, and another user's commit arriving just after
+        it started waited for all of it. From its first step the job holds the
+        conversation's cached prefix (checked out); the worker runs its later steps
+        before any response of the same conversation (ModelWorker._pick)."""
         res = self.res
         self.stats.t_started = now()
         try:
@@ -140,14 +167,25 @@ class ThinkerPrefill:
             self.cache.checkin(self.conv.id, prefix)
             self.done = True
             return []
-        tail_ids = t["input_ids"][:, n:cut]
-        embeds, mm = self._encode(tail_ids, self._tail_media(host, ids, n))
+        self._early = _Early(host, t, ids, cut, n, pos, lengths, prefix, complete)
+        self._phase = "early_encode"
+        return []
+
+    def _early_encode(self) -> list[Event]:
+        e = self._early
+        e.embeds, e.mm = self._encode(e.t["input_ids"][:, e.n : e.cut], self._tail_media(e.host, e.ids, e.n))
+        self._phase = "early_forward"
+        return []
+
+    def _early_forward(self) -> list[Event]:
+        res, e = self.res, self._early
+        prefix, n, cut = e.prefix, e.n, e.cut
         kv = prefix.kv if prefix else DynamicCache(config=res.thinker.config.text_config)
         out = res.thinker.model(
-            input_ids=tail_ids,
-            inputs_embeds=embeds,
-            mm_encoder_outputs=mm,
-            position_ids=pos[:, :, n:cut],
+            input_ids=e.t["input_ids"][:, n:cut],
+            inputs_embeds=e.embeds,
+            mm_encoder_outputs=e.mm,
+            position_ids=e.pos[:, :, n:cut],
             cache=kv,
             use_cache=True,
             output_hidden_states=True,
@@ -158,12 +196,14 @@ class ThinkerPrefill:
             embed, hidden = torch.cat([prefix.embed, embed], 1), torch.cat([prefix.hidden, hidden], 1)
         # Earlier turns' talker KV stays valid (nothing before n changed); the turn so far is added to it.
         talker = self._talker_user_prefill(
-            t["input_ids"][:, :cut], t, lengths, embed, hidden, prefix.talker if prefix else None
+            e.t["input_ids"][:, :cut], e.t, e.lengths, embed, hidden, prefix.talker if prefix else None
         )
         self.cache.checkin(
-            self.conv.id, CachedPrefix(ids[:cut], kv, embed, hidden, window_aligned=True, talker=talker, media=complete)
+            self.conv.id,
+            CachedPrefix(e.ids[:cut], kv, embed, hidden, window_aligned=True, talker=talker, media=e.complete),
         )
         self.stats.prefill_tokens = cut - n
+        self._early = None
         self.done = True
         return []
 

@@ -162,6 +162,10 @@ class StreamJob(ThinkerPrefill):
                     return self._finish("cancelled")
                 if self._phase == "prefill":
                     return self._partial_prefill() if self.partial else self._prefill()
+                if self._phase == "early_encode":
+                    return self._early_encode()
+                if self._phase == "early_forward":
+                    return self._early_forward()
                 if self._phase == "talker_prefill":
                     return self._talker_prefill()
                 if self._phase == "frame":

@@ -12,7 +12,10 @@ out (frames still to compute for the chunk x the measured cost of a frame). Orde
 1. a cancelled response (finishing it is cheap and frees its client);
 2. a response whose slack is under `guard_s` (least slack first);
 3. a response still waiting for its first packet (first come, first served);
-4. early prefill of turns still being spoken (a head start: never before a deadline);
+4. early prefill of turns still being spoken (a head start: never before a deadline),
+   in steps of at most a few tens of ms (prefill.py); one that has started and whose
+   conversation now has a response waiting ranks first in class 2: it holds the
+   conversation's cached prefix, and the response needs what it is computing;
 5. the rest, least slack first.
 A first packet that has waited longer than `2 x guard_s` moves up to class 2 (the starving), ranked by
 how overdue it is: under overload, starving new responses would also keep them out of
@@ -214,12 +217,17 @@ class ModelWorker:
     def _pick(self) -> tuple[StreamJob, Sink]:
         """Deadline-aware choice of the next response to step."""
         t = now()
+        # Conversations with a response queued or running: an early prefill of theirs that
+        # is between steps holds their cached prefix and is what the response needs next.
+        answering = {job.conv.id for job, _ in self._active if not job.partial}
 
         def slack(entry: tuple[StreamJob, Sink]) -> tuple[int, float]:
             job = entry[0]
             if job.cancelled:
                 return (0, 0.0)
             if job.partial:
+                if job._phase != "prefill" and job.conv.id in answering:
+                    return (1, float("-inf"))
                 return (3, job.t_submitted)
             if job.first_packet_pending:
                 overdue = t - job.t_submitted - 2.0 * self.guard_s
