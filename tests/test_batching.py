@@ -106,10 +106,15 @@ class FakeJob:
     _phase: str = "frame"
     done: bool = False
     conv_id: str = ""  # "" = a conversation of its own
+    visual: bool = False
 
     @property
     def conv(self):
         return SimpleNamespace(id=self.conv_id or self.name)
+
+    @property
+    def stats(self):
+        return SimpleNamespace(t_first_audio=None if self.slack_s is None else 0.0)
 
     @property
     def first_packet_pending(self) -> bool:
@@ -124,6 +129,7 @@ def test_scheduler_order(monkeypatch):
 
     monkeypatch.setattr(worker_mod, "now", lambda: 100.0)
     w = ModelWorker(4, guard_s=0.16)
+    w.step_cost_s = dict.fromkeys(w.step_cost_s, 1.0)  # no step fits in anyone's slack here
     jobs = [
         FakeJob("ahead", slack_s=1.0),
         FakeJob("starving", slack_s=0.1),
@@ -148,6 +154,35 @@ def test_scheduler_order(monkeypatch):
     assert w._pick()[0].name == "overdue"  # 0.28 s overdue beats 0.2 s short
 
 
+def order_of(w: ModelWorker, jobs: list) -> list[str]:
+    w._active = [(j, None) for j in jobs]
+    order = []
+    while w._active:
+        job, _ = w._pick()
+        order.append(job.name)
+        w._active = [e for e in w._active if e[0] is not job]
+    return order
+
+
+def test_short_steps_borrow_slack_that_listeners_can_spare(monkeypatch):
+    """A step whose estimated cost fits in every listener's slack (less STEAL_MARGIN_S)
+    goes before the responses that are short of their guard: a new first packet first,
+    then early prefill. One that does not fit waits as before."""
+    import assistant.engine.worker as worker_mod
+
+    monkeypatch.setattr(worker_mod, "now", lambda: 100.0)
+    w = ModelWorker(4, guard_s=0.16)
+    w.step_cost_s.update({("prefill", False): 0.02, ("prefill", True): 0.05, ("early_forward", False): 0.03})
+    urgent = FakeJob("urgent", slack_s=0.12)  # under the guard; spare = 0.12 - 0.03 = 0.09
+    new = FakeJob("new", t_submitted=99.9, _phase="prefill")
+    camera = FakeJob("camera", t_submitted=99.95, _phase="prefill", visual=True)
+    head = FakeJob("head", t_submitted=99.0, partial=True, _phase="early_forward")
+    assert order_of(w, [urgent, head, camera, new]) == ["new", "camera", "head", "urgent"]
+    urgent.slack_s = 0.07  # spare 0.04: the audio-only prefill fits, the camera one does not,
+    # and the head start, which would fit, leaves that slack to the new response waiting
+    assert order_of(w, [urgent, head, camera, new]) == ["new", "urgent", "camera", "head"]
+
+
 def test_started_early_prefill_goes_before_its_conversations_response(monkeypatch):
     """Between its steps an early prefill holds its conversation's cached prefix: once
     the response is queued it finishes first. Unstarted ones wait as any head start."""
@@ -166,6 +201,8 @@ def test_started_early_prefill_goes_before_its_conversations_response(monkeypatc
         order.append(job.name)
         w._active = [e for e in w._active if e[0] is not job]
     assert order == ["started", "late", "response", "other"]
+    # Also when the response's own first step would fit in everyone's slack.
+    assert order_of(w, [FakeJob("new", t_submitted=99.9, conv_id="a", _phase="prefill"), started]) == ["started", "new"]
 
 
 def test_first_packets_step_alone_but_join_a_streams_batch():

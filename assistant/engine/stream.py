@@ -34,11 +34,13 @@ from .api import (
     Conversation,
     EngineError,
     Event,
+    ImagePart,
     ResponseDone,
     ResponseStats,
     Sampling,
     TextDelta,
     Turn,
+    VideoPart,
     new_id,
     now,
 )
@@ -134,6 +136,9 @@ class StreamJob(ThinkerPrefill):
         self.item_id = new_id("item")
         self.cancelled = False
         self.done = False
+        last_user = next((turn for turn in reversed(self.conv.turns) if turn.role == "user"), None)
+        # Camera and image turns cost several times an audio turn to prefill (the worker's estimates).
+        self.visual = last_user is not None and any(isinstance(p, (ImagePart, VideoPart)) for p in last_user.parts)
         self._phase = "prefill"
         self._tokens: list[int] = []  # text tokens generated (EOS included if produced)
         self._text = ""

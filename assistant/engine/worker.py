@@ -8,22 +8,28 @@ blocks the event loop that paces media.
 Scheduling is deadline-aware (issue #7). A speaking response's deadline is when its
 listener runs out of audio (first audio + audio emitted so far, played in real time);
 its slack is that deadline minus now minus the work left before its next chunk can go
-out (frames still to compute for the chunk x the measured cost of a frame). Order:
+out (frames still to compute for the chunk x the measured cost of a frame). The spare
+is the least slack of all speaking responses less STEAL_MARGIN_S: a step that is
+estimated to take less (a moving average per phase and kind of turn, STEP_COST_S)
+cannot make anyone run dry. Order:
 1. a cancelled response (finishing it is cheap and frees its client);
-2. a response whose slack is under `guard_s` (least slack first);
-3. a response still waiting for its first packet (first come, first served);
-4. early prefill of turns still being spoken (a head start: never before a deadline),
-   in steps of at most a few tens of ms (prefill.py); one that has started and whose
-   conversation now has a response waiting ranks first in class 2: it holds the
-   conversation's cached prefix, and the response needs what it is computing;
-5. the rest, least slack first.
-A first packet that has waited longer than `2 x guard_s` moves up to class 2 (the starving), ranked by
+2. an early prefill that has started and whose conversation now has a response: it
+   holds the conversation's cached prefix, and the response needs what it computes;
+3. a response waiting for its first packet whose next step fits in the spare (first
+   come, first served);
+4. an early prefill step that fits in the spare, when no new response is waiting;
+5. a response whose slack is under `guard_s` (least slack first);
+6. the other responses waiting for their first packet (first come, first served);
+7. early prefill of turns still being spoken (a head start: never before a deadline);
+8. the rest, least slack first.
+A first packet that has waited longer than `2 x guard_s` moves up to class 5 (the starving), ranked by
 how overdue it is: under overload, starving new responses would also keep them out of
 the batched steps that make room for everyone.
 So a new turn's first packet goes before responses with enough audio ahead, and nobody
 underruns while the total real-time factor stays below 1. Slack counts whole chunks
 because audio leaves in chunks (the ramp 1, 2, 4, ... frames): frames computed but not
-yet emitted are not audible yet.
+yet emitted are not audible yet. Early prefill runs in steps of a few tens of ms
+(prefill.py), so a commit arriving meanwhile waits for one of them at most.
 
 Batching: when the chosen response is at a decode step (code predictor or talker and
 thinker advance), every other response at the same step joins it, up to `max_batch`,
@@ -55,6 +61,24 @@ from .stream import StreamJob
 log = logging.getLogger("assistant.engine")
 
 Sink = Callable[[list[Event]], None]
+
+# Starting estimates of the steps that may borrow a listener's slack (a new response's
+# steps before its first packet, early prefill), by (phase, camera/image turn); refined
+# by a moving average as they run. Tiny CPU model figures; on a GPU they shrink within
+# a few steps.
+STEP_COST_S = {
+    ("prefill", False): 0.02,
+    ("prefill", True): 0.05,
+    ("early_encode", False): 0.005,
+    ("early_encode", True): 0.03,
+    ("early_forward", False): 0.015,
+    ("early_forward", True): 0.03,
+    ("talker_prefill", False): 0.01,
+    ("talker_prefill", True): 0.015,
+    ("frame", False): 0.03,
+    ("frame", True): 0.03,
+}
+STEAL_MARGIN_S = 0.03  # slack every listener keeps after a borrowed step, for estimate errors
 
 
 class LocalResponse:
@@ -112,6 +136,7 @@ class ModelWorker:
         self._thread = threading.Thread(target=self._run, name="model-worker", daemon=True)
         self.steps = 0
         self.frame_cost_s = 0.05  # moving average of one frame's decode time (updated as steps run)
+        self.step_cost_s = dict(STEP_COST_S)  # moving averages, see STEP_COST_S
         self.batched_steps = 0  # steps that ran several responses as one batch
         self.batched_rows = 0  # responses stepped in those
 
@@ -177,7 +202,9 @@ class ModelWorker:
                 continue
             group = self._group(self._pick())
             t_step = now()
-            decode = group[0][0]._phase in ("frame", "advance")
+            lead = group[0][0]
+            decode = lead._phase in ("frame", "advance")
+            costed = (lead._phase, lead.visual) if lead.partial or lead.first_packet_pending else None
             try:
                 if len(group) == 1:
                     results = {group[0][0]: group[0][0].step()}
@@ -192,6 +219,8 @@ class ModelWorker:
             self.steps += 1
             if decode:  # a frame is one "frame" step and one "advance" step
                 self.frame_cost_s += 0.2 * (2.0 * (now() - t_step) - self.frame_cost_s)
+            if costed in self.step_cost_s and len(group) == 1:
+                self.step_cost_s[costed] += 0.3 * ((now() - t_step) - self.step_cost_s[costed])
             for job, sink in group:
                 if results.get(job):
                     sink(results[job])
@@ -214,27 +243,45 @@ class ModelWorker:
         ]
         return [entry, *same[: self.max_batch - 1]]
 
+    def _spare_s(self, t: float) -> float:
+        """How long a step may take with every listener still ahead of its deadline by
+        STEAL_MARGIN_S: the least slack of the speaking responses, less that margin."""
+        slacks = [
+            job.playback_slack_s(t, self.frame_cost_s)
+            for job, _ in self._active
+            if job.audio and not (job.cancelled or job.done) and job.stats.t_first_audio is not None
+        ]
+        return min(slacks, default=float("inf")) - STEAL_MARGIN_S
+
     def _pick(self) -> tuple[StreamJob, Sink]:
         """Deadline-aware choice of the next response to step."""
         t = now()
+        spare = self._spare_s(t)
         # Conversations with a response queued or running: an early prefill of theirs that
         # is between steps holds their cached prefix and is what the response needs next.
         answering = {job.conv.id for job, _ in self._active if not job.partial}
+        # A head start borrows slack only when no new response is waiting for it.
+        first_waiting = any(job.first_packet_pending and not job.partial for job, _ in self._active)
 
-        def slack(entry: tuple[StreamJob, Sink]) -> tuple[int, float]:
+        def fits(job: StreamJob) -> bool:
+            return self.step_cost_s.get((job._phase, job.visual), self.frame_cost_s) <= spare
+
+        def rank(entry: tuple[StreamJob, Sink]) -> tuple[int, float]:
             job = entry[0]
             if job.cancelled:
                 return (0, 0.0)
             if job.partial:
                 if job._phase != "prefill" and job.conv.id in answering:
-                    return (1, float("-inf"))
-                return (3, job.t_submitted)
+                    return (1, float("-inf"))  # before its response, whatever that response's rank
+                return (3, job.t_submitted) if fits(job) and not first_waiting else (6, job.t_submitted)
             if job.first_packet_pending:
+                if fits(job):
+                    return (1, job.t_submitted)
                 overdue = t - job.t_submitted - 2.0 * self.guard_s
-                return (1, -overdue) if overdue > 0 else (2, job.t_submitted)
+                return (4, -overdue) if overdue > 0 else (5, job.t_submitted)
             if not job.audio:
-                return (4, float("inf"))
+                return (7, float("inf"))
             left = job.playback_slack_s(t, self.frame_cost_s)
-            return (1 if left < self.guard_s else 4, left)
+            return (4 if left < self.guard_s else 7, left)
 
-        return min(self._active, key=slack)
+        return min(self._active, key=rank)
