@@ -201,6 +201,9 @@ def test_started_early_prefill_goes_before_its_conversations_response(monkeypatc
         order.append(job.name)
         w._active = [e for e in w._active if e[0] is not job]
     assert order == ["started", "late", "response", "other"]
+    # A newer offer for the same conversation waits for it as well.
+    newer = FakeJob("newer", t_submitted=99.95, partial=True, _phase="prefill", conv_id="a")
+    assert order_of(w, [late, newer, started]) == ["started", "late", "newer"]
     # Also when the response's own first step would fit in everyone's slack.
     assert order_of(w, [FakeJob("new", t_submitted=99.9, conv_id="a", _phase="prefill"), started]) == ["started", "new"]
 

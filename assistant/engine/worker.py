@@ -13,8 +13,9 @@ is the least slack of all speaking responses less STEAL_MARGIN_S: a step that is
 estimated to take less (a moving average per phase and kind of turn, STEP_COST_S)
 cannot make anyone run dry. Order:
 1. a cancelled response (finishing it is cheap and frees its client);
-2. an early prefill that has started and whose conversation now has a response: it
-   holds the conversation's cached prefix, and the response needs what it computes;
+2. an early prefill that has started, when another job of its conversation (its response,
+   or a newer offer) is waiting: it holds the conversation's cached prefix, and the other
+   needs what it computes;
 3. a response waiting for its first packet whose next step fits in the spare (first
    come, first served);
 4. an early prefill step that fits in the spare, when no new response is waiting;
@@ -257,9 +258,13 @@ class ModelWorker:
         """Deadline-aware choice of the next response to step."""
         t = now()
         spare = self._spare_s(t)
-        # Conversations with a response queued or running: an early prefill of theirs that
-        # is between steps holds their cached prefix and is what the response needs next.
-        answering = {job.conv.id for job, _ in self._active if not job.partial}
+        # An early prefill between its steps holds its conversation's cached prefix (checked
+        # out), and any other job of that conversation, its response or a newer offer, would
+        # find the cache empty and prefill the whole conversation again: the holder goes first.
+        holders = {job.conv.id: job for job, _ in self._active if job.partial and job._phase != "prefill"}
+        waited_on = {
+            job.conv.id for job, _ in self._active if job.conv.id in holders and holders[job.conv.id] is not job
+        }
         # A head start borrows slack only when no new response is waiting for it.
         first_waiting = any(job.first_packet_pending and not job.partial for job, _ in self._active)
 
@@ -271,8 +276,8 @@ class ModelWorker:
             if job.cancelled:
                 return (0, 0.0)
             if job.partial:
-                if job._phase != "prefill" and job.conv.id in answering:
-                    return (1, float("-inf"))  # before its response, whatever that response's rank
+                if job.conv.id in waited_on and holders[job.conv.id] is job:
+                    return (1, float("-inf"))  # before the others of its conversation, whatever their rank
                 return (3, job.t_submitted) if fits(job) and not first_waiting else (6, job.t_submitted)
             if job.first_packet_pending:
                 if fits(job):
