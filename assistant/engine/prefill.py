@@ -130,7 +130,8 @@ class ThinkerPrefill:
         70 ms for a tiny-model camera turn, and another user's commit arriving just after
         it started waited for all of it. From its first step the job holds the
         conversation's cached prefix (checked out); the worker runs its later steps
-        before any response of the same conversation (ModelWorker._pick)."""
+        before any other job of the same conversation, its response or a newer offer
+        (ModelWorker._pick)."""
         res = self.res
         self.stats.t_started = now()
         try:
