@@ -5,6 +5,7 @@ tests/test_deploy_netns.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import socket
@@ -12,6 +13,7 @@ import ssl
 import stat
 import threading
 import urllib.request
+from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -24,6 +26,8 @@ from assistant.server.auth import authorized
 from assistant.server.ice import ice_router, parse_ice_servers, server_peer_uses, to_aiortc
 from assistant.server.main import _Server, check_deploy, serve, uvicorn_config
 from assistant.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
 
 TURN = {"urls": ["turn:turn.example.org:3478?transport=udp"], "username": "alice", "credential": "s3cret"}
 
@@ -140,14 +144,27 @@ def test_self_signed_certificate_names_this_host_and_is_cached(tmp_path):
     assert tls.self_signed(tmp_path, (names[0], [*names[1], "10.1.1.1"])).fingerprint != first.fingerprint
 
 
-def test_uvicorn_serves_https_with_the_self_signed_certificate(tmp_path, capsys):
+def test_the_tested_nginx_configuration_is_the_one_in_the_docs():
+    conf = (ROOT / "docs" / "nginx-assistant.conf").read_text()
+    assert conf in (ROOT / "docs" / "deploy.md").read_text()
+
+
+@pytest.mark.parametrize("source", ["self_signed", "files"])
+def test_uvicorn_serves_https(tmp_path, capsys, source):
     app = FastAPI()
 
     @app.get("/health")
     async def health(request: Request) -> dict:
         return {"root_path": request.scope.get("root_path")}
 
-    settings = Settings(host="127.0.0.1", port=0, ssl_self_signed=True, cache_dir=str(tmp_path), root_path="/assistant")
+    if source == "self_signed":
+        settings = Settings(ssl_self_signed=True, cache_dir=str(tmp_path), root_path="/assistant")
+        certfile = tmp_path / "tls" / tls.CERT_NAME
+    else:  # a certificate from elsewhere, as --ssl-certfile/--ssl-keyfile
+        made = tls.self_signed(tmp_path / "own", (["localhost"], ["127.0.0.1"]))
+        settings = Settings(ssl_certfile=made.certfile, ssl_keyfile=made.keyfile, root_path="/assistant")
+        certfile = made.certfile
+    settings = dataclasses.replace(settings, host="127.0.0.1", port=0)
     server = _Server(uvicorn_config(app, settings))
     ready = threading.Event()
     server.on_ready = lambda url: ready.set()
@@ -158,16 +175,19 @@ def test_uvicorn_serves_https_with_the_self_signed_certificate(tmp_path, capsys)
         printed = capsys.readouterr().out
         assert server.url.startswith("https://127.0.0.1:")
         assert "served by the proxy under /assistant/" in printed
-        fingerprint = printed.split("SHA-256 fingerprint ")[1].split()[0]
         # A client that trusts exactly this certificate; plain verification, host name checked.
-        context = ssl.create_default_context(cafile=str(tmp_path / "tls" / tls.CERT_NAME))
+        context = ssl.create_default_context(cafile=str(certfile))
         with urllib.request.urlopen(server.url + "/health", context=context, timeout=10) as reply:
             assert json.load(reply) == {"root_path": "/assistant"}
         # What the browser shows as the certificate's SHA-256 is the fingerprint printed.
         with socket.create_connection(("127.0.0.1", int(server.url.rsplit(":", 1)[1]))) as sock:
             with context.wrap_socket(sock, server_hostname="localhost") as tls_sock:
                 der = tls_sock.getpeercert(binary_form=True)
-        assert fingerprint == ":".join(f"{b:02X}" for b in hashlib.sha256(der).digest())
+        if source == "self_signed":
+            fingerprint = printed.split("SHA-256 fingerprint ")[1].split()[0]
+            assert fingerprint == ":".join(f"{b:02X}" for b in hashlib.sha256(der).digest())
+        else:
+            assert "fingerprint" not in printed
     finally:
         server.should_exit = True
         thread.join(10)

@@ -19,8 +19,9 @@ export function insecureContextAdvice(loc = window.location) {
       ],
       ["On the server's own machine, open ", `http://localhost:${port}${path}`],
       [
-        "From this machine, tunnel over SSH and open http://localhost:" + port + path + " here: ",
+        "From this machine, tunnel over SSH: ",
         `ssh -N -L ${port}:localhost:${port} ${host}`,
+        `, then open http://localhost:${port}${path} here`,
       ],
     ],
   };
@@ -34,11 +35,11 @@ export function showInsecureContextAdvice() {
   const p = document.createElement("p");
   p.textContent = advice.why;
   const list = document.createElement("ol");
-  for (const [text, code] of advice.steps) {
+  for (const [text, code, after = ""] of advice.steps) {
     const li = document.createElement("li");
     const c = document.createElement("code");
     c.textContent = code;
-    li.append(text, c);
+    li.append(text, c, after);
     list.append(li);
   }
   el.append(p, list);
