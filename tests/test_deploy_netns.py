@@ -30,6 +30,9 @@ NGINX_CONF = ROOT / "docs" / "nginx-assistant.conf"
 PREFIX = "/assistant"
 TURN_PORT = 3478
 TURN_USER, TURN_PASSWORD = "assistant", "relay-pass-7f3a"
+# Debian's binaries; /usr/sbin is not on every user's PATH.
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+TURNSERVER = shutil.which("turnserver") or "/usr/bin/turnserver"
 
 pytestmark = [pytest.mark.netns]
 
@@ -90,7 +93,7 @@ class Stack:
     def _start_coturn(self) -> None:
         # Long-term credentials (RFC 8489 10.2), one static user; relays come from the server's side.
         argv = [
-            "turnserver", "-n", "--no-cli", "--no-tls", "--no-dtls", "--simple-log", "--log-file=stdout",
+            TURNSERVER, "-n", "--no-cli", "--no-tls", "--no-dtls", "--simple-log", "--log-file=stdout",
             f"--listening-ip={self.addrs.server_addr}", f"--listening-port={TURN_PORT}",
             f"--relay-ip={self.addrs.server_addr}", "--min-port=49160", "--max-port=49260",
             "--lt-cred-mech", f"--user={TURN_USER}:{TURN_PASSWORD}", "--realm=assistant.test",
@@ -158,7 +161,7 @@ http {{
 """
         )
         proc = self._spawn(
-            "nginx", ["nginx", "-p", str(self.tmp), "-c", str(self.tmp / "nginx.conf"), "-g", "daemon off;"]
+            "nginx", [NGINX, "-p", str(self.tmp), "-c", str(self.tmp / "nginx.conf"), "-g", "daemon off;"]
         )
 
         def up() -> bool:
@@ -193,7 +196,7 @@ http {{
 
 @pytest.fixture(scope="module")
 def stack(netns_addrs, tiny_dir, tmp_path_factory):
-    if shutil.which("nginx") is None or shutil.which("turnserver") is None:
+    if not (Path(NGINX).exists() and Path(TURNSERVER).exists()):
         pytest.skip("needs Debian's nginx and coturn (apt-get install nginx coturn)")
     s = Stack(tmp_path_factory.mktemp("deploy"), netns_addrs, tiny_dir)
     try:

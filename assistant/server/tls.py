@@ -7,9 +7,10 @@ Browsers hand the microphone and camera only to secure contexts (W3C Secure Cont
 way to a secure page on a LAN: the browser warns once, the user compares the SHA-256
 fingerprint we print with the one the browser shows, and accepts it.
 
-The certificate names this host (hostname, FQDN, `localhost`) and its addresses
-(loopback, the bind address, what the hostname resolves to) as subjectAltNames, which
-is all browsers read (CA/Browser Forum BR 7.1.4.2: the CN is not checked). It is made
+The certificate names this host (its hostname, `localhost`, a --host name) and its
+addresses (every interface address but IPv6 link-local ones, read with ifaddr as aioice
+does; no DNS lookup) as subjectAltNames, which is all browsers read (CA/Browser Forum BR
+7.1.4.2: the CN is not checked). It is made
 once and reused until it lacks a name the host now has or is within 30 days of expiry.
 The key is ECDSA P-256: every browser takes it, and it is made in milliseconds.
 """
@@ -66,17 +67,17 @@ def tls_files(settings: Settings, cache_dir: Path) -> TlsFiles | None:
 
 def host_names(bind_host: str) -> tuple[list[str], list[str]]:
     """(DNS names, IP addresses) this host answers to: what a browser elsewhere may type."""
-    names = {"localhost"}
+    import ifaddr
+
+    names = {"localhost", socket.gethostname().lower()} - {""}
     addrs = {"127.0.0.1", "::1"}
-    for name in (socket.gethostname(), socket.getfqdn()):
-        if name:
-            names.add(name.lower())
-            try:
-                # Resolves through /etc/hosts (or the resolver the host already uses): its own name.
-                for info in socket.getaddrinfo(name, None, type=socket.SOCK_STREAM):
-                    addrs.add(info[4][0].split("%")[0])
-            except OSError:
-                pass
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            # IPv4 as a str; IPv6 as (address, flowinfo, scope_id): a scope id marks link-local.
+            if isinstance(ip.ip, str):
+                addrs.add(ip.ip)
+            elif ip.ip[2] == 0:
+                addrs.add(ip.ip[0])
     bind = bind_host.strip("[]")
     if bind:
         try:
