@@ -372,6 +372,10 @@ async def _relay_call(stack) -> None:
         print(f"relay call: connected in {connect_ms:.0f} ms via {pair}, {client.received.loud_frames()} loud frames")
         # coturn saw the allocation (its log names the user).
         assert TURN_USER in stack.log("coturn")
+        # Hang up at the Location the server gave, which carries the proxy's prefix.
+        origin = stack.base.removesuffix(PREFIX)
+        async with httpx.AsyncClient(verify=stack.tls.certfile) as http:
+            assert (await http.delete(origin + reply.headers["location"])).status_code == 204
     finally:
         await client.close()
     stack.wait_idle()
