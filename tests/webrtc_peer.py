@@ -88,8 +88,14 @@ class ClientPeer:
     """One test client: mic out, audio in, events on `oai-events`."""
 
     def __init__(
-        self, *, mic_rate: int = 16_000, with_audio_in: bool = True, camera: list[np.ndarray] | None = None
+        self,
+        *,
+        mic_rate: int = 16_000,
+        with_audio_in: bool = True,
+        camera: list[np.ndarray] | None = None,
+        mic: MediaStreamTrack | None = None,
     ) -> None:
+        """`mic`: a track of its own (e.g. a file player's) instead of the queue `play()` feeds."""
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         if camera:
             self.pc.addTrack(CameraTrack(camera))
@@ -97,7 +103,7 @@ class ClientPeer:
         self.mic = OutboundAudioTrack(sample_rate=mic_rate, on_playback=self._on_mic_playback)
         self._mic_done: set[str] = set()
         self._mic_event = asyncio.Event()
-        self.pc.addTrack(self.mic)
+        self.pc.addTrack(mic or self.mic)
         self.received = Received()
         self.events: list[dict] = []
         self._event_added = asyncio.Event()
