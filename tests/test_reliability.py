@@ -163,11 +163,12 @@ async def test_audio_faster_than_real_time_is_accepted_up_to_the_buffer_limit(se
 
 
 async def test_huge_and_corrupt_images_are_errors_and_the_session_keeps_working(server):
+    # Built before connecting: compressing 900 Mpx takes seconds on a loaded machine, past the 2 s idle limit.
+    bomb = base64.b64encode(png_bomb(30_000, 30_000)).decode()  # 900 Mpx in ~100 KiB
+    good = png_b64((64, 48))
+    truncated = base64.b64encode(base64.b64decode(png_b64((200, 200)))[:80]).decode()
     ws = await connect(server)
     try:
-        bomb = base64.b64encode(png_bomb(30_000, 30_000)).decode()  # 900 Mpx in ~100 KiB
-        good = png_b64((64, 48))
-        truncated = base64.b64encode(base64.b64decode(png_b64((200, 200)))[:80]).decode()
         cases = {
             "bomb": bomb,
             "over_limit": png_b64((1200, 1000)),  # 1.2 Mpx > max_image_pixels

@@ -232,6 +232,11 @@ class RealtimeSession(InputSide, ResponseSide):
         self._out.append(EndSession(code))
         return self._drain()
 
+    @property
+    def responding(self) -> bool:
+        """A response is in progress (created, its response.done not yet produced)."""
+        return self._active is not None
+
     def close(self) -> list[Output]:
         """The client is gone: cancel what runs."""
         if self._active is not None and self._active.cancel_reason is None:
