@@ -193,6 +193,9 @@ def test_session_max_output_tokens_is_honored_and_echoed():
     start = _respond(h, max_output_tokens=20)
     assert start.conversation.sampling.max_tokens == 20
     _finish(h, start)
+    start = _respond(h, max_output_tokens="inf")
+    assert start.conversation.sampling.max_tokens == 256, "'inf' for one response: the server's cap"
+    _finish(h, start)
     assert _respond(h).conversation.sampling.max_tokens == 8
     h2 = Harness(max_answer_tokens=256)
     for value, in_force in (("inf", 256), (5000, 256), (12, 12)):

@@ -166,7 +166,7 @@ class ItemTruncate(ClientEvent):
 class ResponseCreate(ClientEvent):
     output_modalities: tuple[str, ...] | None = None
     instructions: str | None = None
-    max_output_tokens: int | None = None
+    max_output_tokens: int | Literal["inf"] | None = None  # None: the session's
     voice: str | None = None
     metadata: dict[str, str] | None = None
 
@@ -519,7 +519,6 @@ def _response_create(f, kind, eid, _):
         raise r.fail("input", "custom response input is not supported", "unsupported_feature")
     mods = _modalities(r, "output_modalities") or _modalities(r, "modalities")
     max_tokens = _max_tokens(r, "max_output_tokens") or _max_tokens(r, "max_response_output_tokens")
-    limit = max_tokens if isinstance(max_tokens, int) else None
     audio = r.sub("audio")
     out = audio.sub("output") if audio else None
     if out is not None:
@@ -529,7 +528,7 @@ def _response_create(f, kind, eid, _):
     metadata = r.get("metadata", (dict,), "an object of strings")
     if metadata is not None and not all(isinstance(v, str) for v in metadata.values()):
         raise r.fail("metadata", "metadata values must be strings")
-    return ResponseCreate(kind, eid, mods, r.str("instructions"), limit, voice, metadata)
+    return ResponseCreate(kind, eid, mods, r.str("instructions"), max_tokens, voice, metadata)
 
 
 def _simple(cls):

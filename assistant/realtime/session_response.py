@@ -59,7 +59,7 @@ class ResponseSide:
         t_committed: float | None,
         modalities: tuple[str, ...] | None = None,
         instructions: str | None = None,
-        max_tokens: int | None = None,
+        max_tokens: int | str | None = None,
         voice: str | None = None,
         metadata: dict[str, str] | None = None,
     ) -> None:
@@ -74,8 +74,9 @@ class ResponseSide:
         if voice is not None:
             r.restore["voice"] = conv.voice
             conv.voice = voice
-        # This response's max_output_tokens, else the session's; never above the server's cap.
-        limit = min(max_tokens or self.max_output_tokens, conv.sampling.max_tokens)
+        # This response's max_output_tokens ("inf": the server's cap), else the session's; never above the cap.
+        cap = conv.sampling.max_tokens
+        limit = cap if max_tokens == "inf" else min(max_tokens or self.max_output_tokens, cap)
         if limit != conv.sampling.max_tokens:
             r.restore["sampling"] = conv.sampling
             conv.sampling = replace(conv.sampling, max_tokens=limit)
