@@ -246,6 +246,15 @@ class RealtimeSession(InputSide, ResponseSide):
 
     # ------------------------------------------------------------------ session config
 
+    def configure(self, config: dict[str, Any]) -> dict[str, Any] | None:
+        """Apply a session object as a `session.update` before `start()` (a client secret's
+        session, WebRTC's multipart `session` part). Returns the `error` body if it is
+        refused (then nothing of it applies); its session.updated is not sent."""
+        for out in self.receive_text(ev.dumps({"type": "session.update", "session": config})):
+            if isinstance(out, Send) and out.event.get("type") == "error":
+                return out.event["error"]
+        return None
+
     def session_json(self) -> dict[str, Any]:
         return {
             "type": "realtime",

@@ -473,16 +473,18 @@ class Calls:
         if self._on_metrics is not None:
             self._on_metrics(metrics)
 
-    async def open(self, offer: Offer) -> Call:
+    async def open(self, offer: Offer, secret_session: dict | None = None) -> Call:
         """Admit, answer and start a call; OfferError(503) when full, (400) when aiortc
-        cannot answer the offer."""
+        cannot answer the offer. `secret_session`: the session object of the client secret
+        the call was made with (applied first)."""
         if self.drain is not None and self.drain.draining:
             raise OfferError(503, SHUTTING_DOWN)
         if self.full():
             raise OfferError(503, f"all {self.settings.max_sessions} sessions are in use")
         session = RealtimeSession(self.settings, transport="webrtc", model=self.engine.info.model)
-        if offer.session is not None:
-            self._configure(session, offer.session)
+        for config in (secret_session, offer.session):
+            if config is not None:
+                self._configure(session, config)
         call = Call(self, f"rtc_{next(self._ids):06d}", session)
         self.calls[call.id] = call  # reserved before the first await, so admission cannot race
         if self.active_gauge is not None:
@@ -501,11 +503,11 @@ class Calls:
 
     @staticmethod
     def _configure(session: RealtimeSession, config: dict) -> None:
-        """The multipart `session` part, applied as a session.update before session.created."""
-        event = ev.dumps({"type": "session.update", "session": config})
-        for out in session.receive_text(event):
-            if isinstance(out, Send) and out.event.get("type") == "error":
-                raise OfferError(400, f"invalid session: {out.event['error'].get('message')}")
+        """A session object (the client secret's, then the multipart `session` part),
+        applied as a session.update before session.created."""
+        error = session.configure(config)
+        if error is not None:
+            raise OfferError(400, f"invalid session: {error.get('message')}")
 
     def forget(self, call: Call) -> None:
         if self.drain is not None:
@@ -567,7 +569,8 @@ def webrtc_router(calls: Calls) -> APIRouter:
             check_content_type(request.headers.get("content-type"))
             body = await _read_body(request, MAX_BODY_BYTES)
             offer = parse_body(request.headers.get("content-type"), body)
-            call = await calls.open(offer)
+            secrets = _secrets(request)
+            call = await calls.open(offer, secrets.session_of(request.headers) if secrets is not None else None)
         except OfferError as exc:
             code = {415: "unsupported_media_type", 413: "payload_too_large", 503: "session_limit_reached"}
             return _error(exc.status, exc.message, code.get(exc.status, "invalid_offer"))

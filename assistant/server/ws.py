@@ -83,6 +83,9 @@ async def serve_websocket(websocket: WebSocket, state: Any) -> None:
         return
     beta = websocket.headers.get("openai-beta", "").startswith("realtime")
     session = RealtimeSession(settings, transport="websocket", model=state.engine.info.model, beta=beta)
+    secret_session = state.client_secrets.session_of(websocket.headers)
+    if secret_session is not None:
+        session.configure(secret_session)  # validated when the secret was minted
     state.metrics.active_sessions.labels("websocket").inc()
     try:
         await WsConnection(websocket, session, state).run()
