@@ -456,3 +456,36 @@ async def test_data_channel_flood_is_rate_limited_and_the_session_survives(serve
     finally:
         await client.close()
     await server.wait_all_closed()
+
+
+async def test_drain_lets_the_answer_play_out_then_hangs_up(server):
+    """What SIGTERM does to a call (tests/test_drain.py signals a real process): new calls
+    get 503 at once, the answer in progress is generated and played out whole, then the
+    call is hung up."""
+    from assistant.server.drain import SHUTTING_DOWN
+
+    drain = server.calls.drain
+    client = ClientPeer()
+    try:
+        call_id, _ = await server.connect(client)
+        call = server.calls.calls[call_id]
+        client.play(speech())
+        await client.wait_for("response.created", timeout_s=60)
+        draining = asyncio.create_task(drain.run(90))
+        await asyncio.sleep(0.2)
+        async with httpx.AsyncClient() as http:
+            sdp = {"Content-Type": "application/sdp"}
+            r = await http.post(f"{server.url}/v1/realtime/calls", content=b"v=0\r\n", headers=sdp)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "session_limit_reached"
+        assert not call.closed.is_set(), "the call stays while its answer runs"
+        await asyncio.wait_for(draining, 120)
+        assert call.closed.is_set() and call.close_reason == SHUTTING_DOWN
+        done = await client.wait_for("response.done", timeout_s=1)
+        stopped = await client.wait_for("output_audio_buffer.stopped", timeout_s=1)
+        assert done["response"]["status"] == "completed" and stopped["response_id"] == done["response"]["id"]
+        audio_ms = done["latency"]["audio_ms"]
+        assert client.received.loud_frames() >= 0.8 * audio_ms / 20, (client.received.loud_frames(), audio_ms)
+    finally:
+        drain.draining = False  # the module's server serves on
+        await client.close()
+    await server.wait_all_closed()
