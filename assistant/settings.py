@@ -129,6 +129,13 @@ class Settings:
         "camera frames a conversation keeps (2 per second of camera turn); past it the oldest camera turns "
         "keep only their audio, until half remain",
     )
+    # Graceful drain and WebRTC liveness
+    drain_timeout_s: float = opt(
+        30.0, "on SIGTERM: refuse new sessions, let answers in progress finish for up to this long, then close"
+    )
+    webrtc_consent_timeout_s: float = opt(
+        30.0, "a WebRTC peer that answers no ICE consent check (RFC 7675) for about this long is gone"
+    )
 
 
 def _parse_value(kind: Any, text: str) -> Any:

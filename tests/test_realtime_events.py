@@ -98,7 +98,7 @@ def test_ga_session_update():
                 "input": {"format": {"type": "audio/pcm", "rate": 16000}, "turn_detection": None},
                 "output": {"format": {"type": "audio/pcm", "rate": 24000}, "voice": "Chelsie"},
             },
-            "tools": [],  # accepted and ignored
+            "tools": [],  # no tools: what the server does anyway (fields.py)
         },
     )
     p = e.patch

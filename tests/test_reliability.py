@@ -163,11 +163,12 @@ async def test_audio_faster_than_real_time_is_accepted_up_to_the_buffer_limit(se
 
 
 async def test_huge_and_corrupt_images_are_errors_and_the_session_keeps_working(server):
+    # Built before connecting: compressing 900 Mpx takes seconds on a loaded machine, past the 2 s idle limit.
+    bomb = base64.b64encode(png_bomb(30_000, 30_000)).decode()  # 900 Mpx in ~100 KiB
+    good = png_b64((64, 48))
+    truncated = base64.b64encode(base64.b64decode(png_b64((200, 200)))[:80]).decode()
     ws = await connect(server)
     try:
-        bomb = base64.b64encode(png_bomb(30_000, 30_000)).decode()  # 900 Mpx in ~100 KiB
-        good = png_b64((64, 48))
-        truncated = base64.b64encode(base64.b64decode(png_b64((200, 200)))[:80]).decode()
         cases = {
             "bomb": bomb,
             "over_limit": png_b64((1200, 1000)),  # 1.2 Mpx > max_image_pixels
@@ -267,9 +268,26 @@ async def test_client_secrets(server):
         for kwargs, status in bad:
             assert (await http.post("/v1/realtime/client_secrets", **kwargs)).status_code == status, kwargs
         assert (await http.post("/v1/realtime/client_secrets", headers=AUTH)).status_code == 200  # no body: defaults
+        # The secret's session is honored, or refused by name; never echoed and ignored.
+        session = {"type": "realtime", "instructions": "From the secret.", "audio": {"output": {"voice": "chelsie"}}}
+        r = await http.post("/v1/realtime/client_secrets", json={"session": session}, headers=AUTH)
+        assert r.json()["session"]["audio"]["output"]["voice"] == "Chelsie"
+        configured = r.json()["value"]
+        r = await http.post(
+            "/v1/realtime/client_secrets", json={"session": {**session, "tracing": "auto"}}, headers=AUTH
+        )
+        assert r.status_code == 400 and (r.json()["error"]["code"], r.json()["error"]["param"]) == (
+            "unsupported_feature",
+            "session.tracing",
+        )
     subprotocols = ["realtime", f"openai-insecure-api-key.{minted['value']}"]
     async with websockets.connect(ws_url(server), subprotocols=subprotocols) as ws:
         assert json.loads(await ws.recv())["type"] == "session.created"
+    headers = {"Authorization": f"Bearer {configured}"}
+    async with websockets.connect(ws_url(server), additional_headers=headers) as ws:
+        created = json.loads(await ws.recv())
+        assert created["session"]["instructions"] == "From the secret."
+        assert created["session"]["audio"]["output"]["voice"] == "Chelsie"
 
 
 async def test_wrong_content_type_on_the_calls_endpoint(server):

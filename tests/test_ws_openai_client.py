@@ -185,6 +185,28 @@ async def test_errors_keep_the_session_usable(server):
         assert (await conn.recv()).session.instructions == "still here"
 
 
+async def test_session_max_output_tokens_bounds_the_answer(server):
+    """Session-level max_output_tokens reaches the engine (it once was accepted and had no
+    effect): the fixture's answers run 10-14 tokens; with 3 requested they stop at 3."""
+    async with client(server).realtime.connect(model="qwen3-omni") as conn:
+        await conn.recv()
+        await conn.session.update(session={"type": "realtime", "max_output_tokens": 3, "tools": []})
+        assert (await conn.recv()).session.max_output_tokens == 3
+        await conn.conversation.item.create(
+            item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hello there."}]}
+        )
+        await conn.response.create()
+        done = (await collect_until(conn, "response.done"))[-1]
+        assert done.response.status == "completed" and done.response.max_output_tokens == 3
+        assert 1 <= done.response.usage.output_tokens <= 3, done.response.usage
+        await conn.session.update(session={"type": "realtime", "tools": [{"type": "function", "name": "f"}]})
+        error = await conn.recv()
+        assert error.type == "error" and (error.error.code, error.error.param) == (
+            "unsupported_feature",
+            "session.tools",
+        )
+
+
 def test_health_and_metrics(server):
     with urllib.request.urlopen(server.url + "/health") as r:
         health = json.load(r)

@@ -94,7 +94,9 @@ class ClientPeer:
         with_audio_in: bool = True,
         camera: list[np.ndarray] | None = None,
         configuration: RTCConfiguration | None = None,  # e.g. a TURN server, relay only (tests/test_deploy_netns.py)
+        mic: MediaStreamTrack | None = None,
     ) -> None:
+        """`mic`: a track of its own (e.g. a file player's) instead of the queue `play()` feeds."""
         self.pc = RTCPeerConnection(configuration or RTCConfiguration(iceServers=[]))
         if camera:
             self.pc.addTrack(CameraTrack(camera))
@@ -102,7 +104,7 @@ class ClientPeer:
         self.mic = OutboundAudioTrack(sample_rate=mic_rate, on_playback=self._on_mic_playback)
         self._mic_done: set[str] = set()
         self._mic_event = asyncio.Event()
-        self.pc.addTrack(self.mic)
+        self.pc.addTrack(mic or self.mic)
         self.received = Received()
         self.events: list[dict] = []
         self._event_added = asyncio.Event()

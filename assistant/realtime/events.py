@@ -26,6 +26,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from . import fields as fieldtable
+
 MAX_EVENT_BYTES = 15 * 1024 * 1024  # OpenAI: "the maximum size of an event is 15 MiB"
 INPUT_RATES_HZ = (24_000, 16_000)
 OUTPUT_RATE_HZ = 24_000
@@ -86,6 +88,8 @@ class SessionPatch:
     voice: str | None = None
     instructions: str | None = None
     output_modalities: tuple[str, ...] | None = None
+    max_output_tokens: int | Literal["inf"] | None = None
+    model: str | None = None
     beta_shape: bool = False
 
 
@@ -162,7 +166,9 @@ class ItemTruncate(ClientEvent):
 class ResponseCreate(ClientEvent):
     output_modalities: tuple[str, ...] | None = None
     instructions: str | None = None
-    max_output_tokens: int | None = None
+    max_output_tokens: int | Literal["inf"] | None = None  # None: the session's
+    voice: str | None = None
+    metadata: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -346,11 +352,36 @@ def _modalities(f: _Fields, key: str) -> tuple[str, ...] | None:
     return ("audio",) if "audio" in values else ("text",)
 
 
+def _check_fields(f: _Fields, table: dict) -> None:
+    """The field table (fields.py): unknown or refused fields are errors naming them."""
+    found = fieldtable.violation(f.obj, table, f.path)
+    if found is not None:
+        code, message, path = found
+        raise ProtocolError(code, message, param=path, event_id=f.event_id)
+
+
+def _max_tokens(f: _Fields, key: str) -> int | Literal["inf"] | None:
+    value = f.get(key, (int, str), "an integer or 'inf'")
+    if isinstance(value, str) and value != "inf" or isinstance(value, int) and value < 1:
+        raise f.fail(key, f"{key} must be a positive integer or 'inf'")
+    return value
+
+
+def _voice(f: _Fields, key: str) -> str | None:
+    voice = f.get(key, (str, dict), "a voice name")
+    if isinstance(voice, dict):
+        voice = _Fields(voice, f._param(key), f.event_id).str("id", required=True)
+    return voice
+
+
 def parse_session(obj: Any, event_id: str | None, defaults: TurnDetection) -> SessionPatch:
     s = _Fields(obj, "session", event_id)
     kind = s.str("type")
+    if kind == "transcription" and (refused := fieldtable.refusal(fieldtable.TRANSCRIPTION_SESSION, "session")):
+        raise s.fail("type", f"session type 'transcription' is not supported: {refused.why}", "unsupported_feature")
     if kind not in (None, "realtime"):
         raise s.fail("type", f"session type {kind!r} is not supported; use 'realtime'", "unsupported_feature")
+    _check_fields(s, fieldtable.SESSION)
     beta = kind is None
     values: dict[str, Any] = {"beta_shape": beta}
     audio = s.sub("audio")
@@ -367,11 +398,14 @@ def parse_session(obj: Any, event_id: str | None, defaults: TurnDetection) -> Se
     for holder in (inp, s):
         if holder is not None and holder.has("turn_detection"):
             values["turn_detection"] = _turn_detection(holder, "turn_detection", defaults)
-    voice = (out and out.get("voice", (str, dict), "a voice name")) or s.str("voice")
-    if isinstance(voice, dict):
-        voice = _Fields(voice, "session.audio.output.voice", event_id).str("id", required=True)
+    voice = (out and _voice(out, "voice")) or s.str("voice")
     if voice is not None:
         values["voice"] = voice
+    max_tokens = _max_tokens(s, "max_output_tokens") or _max_tokens(s, "max_response_output_tokens")
+    if max_tokens is not None:
+        values["max_output_tokens"] = max_tokens
+    if s.str("model") is not None:
+        values["model"] = s.str("model")
     if s.has("instructions"):
         values["instructions"] = s.str("instructions") or ""
     mods = _modalities(s, "output_modalities") or _modalities(s, "modalities")
@@ -477,17 +511,24 @@ def _response_create(f, kind, eid, _):
     r = f.sub("response")
     if r is None:
         return ResponseCreate(kind, eid)
+    _check_fields(r, fieldtable.RESPONSE)
     conv = r.str("conversation")
     if conv not in (None, "auto"):
         raise r.fail("conversation", "only the default conversation is supported", "unsupported_feature")
     if r.list("input") is not None:
         raise r.fail("input", "custom response input is not supported", "unsupported_feature")
     mods = _modalities(r, "output_modalities") or _modalities(r, "modalities")
-    max_tokens = r.get("max_output_tokens", (int, str), "an integer or 'inf'")
-    if isinstance(max_tokens, str) and max_tokens != "inf" or isinstance(max_tokens, int) and max_tokens < 1:
-        raise r.fail("max_output_tokens", "max_output_tokens must be a positive integer or 'inf'")
-    limit = max_tokens if isinstance(max_tokens, int) else None
-    return ResponseCreate(kind, eid, mods, r.str("instructions"), limit)
+    max_tokens = _max_tokens(r, "max_output_tokens") or _max_tokens(r, "max_response_output_tokens")
+    audio = r.sub("audio")
+    out = audio.sub("output") if audio else None
+    if out is not None:
+        _audio_format(out, "format", (OUTPUT_RATE_HZ,))  # only 24 kHz PCM out; refuse anything else
+    _audio_format(r, "output_audio_format", (OUTPUT_RATE_HZ,))
+    voice = (out and _voice(out, "voice")) or r.str("voice")
+    metadata = r.get("metadata", (dict,), "an object of strings")
+    if metadata is not None and not all(isinstance(v, str) for v in metadata.values()):
+        raise r.fail("metadata", "metadata values must be strings")
+    return ResponseCreate(kind, eid, mods, r.str("instructions"), max_tokens, voice, metadata)
 
 
 def _simple(cls):

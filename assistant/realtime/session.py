@@ -38,7 +38,6 @@ from ..audio import StreamResampler
 from ..engine.api import (
     INPUT_SAMPLE_RATE,
     OUTPUT_SAMPLE_RATE,
-    VOICES,
     Conversation,
     Sampling,
     TextPart,
@@ -67,7 +66,7 @@ from .images import FrameSampler
 from .inputbuf import InputBuffer
 from .items import item_json, parts_from_content
 from .session_input import MIN_COMMIT_MS, InputSide
-from .session_response import ResponseSide, _Response
+from .session_response import ResponseSide, _Response, resolve_voice
 from .vad import Endpointer, VadParams
 
 __all__ = [
@@ -119,6 +118,8 @@ class RealtimeSession(InputSide, ResponseSide):
         )
         self.input_rate_hz = 24_000
         self.output_modalities: tuple[str, ...] = ("audio",)
+        # Session-level max_output_tokens: text tokens per answer, at most the server's cap.
+        self.max_output_tokens: int = settings.max_answer_tokens
         self.turn_detection: ev.TurnDetection | None = ev.TurnDetection(
             threshold=settings.vad_threshold,
             prefix_padding_ms=settings.vad_prefix_padding_ms,
@@ -231,6 +232,11 @@ class RealtimeSession(InputSide, ResponseSide):
         self._out.append(EndSession(code))
         return self._drain()
 
+    @property
+    def responding(self) -> bool:
+        """A response is in progress (created, its response.done not yet produced)."""
+        return self._active is not None
+
     def close(self) -> list[Output]:
         """The client is gone: cancel what runs."""
         if self._active is not None and self._active.cancel_reason is None:
@@ -239,6 +245,15 @@ class RealtimeSession(InputSide, ResponseSide):
         return self._drain()
 
     # ------------------------------------------------------------------ session config
+
+    def configure(self, config: dict[str, Any]) -> dict[str, Any] | None:
+        """Apply a session object as a `session.update` before `start()` (a client secret's
+        session, WebRTC's multipart `session` part). Returns the `error` body if it is
+        refused (then nothing of it applies); its session.updated is not sent."""
+        for out in self.receive_text(ev.dumps({"type": "session.update", "session": config})):
+            if isinstance(out, Send) and out.event.get("type") == "error":
+                return out.event["error"]
+        return None
 
     def session_json(self) -> dict[str, Any]:
         return {
@@ -263,20 +278,26 @@ class RealtimeSession(InputSide, ResponseSide):
             },
             "tools": [],
             "tool_choice": "auto",
-            "max_output_tokens": self.settings.max_answer_tokens,
+            "max_output_tokens": self.max_output_tokens,
+            "tracing": None,
+            "truncation": "auto",
         }
 
     def _session_update(self, event: ev.SessionUpdate) -> None:
         patch = event.patch
         voice = None
         if patch.voice is not None:
-            voice = next((v for v in VOICES if v.lower() == patch.voice.lower()), None)
-            if voice is None:
-                raise ev.ProtocolError(
-                    "invalid_value",
-                    f"unknown voice {patch.voice!r}; use one of {list(VOICES)}",
-                    param="session.audio.output.voice",
-                )
+            voice = resolve_voice(patch.voice, "session.audio.output.voice")
+        if patch.model is not None and patch.model not in (self.model, self.model.rstrip("/").rsplit("/", 1)[-1]):
+            raise ev.ProtocolError(
+                "invalid_value",
+                f"this server serves one model, {self.model!r}, not {patch.model!r}",
+                param="session.model",
+            )
+        if patch.max_output_tokens is not None:
+            cap = self.settings.max_answer_tokens
+            requested = patch.max_output_tokens
+            self.max_output_tokens = cap if requested == "inf" else min(int(requested), cap)
         if patch.beta_shape:
             self.enc.beta = True  # a beta-era client: answer with the beta event names
         if patch.input_rate_hz is not None and patch.input_rate_hz != self.input_rate_hz:

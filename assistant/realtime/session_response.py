@@ -8,7 +8,7 @@ import logging
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..engine.api import OUTPUT_SAMPLE_RATE, AudioChunk, ResponseDone, TextDelta, new_id
+from ..engine.api import OUTPUT_SAMPLE_RATE, VOICES, AudioChunk, ResponseDone, TextDelta, new_id
 from . import events as ev
 from .commands import CancelResponse, ClearPlayback, Output, PlayAudio, ResponseMetrics, StartResponse
 
@@ -28,6 +28,15 @@ class _Response:
     t_first_audio_received: float | None = None  # the engine's first chunk reached the session
     latency: dict[str, Any] | None = None
     restore: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, str] | None = None
+
+
+def resolve_voice(name: str, param: str) -> str:
+    """A client's voice name -> ours (case-insensitive), or `invalid_value` naming `param`."""
+    voice = next((v for v in VOICES if v.lower() == name.lower()), None)
+    if voice is None:
+        raise ev.ProtocolError("invalid_value", f"unknown voice {name!r}; use one of {list(VOICES)}", param=param)
+    return voice
 
 
 class ResponseSide:
@@ -39,26 +48,38 @@ class ResponseSide:
                 "conversation_already_has_active_response",
                 f"response {self._active.id} is in progress; cancel it or wait for response.done",
             )
+        voice = None if event.voice is None else resolve_voice(event.voice, "response.audio.output.voice")
         t = self._t_last_commit if self._t_last_commit is not None else self.clock()
-        self._create_response(t, event.output_modalities, event.instructions, event.max_output_tokens)
+        self._create_response(
+            t, event.output_modalities, event.instructions, event.max_output_tokens, voice, event.metadata
+        )
 
     def _create_response(
         self,
         t_committed: float | None,
         modalities: tuple[str, ...] | None = None,
         instructions: str | None = None,
-        max_tokens: int | None = None,
+        max_tokens: int | str | None = None,
+        voice: str | None = None,
+        metadata: dict[str, str] | None = None,
     ) -> None:
         self._t_last_commit = None
         audio = (modalities or self.output_modalities) == ("audio",)
         r = _Response(new_id("resp"), new_id("item"), audio, t_committed if t_committed is not None else self.clock())
+        r.metadata = metadata
         conv = self.conversation
         if instructions is not None:
             r.restore["instructions"] = conv.instructions
             conv.instructions = instructions
-        if max_tokens is not None:
+        if voice is not None:
+            r.restore["voice"] = conv.voice
+            conv.voice = voice
+        # This response's max_output_tokens ("inf": the server's cap), else the session's; never above the cap.
+        cap = conv.sampling.max_tokens
+        limit = cap if max_tokens == "inf" else min(max_tokens or self.max_output_tokens, cap)
+        if limit != conv.sampling.max_tokens:
             r.restore["sampling"] = conv.sampling
-            conv.sampling = replace(conv.sampling, max_tokens=min(max_tokens, conv.sampling.max_tokens))
+            conv.sampling = replace(conv.sampling, max_tokens=limit)
         self._active = r
         self._items.append(r.item_id)
         self._roles[r.item_id] = "assistant"
@@ -97,6 +118,7 @@ class ResponseSide:
                 }
             },
             "max_output_tokens": self.conversation.sampling.max_tokens,
+            "metadata": r.metadata,
         }
         if usage is not None:
             out["usage"] = usage
@@ -247,6 +269,8 @@ class ResponseSide:
             conv.instructions = r.restore["instructions"]
         if "sampling" in r.restore:
             conv.sampling = r.restore["sampling"]
+        if "voice" in r.restore:
+            conv.voice = r.restore["voice"]
         self._active = None
         deferred, self._deferred = self._deferred, []
         for fn in deferred:

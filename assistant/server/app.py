@@ -18,12 +18,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from fastapi import APIRouter, FastAPI, Request, WebSocket
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from ..engine.api import Engine
 from ..settings import Settings
 from .auth import ClientSecrets, authorized, client_secrets_router, unauthorized
+from .drain import Drain
 from .metrics import CONTENT_TYPE, Metrics
 
 log = logging.getLogger("assistant.server")
@@ -84,12 +85,13 @@ def create_app(
     app.state.settings, app.state.engine, app.state.metrics = settings, engine, metrics
     app.state.sessions = Sessions(settings.max_sessions, other_sessions)
     app.state.client_secrets = ClientSecrets()
+    app.state.drain = Drain()  # SIGTERM: refuse new sessions, finish answers, close (drain.py)
 
     @app.get("/health")
-    async def health() -> dict:
+    async def health() -> Response:
         info = engine.info
-        return {
-            "status": "ok",
+        body = {
+            "status": "draining" if app.state.drain.draining else "ok",
             "model": info.model,
             "device": info.device,
             "dtype": info.dtype,
@@ -97,6 +99,8 @@ def create_app(
             "sessions": app.state.sessions.total,
             "max_sessions": settings.max_sessions,
         }
+        # Draining: 503, so that a load balancer's health check takes this server out of rotation.
+        return JSONResponse(body, status_code=503 if app.state.drain.draining else 200)
 
     @app.get("/metrics")
     async def prometheus(request: Request) -> Response:

@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from ..realtime.session import RealtimeSession
 from ..settings import Settings
 
 SUBPROTOCOL_PREFIX = "openai-insecure-api-key."
@@ -47,11 +48,12 @@ MAX_BODY_BYTES = 64 * 1024
 
 
 class ClientSecrets:
-    """Live client secrets: SHA-256 of the value -> expiry (unix seconds)."""
+    """Live client secrets: SHA-256 of the value -> (expiry in unix seconds, the session
+    object sessions opened with it start with)."""
 
     def __init__(self, max_live: int = MAX_LIVE_SECRETS, clock: Callable[[], float] = time.time) -> None:
         self.max_live, self.clock = max_live, clock
-        self._live: dict[bytes, float] = {}
+        self._live: dict[bytes, tuple[float, dict | None]] = {}
 
     @staticmethod
     def _digest(value: str) -> bytes:
@@ -59,24 +61,31 @@ class ClientSecrets:
 
     def _prune(self) -> None:
         t = self.clock()
-        for key in [k for k, exp in self._live.items() if exp <= t]:
+        for key in [k for k, (exp, _) in self._live.items() if exp <= t]:
             del self._live[key]
 
-    def mint(self, ttl_s: int) -> tuple[str, int] | None:
+    def mint(self, ttl_s: int, session: dict | None = None) -> tuple[str, int] | None:
         """A new secret and its expiry (unix seconds), or None when the store is full."""
         self._prune()
         if len(self._live) >= self.max_live:
             return None
         value = "ek_" + _secrets.token_urlsafe(32)
         expires_at = int(self.clock()) + ttl_s
-        self._live[self._digest(value)] = expires_at
+        self._live[self._digest(value)] = (expires_at, session)
         return value, expires_at
 
     def valid(self, value: str) -> bool:
         if not value.startswith("ek_"):
             return False
-        expires_at = self._live.get(self._digest(value))
-        return expires_at is not None and self.clock() < expires_at
+        entry = self._live.get(self._digest(value))
+        return entry is not None and self.clock() < entry[0]
+
+    def session_of(self, headers: Mapping[str, str]) -> dict | None:
+        """The session object of the live client secret a request presents, if any."""
+        for value in _presented(headers):
+            if self.valid(value):
+                return self._live[self._digest(value)][1]
+        return None
 
     def __len__(self) -> int:
         return len(self._live)
@@ -202,8 +211,10 @@ def unauthorized() -> JSONResponse:
 def client_secrets_router(settings: Settings, store: ClientSecrets, model: Callable[[], str]) -> APIRouter:
     """`POST /v1/realtime/client_secrets`: body (optional, JSON) `{"expires_after":
     {"anchor": "created_at", "seconds": N}, "session": {...}}`; answers `{"value":
-    "ek_...", "expires_at": unix_s, "session": {...}}`. The session object is echoed (its
-    `model` filled in); it is not applied to sessions opened with the secret."""
+    "ek_...", "expires_at": unix_s, "session": {...}}`. The session object is checked as a
+    `session.update` would be (a refused or invalid field: 400 naming it), applied to every
+    session opened with the secret (websocket or call) before its session.created, and
+    echoed as it will be in force."""
     router = APIRouter()
 
     @router.post("/v1/realtime/client_secrets")
@@ -218,11 +229,16 @@ def client_secrets_router(settings: Settings, store: ClientSecrets, model: Calla
                 raise _BadRequest(400, "invalid_value", "session must be an object")
         except _BadRequest as exc:
             return error_json(exc.status, exc.code, exc.message)
-        minted = store.mint(ttl_s)
+        probe = RealtimeSession(settings, model=model())
+        error = probe.configure(session)
+        if error is not None:
+            return JSONResponse({"error": error}, status_code=400)
+        minted = store.mint(ttl_s, session)
         if minted is None:
             return error_json(429, "rate_limit_exceeded", "too many live client secrets; try again later")
         value, expires_at = minted
-        return JSONResponse({"value": value, "expires_at": expires_at, "session": {**session, "model": model()}})
+        in_force = {k: v for k, v in probe.session_json().items() if k != "id"}
+        return JSONResponse({"value": value, "expires_at": expires_at, "session": in_force})
 
     return router
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import sys
 import threading
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from ..realtime.events import MAX_EVENT_BYTES
 from ..settings import Settings, redacted
 from .app import create_app
 from .auth import install_log_redaction, is_loopback
+from .drain import Drain
 from .metrics import Metrics
 
 log = logging.getLogger("assistant.server")
@@ -41,6 +43,32 @@ class _Server(uvicorn.Server):
 
     url: str = ""
     on_ready: Callable[[str], None] | None = None
+    # Graceful drain on SIGTERM (drain.py): set by `_serve` to the app's drain and its timeout.
+    drain: Drain | None = None
+    drain_timeout_s: float = 0.0
+    _drain_requested = False
+    _drain_task: asyncio.Task | None = None
+
+    def handle_exit(self, sig, frame) -> None:
+        """The first SIGTERM drains; a second one, or Ctrl-C, is uvicorn's immediate stop.
+        (A drained SIGTERM is not re-raised after serve(), so the process exits 0.)"""
+        if sig == signal.SIGTERM and self.drain is not None and not self._drain_requested:
+            self._drain_requested = True  # a signal handler: the drain starts on the next tick
+            return
+        super().handle_exit(sig, frame)
+
+    async def on_tick(self, counter: int) -> bool:
+        if self._drain_requested and self._drain_task is None and self.drain is not None:
+            self._drain_task = asyncio.create_task(self._drain(self.drain), name="drain")
+        return await super().on_tick(counter)
+
+    async def _drain(self, drain: Drain) -> None:
+        try:
+            await drain.run(self.drain_timeout_s)
+        except Exception:  # a bug in the drain must not keep the server up: stop as uvicorn would
+            log.exception("drain failed; stopping now")
+        finally:
+            self.should_exit = True
 
     async def startup(self, sockets=None) -> None:
         await super().startup(sockets)
@@ -144,7 +172,9 @@ async def _serve(settings: Settings) -> int:
         "model %s on %s (%s)%s", info.model, info.device, info.dtype, " [tiny: speech is noise]" if info.is_tiny else ""
     )
     try:
-        server = _Server(uvicorn_config(build_app(settings, engine), settings))
+        app = build_app(settings, engine)
+        server = _Server(uvicorn_config(app, settings))
+        server.drain, server.drain_timeout_s = app.state.drain, settings.drain_timeout_s
         await server.serve()
     finally:
         await engine.close()

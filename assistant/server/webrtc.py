@@ -13,11 +13,17 @@ decides everything and returns outputs; `Call.dispatch` carries them out. The se
 owns playback: the session says `PlayAudio`/`ClearPlayback`, the track plays or drops,
 and reports back started/stopped and the real playback position for truncation.
 
-A peer can vanish without a goodbye (no DTLS close, no RTCP BYE). aiortc has no
-"disconnected" state and ICE consent freshness needs ~30 s to fail (aioice:
-6 failures x 5 s), so a call whose microphone RTP stops for `peer_timeout_s` is
-closed; a call without a microphone falls back on ICE consent. Closing cancels the
-response, ends every task of the call and frees its session slot.
+A peer counts as gone only when its connection says so: `connectionState` (or the ICE
+state) failed or closed, which is how DTLS closing and ICE consent failure surface in
+aiortc; the `oai-events` channel closing (SCTP); or its microphone track ending, which
+aiortc reports on an RTCP BYE or a closed transport (rtcrtpreceiver.py). Silence never
+ends a call: a file player, a telephony gateway or a muted browser may send no RTP at
+all for minutes, and still wants its answer and its events. A peer that vanishes without
+a goodbye is found by ICE consent freshness (RFC 7675): aioice sends a check every
+CONSENT_INTERVAL seconds and closes after CONSENT_FAILURES misses in a row, 6 x 5 s by
+default (aioice/ice.py `query_consent`); `webrtc_consent_timeout_s` sets both. Closing
+cancels the response, ends every task of the call and frees its session slot. Idle and
+duration limits are the session's (`check_limits`), as on the websocket.
 """
 
 from __future__ import annotations
@@ -26,12 +32,14 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import aioice.ice
 import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
@@ -45,6 +53,7 @@ from ..realtime import events as ev
 from ..realtime.session import (
     CancelResponse,
     ClearPlayback,
+    EndSession,
     Output,
     PlayAudio,
     PrefillTurn,
@@ -57,6 +66,7 @@ from ..realtime.session import (
 from ..realtime.vad import SileroModel
 from ..settings import Settings
 from .auth import authorized
+from .drain import SHUTTING_DOWN
 from .webrtc_media import OutboundAudioTrack, PlaybackEvent, TaskOwner, read_audio, read_video
 from .webrtc_offer import MAX_BODY_BYTES, Offer, OfferError, check_content_type, ice_servers, parse_body
 
@@ -82,7 +92,6 @@ MAX_CHANNEL_BUFFERED_BYTES = 1 << 20
 class CallLimits:
     """Transport timings (tests shorten them)."""
 
-    peer_timeout_s: float = 5.0  # microphone RTP silent this long -> peer gone
     connect_timeout_s: float = 30.0  # offer answered but never connected -> slot freed
     watchdog_period_s: float = 0.25
     messages_per_s: float = 50.0  # data-channel flood control: a token bucket...
@@ -127,7 +136,7 @@ class Call:
         self._responses: dict[str, EngineResponse] = {}
         self._vad_wake = asyncio.Event()
         self._t_created = time.monotonic()
-        self._t_heard: float | None = None  # last microphone frame
+        self.t_last_mic: float | None = None  # last microphone frame (logs and tests; never a liveness signal)
         self._t_connected: float | None = None
         self._has_mic = False
         self._bucket = _TokenBucket(self.limits.messages_per_s, self.limits.message_burst)
@@ -187,6 +196,8 @@ class Call:
                 self._truncate(out)
             elif isinstance(out, ResponseMetrics):
                 self.calls.on_metrics(out)
+            elif isinstance(out, EndSession):
+                self.request_close(out.reason)  # after the `error` saying why, sent just before
 
     def _truncate(self, cmd: TruncateTurn) -> None:
         try:
@@ -282,15 +293,22 @@ class Call:
     def _on_track(self, track: MediaStreamTrack) -> None:
         if track.kind == "audio" and not self._has_mic:
             self._has_mic = True
-            self.tasks.spawn(read_audio(track, self._on_mic, sample_rate=MIC_RATE_HZ), "microphone")
+            self.tasks.spawn(self._microphone(track), "microphone")
         elif track.kind == "video":
             fps = self.calls.settings.image_fps
             self.tasks.spawn(read_video(track, self._on_camera, max_fps=fps), "camera")
         else:
             self.tasks.spawn(_drain(track), f"drain-{track.kind}")
 
+    async def _microphone(self, track: MediaStreamTrack) -> None:
+        await read_audio(track, self._on_mic, sample_rate=MIC_RATE_HZ)
+        # The remote track ends only on an RTCP BYE or a closed transport (aiortc's
+        # RTCRtpReceiver stops its decoder then): the peer left. A client that merely stops
+        # sending (its file ended, its mic muted) never gets here.
+        self.request_close("the peer ended its microphone stream (RTCP BYE or transport closed)")
+
     def _on_mic(self, pcm16: bytes) -> None:
-        self._t_heard = time.monotonic()
+        self.t_last_mic = time.monotonic()
         outputs = self.session.append_audio(pcm16_to_float(pcm16), MIC_RATE_HZ)
         self.dispatch(self._throttle_mic_errors(outputs))
         self._vad_wake.set()
@@ -333,23 +351,24 @@ class Call:
             self.request_close(f"connection {self.pc.connectionState}, ICE {self.pc.iceConnectionState}")
 
     async def _watchdog(self) -> None:
-        limits, max_session_s = self.limits, self.calls.settings.max_session_s
-        while True:
+        """A call that never connects frees its slot; the session's duration and idle
+        limits end it as they end a websocket session. No media timeout: see the module
+        docstring."""
+        limits = self.limits
+        while self.close_reason is None:
             await asyncio.sleep(limits.watchdog_period_s)
-            now = time.monotonic()
-            reason = None
-            # Silence is counted from the connection (media cannot flow before it), then from the last frame.
-            last_heard = self._t_heard or self._t_connected
-            if self._t_connected is None and now - self._t_created > limits.connect_timeout_s:
-                reason = "never connected"
-            elif self._has_mic and last_heard is not None and now - last_heard > limits.peer_timeout_s:
-                reason = f"no microphone audio for {limits.peer_timeout_s:g} s: peer gone"
-            elif now - self._t_created > max_session_s:
-                self._client_error("session_expired", f"sessions last at most {max_session_s} s")
-                reason = "maximum session duration"
-            if reason is not None:
-                self.request_close(reason)
-                return
+            if self._t_connected is None and time.monotonic() - self._t_created > limits.connect_timeout_s:
+                self.request_close("never connected")
+            else:
+                self.dispatch(self.session.check_limits())
+
+    def busy(self) -> bool:
+        """An answer in progress: being generated, or its audio still playing (drain.py)."""
+        return self.session.responding or self.track.playing_response_id is not None or self.track.queued_ms > 0
+
+    async def go_away(self) -> None:
+        """Server shutdown: hang up (RTCP BYE, DTLS close)."""
+        await self.close(SHUTTING_DOWN)
 
     def request_close(self, reason: str) -> None:
         """Close from a callback: the close runs as a task owned by the registry."""
@@ -377,6 +396,21 @@ class Call:
             log.debug("call %s: peer connection closed", self.id)
         finally:
             self.closed.set()
+
+
+def set_consent_timeout(timeout_s: float) -> None:
+    """ICE consent freshness (RFC 7675) for every peer connection of this process: aioice
+    checks every CONSENT_INTERVAL s (+-20 %), each check failing after 0.5 s without an
+    answer (stun.RETRY_RTO, no retransmission), and closes after CONSENT_FAILURES misses
+    in a row. aioice has no per-connection knob, only these module constants, so the
+    setting is process-wide. 30 s gives aioice's own 5 s x 6 (detection in 28-40 s)."""
+    if not timeout_s > 0:
+        raise ValueError(f"webrtc_consent_timeout_s must be positive, got {timeout_s}")
+    if not hasattr(aioice.ice, "CONSENT_INTERVAL") or not hasattr(aioice.ice, "CONSENT_FAILURES"):
+        raise RuntimeError("this aioice release has no CONSENT_INTERVAL/CONSENT_FAILURES: cannot set the timeout")
+    interval = min(5.0, timeout_s / 6)
+    aioice.ice.CONSENT_INTERVAL = interval
+    aioice.ice.CONSENT_FAILURES = max(1, math.ceil(timeout_s / (interval + 0.5)))
 
 
 async def _drain(track: MediaStreamTrack) -> None:
@@ -412,16 +446,19 @@ class Calls:
         self.settings, self.engine = settings, engine
         self.limits = limits or CallLimits()
         self.ice_servers = ice_servers(settings.ice_servers)
+        set_consent_timeout(settings.webrtc_consent_timeout_s)
         self.calls: dict[str, Call] = {}
         self.tasks = TaskOwner("webrtc")
         self.vad_pool = ThreadPoolExecutor(max_workers=vad_threads, thread_name_prefix="webrtc-vad")
         self._on_metrics = on_metrics
         self.active_gauge = None  # the app's active-sessions gauge, labelled "webrtc" (see `attach`)
         self.sessions = None  # the app's admission control over all transports (see `attach`)
+        self.drain = None  # the app's graceful drain (see `attach`)
 
     def attach(self, state) -> None:
         """Share the app's admission control and metrics (create_app puts them on app.state)."""
         self.sessions = getattr(state, "sessions", None)
+        self.drain = getattr(state, "drain", None)
         metrics = getattr(state, "metrics", None)
         if metrics is not None:
             self.active_gauge = metrics.active_sessions.labels("webrtc")
@@ -436,14 +473,18 @@ class Calls:
         if self._on_metrics is not None:
             self._on_metrics(metrics)
 
-    async def open(self, offer: Offer) -> Call:
+    async def open(self, offer: Offer, secret_session: dict | None = None) -> Call:
         """Admit, answer and start a call; OfferError(503) when full, (400) when aiortc
-        cannot answer the offer."""
+        cannot answer the offer. `secret_session`: the session object of the client secret
+        the call was made with (applied first)."""
+        if self.drain is not None and self.drain.draining:
+            raise OfferError(503, SHUTTING_DOWN)
         if self.full():
             raise OfferError(503, f"all {self.settings.max_sessions} sessions are in use")
         session = RealtimeSession(self.settings, transport="webrtc", model=self.engine.info.model)
-        if offer.session is not None:
-            self._configure(session, offer.session)
+        for config in (secret_session, offer.session):
+            if config is not None:
+                self._configure(session, config)
         call = Call(self, f"rtc_{next(self._ids):06d}", session)
         self.calls[call.id] = call  # reserved before the first await, so admission cannot race
         if self.active_gauge is not None:
@@ -456,17 +497,21 @@ class Calls:
             raise OfferError(400, f"cannot answer this offer: {type(exc).__name__}: {exc}") from None
         call.answer_sdp = answer
         call.start()
+        if self.drain is not None:
+            self.drain.live.add(call)
         return call
 
     @staticmethod
     def _configure(session: RealtimeSession, config: dict) -> None:
-        """The multipart `session` part, applied as a session.update before session.created."""
-        event = ev.dumps({"type": "session.update", "session": config})
-        for out in session.receive_text(event):
-            if isinstance(out, Send) and out.event.get("type") == "error":
-                raise OfferError(400, f"invalid session: {out.event['error'].get('message')}")
+        """A session object (the client secret's, then the multipart `session` part),
+        applied as a session.update before session.created."""
+        error = session.configure(config)
+        if error is not None:
+            raise OfferError(400, f"invalid session: {error.get('message')}")
 
     def forget(self, call: Call) -> None:
+        if self.drain is not None:
+            self.drain.live.discard(call)
         if self.calls.pop(call.id, None) is not None and self.active_gauge is not None:
             self.active_gauge.dec()
 
@@ -518,11 +563,14 @@ def webrtc_router(calls: Calls) -> APIRouter:
     async def create_call(request: Request) -> Response:
         if not authorized(calls.settings, request.headers, client_secrets=_secrets(request)):
             return _error(401, "a valid API key is required", "invalid_api_key")
+        if calls.drain is not None and calls.drain.draining:
+            return _error(503, SHUTTING_DOWN, "session_limit_reached")
         try:
             check_content_type(request.headers.get("content-type"))
             body = await _read_body(request, MAX_BODY_BYTES)
             offer = parse_body(request.headers.get("content-type"), body)
-            call = await calls.open(offer)
+            secrets = _secrets(request)
+            call = await calls.open(offer, secrets.session_of(request.headers) if secrets is not None else None)
         except OfferError as exc:
             code = {415: "unsupported_media_type", 413: "payload_too_large", 503: "session_limit_reached"}
             return _error(exc.status, exc.message, code.get(exc.status, "invalid_offer"))

@@ -47,11 +47,13 @@ from ..realtime.session import (
     TruncateTurn,
 )
 from ..realtime.vad import SileroModel
+from .drain import SHUTTING_DOWN
 
 log = logging.getLogger("assistant.ws")
 
 CLOSE_POLICY = 1008  # RFC 6455: policy violation (here: a client too slow to read its events)
 CLOSE_BUSY = 1013  # try again later (session limit)
+CLOSE_GOING_AWAY = 1001  # the server is shutting down (drain.py)
 LIMITS_PERIOD_S = 0.25  # how often the session's duration and idle limits are checked
 
 
@@ -68,15 +70,22 @@ async def serve_websocket(websocket: WebSocket, state: Any) -> None:
         return
     offered = [p.strip() for p in websocket.headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
     await websocket.accept(subprotocol="realtime" if "realtime" in offered else None)
-    if not state.sessions.admit():
-        err = ev.ProtocolError(
-            "session_limit_reached", f"all {settings.max_sessions} sessions are in use", type="server_error"
+    drain = getattr(state, "drain", None)
+    if (drain is not None and drain.draining) or not state.sessions.admit():
+        why = (
+            SHUTTING_DOWN
+            if drain is not None and drain.draining
+            else f"all {settings.max_sessions} sessions are in use"
         )
+        err = ev.ProtocolError("session_limit_reached", why, type="server_error")
         await websocket.send_text(ev.dumps(ev.Encoder().error(err)))
         await websocket.close(code=CLOSE_BUSY, reason="session limit reached")
         return
     beta = websocket.headers.get("openai-beta", "").startswith("realtime")
     session = RealtimeSession(settings, transport="websocket", model=state.engine.info.model, beta=beta)
+    secret_session = state.client_secrets.session_of(websocket.headers)
+    if secret_session is not None:
+        session.configure(secret_session)  # validated when the secret was minted
     state.metrics.active_sessions.labels("websocket").inc()
     try:
         await WsConnection(websocket, session, state).run()
@@ -97,6 +106,8 @@ class WsConnection:
         self._closing = asyncio.Event()
         self._close_code = 1000
         self._close_reason = ""
+        self._drain = getattr(state, "drain", None)
+        self._ended = asyncio.Event()
 
     def _spawn(self, coro, name: str) -> asyncio.Task:
         task = asyncio.create_task(coro, name=f"{name}-{self.session.id}")
@@ -104,7 +115,24 @@ class WsConnection:
         task.add_done_callback(self.tasks.discard)
         return task
 
+    def busy(self) -> bool:
+        """An answer in progress, or events not yet written (the drain waits for both)."""
+        return self.session.responding or not self.out.empty()
+
+    async def go_away(self) -> None:
+        """Server shutdown: write what is queued, close with 1001, and wait until this
+        connection has ended. (The stop mark, as for EndSession: a close cut short would
+        lose a response.done being written.)"""
+        self._close_code, self._close_reason = CLOSE_GOING_AWAY, SHUTTING_DOWN
+        try:
+            self.out.put_nowait(None)
+        except asyncio.QueueFull:
+            self._closing.set()
+        await self._ended.wait()
+
     async def run(self) -> None:
+        if self._drain is not None:
+            self._drain.live.add(self)
         self.dispatch(self.session.start())
         reader = self._spawn(self._read(), "ws-read")
         writer = self._spawn(self._write(), "ws-write")
@@ -133,6 +161,10 @@ class WsConnection:
             await self.ws.close(code=self._close_code, reason=self._close_reason)
         except (RuntimeError, WebSocketDisconnect, OSError):
             pass  # already closed by the peer
+        finally:
+            if self._drain is not None:
+                self._drain.live.discard(self)
+            self._ended.set()
 
     def _fail(self, code: int, reason: str) -> None:
         self._close_code, self._close_reason = code, reason
