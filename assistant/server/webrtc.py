@@ -56,6 +56,7 @@ from ..realtime.session import (
 )
 from ..realtime.vad import SileroModel
 from ..settings import Settings
+from .app import MEMORY_REFUSAL_CODE, memory_refusal
 from .auth import authorized
 from .webrtc_media import OutboundAudioTrack, PlaybackEvent, TaskOwner, read_audio, read_video
 from .webrtc_offer import MAX_BODY_BYTES, Offer, OfferError, check_content_type, ice_servers, parse_body
@@ -441,6 +442,9 @@ class Calls:
         cannot answer the offer."""
         if self.full():
             raise OfferError(503, f"all {self.settings.max_sessions} sessions are in use")
+        refusal = memory_refusal(self.engine, self.sessions.total if self.sessions is not None else len(self.calls))
+        if refusal is not None:
+            raise OfferError(503, refusal, MEMORY_REFUSAL_CODE)
         session = RealtimeSession(self.settings, transport="webrtc", model=self.engine.info.model)
         if offer.session is not None:
             self._configure(session, offer.session)
@@ -525,7 +529,7 @@ def webrtc_router(calls: Calls) -> APIRouter:
             call = await calls.open(offer)
         except OfferError as exc:
             code = {415: "unsupported_media_type", 413: "payload_too_large", 503: "session_limit_reached"}
-            return _error(exc.status, exc.message, code.get(exc.status, "invalid_offer"))
+            return _error(exc.status, exc.message, exc.code or code.get(exc.status, "invalid_offer"))
         return Response(
             content=call.answer_sdp,
             status_code=201,

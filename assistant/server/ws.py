@@ -47,6 +47,7 @@ from ..realtime.session import (
     TruncateTurn,
 )
 from ..realtime.vad import SileroModel
+from .app import MEMORY_REFUSAL_CODE, memory_refusal
 
 log = logging.getLogger("assistant.ws")
 
@@ -74,6 +75,13 @@ async def serve_websocket(websocket: WebSocket, state: Any) -> None:
         )
         await websocket.send_text(ev.dumps(ev.Encoder().error(err)))
         await websocket.close(code=CLOSE_BUSY, reason="session limit reached")
+        return
+    refusal = memory_refusal(state.engine, state.sessions.total - 1)  # the others: this one is counted already
+    if refusal is not None:
+        state.sessions.release()
+        err = ev.ProtocolError(MEMORY_REFUSAL_CODE, refusal, type="server_error")
+        await websocket.send_text(ev.dumps(ev.Encoder().error(err)))
+        await websocket.close(code=CLOSE_BUSY, reason="memory budget full")
         return
     beta = websocket.headers.get("openai-beta", "").startswith("realtime")
     session = RealtimeSession(settings, transport="websocket", model=state.engine.info.model, beta=beta)
