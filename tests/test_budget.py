@@ -281,3 +281,78 @@ async def test_a_response_that_cannot_fit_fails_clearly_and_the_engine_goes_on(e
     assert (await answer(engine, text)).status == "completed"
     engine.forget(conv)
     engine.forget(text)
+
+
+# ---------------------------------------------------------------------------- the server
+
+
+async def make_offer() -> str:
+    """A real aiortc offer with the data channel (createOffer gathers no candidates: no network)."""
+    from aiortc import RTCConfiguration, RTCPeerConnection
+
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        pc.createDataChannel("oai-events")
+        return (await pc.createOffer()).sdp
+    finally:
+        await pc.close()
+
+
+def test_a_session_that_cannot_fit_is_refused_and_the_figures_are_exported(tiny_dir):
+    """Room for one session's floor and a half: the second websocket session and a WebRTC
+    call are refused (error + 1013, HTTP 503) with memory_budget_exceeded, the first session
+    still answers, and the slot comes back when it leaves."""
+    import json
+    import urllib.request
+
+    import httpx
+    from transformers import AutoConfig
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    from assistant.server.main import ServerThread
+
+    floor = Costs.from_config(AutoConfig.from_pretrained(tiny_dir), 4).floor_bytes(8, 8)
+    limit = floor * 3 // 2
+    s = settings(tiny_dir, port=0, kv_cache_gb=limit / GB, max_answer_tokens=8, max_answer_frames=8)
+    with ServerThread(s) as server:
+        url = server.url.replace("http://", "ws://") + "/v1/realtime"
+        with connect(url, open_timeout=30) as first:
+            assert json.loads(first.recv(30))["type"] == "session.created"
+            with connect(url, open_timeout=30) as second:
+                event = json.loads(second.recv(30))
+                assert event["type"] == "error" and event["error"]["code"] == "memory_budget_exceeded"
+                with pytest.raises(ConnectionClosed):
+                    second.recv(30)
+                assert second.close_code == 1013
+            offer = asyncio.run(make_offer())
+            r = httpx.post(
+                server.url + "/v1/realtime/calls", content=offer, headers={"content-type": "application/sdp"}
+            )
+            assert r.status_code == 503 and r.json()["error"]["code"] == "memory_budget_exceeded"
+            first.send(
+                json.dumps(
+                    {
+                        "type": "conversation.item.create",
+                        "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]},
+                    }
+                )
+            )
+            first.send(json.dumps({"type": "response.create"}))
+            while (event := json.loads(first.recv(60)))["type"] != "response.done":
+                pass
+            assert event["response"]["status"] == "completed"
+        with urllib.request.urlopen(server.url + "/health") as r:
+            memory = json.load(r)["memory"]
+        assert memory["budget_bytes"] == limit and memory["session_floor_bytes"] == floor
+        assert memory["refused_sessions"] >= 1 and memory["peak_bytes"] <= limit
+        with urllib.request.urlopen(server.url + "/metrics") as r:
+            text = r.read().decode()
+        assert f"assistant:kv_budget_bytes {float(limit)}" in text
+        assert 'assistant:kv_refusals_total{what="session"}' in text and "assistant:kv_in_use_bytes" in text
+        for _ in range(100):  # the slot comes back once the first session has left
+            with connect(url, open_timeout=30) as again:
+                if json.loads(again.recv(30))["type"] == "session.created":
+                    break
+        else:
+            raise AssertionError("the budget's room did not come back")
