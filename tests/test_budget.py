@@ -71,6 +71,17 @@ def test_default_budget():
     assert default_limit_bytes("cuda", 1 * GB, 24 * GB) == 0
 
 
+def test_the_setting_is_refused_where_it_cannot_apply():
+    from assistant.engine import load_engine
+    from assistant.engine.local import LocalEngine
+    from assistant.settings import Settings
+
+    with pytest.raises(ValueError, match="--kv-cache-gb"):
+        load_engine(Settings(upstream_url="ws://127.0.0.1:9/v1/realtime", kv_cache_gb=1.0))
+    with pytest.raises(ValueError, match="kv_cache_gb must be >= 0"):
+        LocalEngine(Settings(kv_cache_gb=-1.0))
+
+
 # ---------------------------------------------------------------------------- ledger and eviction (plain tensors)
 
 SHAPE = KvShape(layers=2, kv_heads=1, head_dim=4, dtype_bytes=4)

@@ -91,6 +91,13 @@ class LocalEngine:
         if not self.settings.kv_cache_gb:
             budget.limit_bytes = self._default_budget_bytes()  # on CUDA, what warm-up left free
         log.info("cache budget: %d bytes (--kv-cache-gb), %d per session", budget.limit_bytes, budget.floor_bytes)
+        context = self.stream_config.context_tokens or self.resident.thinker.config.text_config.max_position_embeddings
+        if budget.costs.response_bytes(context, context, 0, self.settings.max_answer_frames) > budget.limit_bytes:
+            log.warning(  # such a conversation's turns would fail with memory_budget_exceeded until trimmed
+                "one response at the full context (%d tokens) needs more than the cache budget; "
+                "lower --max-context-tokens or raise --kv-cache-gb",
+                context,
+            )
 
     def _new_budget(self) -> MemoryBudget:
         """The budget, charged by the conversation cache and the responses from now on. With
