@@ -93,7 +93,7 @@ class Settings:
         0.0,
         "budget in GB (1e9 bytes) for KV caches of live responses, idle conversations and early prefill; past it "
         "idle conversations are evicted (LRU) and new sessions refused (0 = auto: on CUDA the memory free after "
-        "warm-up less max(4 GiB, 10%), on CPU 2 GB)",
+        "warm-up less max(4 GiB, a tenth of the card), on CPU 2 GB)",
     )
     # Turn-taking
     vad_threshold: float = opt(0.5, "Silero speech probability threshold")
