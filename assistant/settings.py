@@ -100,6 +100,13 @@ class Settings:
     schedule_guard_ms: int = opt(
         160, "a response with less audio than this buffered ahead of playback is stepped before new first packets"
     )
+    # Memory budget (issue #17): bytes of the caches that grow with conversations (engine/budget.py)
+    kv_cache_gb: float = opt(
+        0.0,
+        "budget in GB (1e9 bytes) for KV caches of live responses, idle conversations and early prefill; past it "
+        "idle conversations are evicted (LRU) and new sessions refused (0 = auto: on CUDA the memory free after "
+        "warm-up less max(4 GiB, a tenth of the card), on CPU 2 GB)",
+    )
     # Turn-taking
     vad_threshold: float = opt(0.5, "Silero speech probability threshold")
     vad_prefix_padding_ms: int = opt(300, "audio kept before detected speech")

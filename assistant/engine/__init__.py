@@ -12,6 +12,9 @@ def load_engine(settings: Settings) -> Engine:
     if settings.upstream_url:
         from .upstream import UpstreamEngine
 
+        if settings.kv_cache_gb:  # the upstream server holds the caches and keeps its own budget
+            raise ValueError("--kv-cache-gb budgets a local model's caches; it does not apply with --upstream")
+
         return UpstreamEngine(settings)
     from .local import LocalEngine
 

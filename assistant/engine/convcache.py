@@ -23,6 +23,10 @@ Policy (issue #7):
   first turn whose media differ from the new prompt's at the same position.
 - A cache is checked out while a response uses it, so two responses can never write it.
   Only the model worker thread touches this object.
+- With a byte budget (budget.py), entries are also evicted, least recently used first,
+  while the idle caches plus what live responses reserved exceed it; a checked-out
+  cache (a live response's) is never among them. Entries are stored compact (a cropped
+  cache is a view that would keep the whole storage), so the counted bytes are the real ones.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
+
+from .budget import MemoryBudget
 
 
 @dataclass
@@ -73,9 +79,11 @@ class CachedPrefix:
 
 
 class ConversationCache:
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, budget: MemoryBudget | None = None) -> None:
         self.capacity = capacity
+        self.budget = budget
         self._entries: OrderedDict[str, CachedPrefix] = OrderedDict()
+        self._bytes: dict[str, int] = {}  # conversation -> bytes of its entry (budget.Costs.prefix_bytes)
         self._forgotten: OrderedDict[str, None] = OrderedDict()  # closed conversations (bounded)
         self.starts: dict[str, str] = {}  # conversation -> first turn kept after a context trim (context.py)
         self.hits = 0
@@ -98,6 +106,7 @@ class ConversationCache:
             self.misses += 1
         else:
             self.hits += 1
+            self._report()
         return entry
 
     def checkin(self, conv_id: str, entry: CachedPrefix) -> None:
@@ -106,22 +115,75 @@ class ConversationCache:
             return
         if self.capacity <= 0:
             return
+        if self.budget is not None:
+            _compact(entry)
+            talker = int(entry.talker.user.sum()) if entry.talker is not None else 0
+            self._bytes[conv_id] = self.budget.costs.prefix_bytes(len(entry.ids), talker)
         self._entries[conv_id] = entry
         self._entries.move_to_end(conv_id)
         while len(self._entries) > self.capacity:
             self._entries.popitem(last=False)
+        self._report()
+        evicted = 0
+        while self.budget is not None and self._entries and not self.budget.fits(0):
+            self._entries.popitem(last=False)
+            evicted += 1
+            self._report()
+        self._report(evicted)
+
+    def reserve(self, owner: object, nbytes: int) -> bool:
+        """Reserve `nbytes` of the budget for a live job, evicting idle conversations (least
+        recently used first) until it fits; False, with nothing reserved, if it cannot."""
+        if self.budget is None:
+            return True
+        evicted = 0
+        while self._entries and not self.budget.fits(nbytes):
+            self._entries.popitem(last=False)
+            evicted += 1
+            self._report()
+        self._report(evicted)
+        return self.budget.reserve(owner, nbytes)
+
+    def release(self, owner: object) -> None:
+        if self.budget is not None:
+            self.budget.release(owner)
+
+    def _report(self, evicted: int = 0) -> None:
+        """Bring the budget's figure for idle caches up to date with the entries."""
+        if self.budget is None:
+            return
+        self._bytes = {conv: self._bytes[conv] for conv in self._entries if conv in self._bytes}
+        self.budget.set_cached(sum(self._bytes.values()), len(self._entries), evicted)
 
     def drop(self, conv_id: str) -> None:
         self._entries.pop(conv_id, None)
+        self._report()
 
     def forget(self, conv_id: str) -> None:
         """The conversation is over: free its cache now, and refuse the check-in of a
         response that was still running (it would otherwise linger until evicted)."""
         self._entries.pop(conv_id, None)
+        self._report()
         self.starts.pop(conv_id, None)
         self._forgotten[conv_id] = None
         while len(self._forgotten) > 1024:
             self._forgotten.popitem(last=False)
+
+
+def _compact(entry: CachedPrefix) -> None:
+    """Copy the tensors that are views over a larger storage (a crop keeps it all alive)."""
+    layers = [*entry.kv.layers, *(entry.talker.kv.layers if entry.talker is not None else [])]
+    for layer in layers:
+        if getattr(layer, "keys", None) is not None and _oversized(layer.keys):
+            layer.keys, layer.values = layer.keys.clone(), layer.values.clone()
+    if _oversized(entry.embed):
+        entry.embed = entry.embed.clone()
+    if _oversized(entry.hidden):
+        entry.hidden = entry.hidden.clone()
+
+
+def _oversized(t: torch.Tensor) -> bool:
+    return t.untyped_storage().nbytes() > t.numel() * t.element_size()
 
 
 def crop_to(kv, n: int) -> None:

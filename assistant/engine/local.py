@@ -17,6 +17,7 @@ from .api import (
     Conversation,
     EngineError,
     EngineInfo,
+    ImagePart,
     Part,
     Sampling,
     TextPart,
@@ -24,6 +25,7 @@ from .api import (
     VideoPart,
     now,
 )
+from .budget import GB, Costs, MemoryBudget, default_limit_bytes
 from .convcache import ConversationCache
 from .resident import Resident
 from .stream import StreamConfig, StreamJob
@@ -69,6 +71,9 @@ class LocalEngine:
             guard_s=settings.schedule_guard_ms / 1000.0,
         )
         self.conv_cache = ConversationCache(settings.conversation_cache_size)  # touched by the worker thread only
+        if settings.kv_cache_gb < 0:
+            raise ValueError(f"kv_cache_gb must be >= 0 (0 = automatic), got {settings.kv_cache_gb}")
+        self.budget: MemoryBudget | None = None  # the caches' byte budget (budget.py), set by start()
         self._offered: dict[str, tuple[int, int]] = {}  # conversation -> (turns, samples) last offered to prefill
 
     # ------------------------------------------------------------------ lifecycle
@@ -80,8 +85,46 @@ class LocalEngine:
         await asyncio.to_thread(self.resident.capture_graphs, list(self.stream_config.chunk_ramp),
                                 self.stream_config.left_context)  # fmt: skip
         self.worker.start()
+        budget = self._new_budget()
         if self.settings.warmup:
             await self.warmup()
+        if not self.settings.kv_cache_gb:
+            budget.limit_bytes = self._default_budget_bytes()  # on CUDA, what warm-up left free
+        log.info("cache budget: %d bytes (--kv-cache-gb), %d per session", budget.limit_bytes, budget.floor_bytes)
+        context = self.stream_config.context_tokens or self.resident.thinker.config.text_config.max_position_embeddings
+        if budget.costs.response_bytes(context, context, 0, self.settings.max_answer_frames) > budget.limit_bytes:
+            log.warning(  # such a conversation's turns would fail with memory_budget_exceeded until trimmed
+                "one response at the full context (%d tokens) needs more than the cache budget; "
+                "lower --max-context-tokens or raise --kv-cache-gb",
+                context,
+            )
+
+    def _new_budget(self) -> MemoryBudget:
+        """The budget, charged by the conversation cache and the responses from now on. With
+        the default it is unlimited until warm-up has run and the free memory is known."""
+        res, s = self.resident, self.settings
+        costs = Costs.from_config(res.cfg, torch.empty((), dtype=res.dtype).element_size())
+        limit = int(s.kv_cache_gb * GB) if s.kv_cache_gb else 1 << 62
+        self.budget = MemoryBudget(limit, costs, costs.floor_bytes(s.max_answer_tokens, s.max_answer_frames))
+        self.conv_cache.budget = self.budget
+        return self.budget
+
+    def _default_budget_bytes(self) -> int:
+        """budget.default_limit_bytes for this device. On CUDA: free device memory plus what
+        PyTorch's caching allocator holds unused (it is ours to reuse), less the reserve."""
+        device = self.resident.device
+        if device.type != "cuda":
+            return default_limit_bytes(device.type)
+        torch.cuda.synchronize(device)
+        free, total = torch.cuda.mem_get_info(device)
+        unused = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        limit = default_limit_bytes("cuda", free + unused, total)
+        if limit <= 0:
+            raise RuntimeError(
+                f"no device memory left for caches after loading: {free + unused} bytes free of {total}, "
+                "less the reserve; set --kv-cache-gb explicitly"
+            )
+        return limit
 
     def _load(self) -> Resident:
         from ..modelres import device_and_dtype, resolve_model
@@ -165,6 +208,7 @@ class LocalEngine:
             cache=self.conv_cache,
         )
         response = LocalResponse(job, conversation, self.worker)
+        self._count_frames(conversation)
         try:
             self.resident.speaker_id(conversation.voice)
         except ValueError as exc:  # refuse before any work: a bad setting, not an engine fault
@@ -230,9 +274,18 @@ class LocalEngine:
             return None
         return [*head, AudioPart(audio.pcm[: seconds * INPUT_SAMPLE_RATE], INPUT_SAMPLE_RATE)]
 
+    def _count_frames(self, conversation: Conversation) -> None:
+        """Camera frames and images the conversation holds (host memory, budget.py)."""
+        if self.budget is not None:
+            images = [p.image for t in conversation.turns for p in t.parts if isinstance(p, ImagePart)]
+            frames = [f for t in conversation.turns for p in t.parts if isinstance(p, VideoPart) for f in p.frames]
+            self.budget.set_frames(conversation.id, sum(a.nbytes for a in images + frames))
+
     def forget(self, conversation: Conversation) -> None:
         """The session is over: release the conversation's cached KV now."""
         self._offered.pop(conversation.id, None)
+        if self.budget is not None:
+            self.budget.set_frames(conversation.id, 0)
         self.worker.call_soon(lambda: self.conv_cache.forget(conversation.id))
 
     def truncate(self, conversation: Conversation, item_id: str, audio_end_ms: int) -> Turn:

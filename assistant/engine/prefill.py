@@ -16,6 +16,7 @@ from transformers import DynamicCache
 from . import context as context_mod
 from . import inputs as inputs_mod
 from .api import Event, now
+from .budget import MemoryBudgetExceeded
 from .context import ContextTooLong
 from .convcache import CachedPrefix, common_prefix
 from .resident import MissingPixels, media_after
@@ -71,6 +72,7 @@ class ThinkerPrefill:
         self._thinker_deltas = deltas  # [1, 1]
         self._media = self._media_turns(id_list)
         prefix = self._reuse_prefix(id_list, self._media)
+        self._reserve_response(ids, prefix)
         n = len(prefix.ids) if prefix else 0
         self._talker_prefix = prefix.talker if prefix else None  # extended by _talker_prefill
         tail_ids = ids[:, n:]  # [1, P - n]
@@ -164,8 +166,9 @@ class ThinkerPrefill:
         last_start = max(media) if media and self.conv.turns[-1].role == "user" else None
         complete = sorted((pos, key) for pos, key in media.items() if pos != last_start)
         n = len(prefix.ids) if prefix else 0
-        if n >= cut:
-            self.cache.checkin(self.conv.id, prefix)
+        if n >= cut or not self._reserve_early(t["input_ids"][0, :cut]):
+            if prefix:
+                self.cache.checkin(self.conv.id, prefix)
             self.done = True
             return []
         self._early = _Early(host, t, ids, cut, n, pos, lengths, prefix, complete)
@@ -199,6 +202,7 @@ class ThinkerPrefill:
         talker = self._talker_user_prefill(
             e.t["input_ids"][:, :cut], e.t, e.lengths, embed, hidden, prefix.talker if prefix else None
         )
+        self.cache.release(self)  # the entry's own bytes are counted as an idle cache from here
         self.cache.checkin(
             self.conv.id,
             CachedPrefix(e.ids[:cut], kv, embed, hidden, window_aligned=True, talker=talker, media=e.complete),
@@ -207,6 +211,33 @@ class ThinkerPrefill:
         self._early = None
         self.done = True
         return []
+
+    def _reserve_response(self, ids: torch.Tensor, prefix: CachedPrefix | None) -> None:
+        """Reserve the most this response's caches can grow to (budget.py), before any work;
+        raises MemoryBudgetExceeded, with the conversation's cache back in place, when even
+        evicting every idle conversation leaves too little room. ids: [1, P]."""
+        budget = self.cache.budget if self.cache is not None else None
+        if budget is None:
+            return
+        talker_users = int(self._user_mask(ids[0]).sum()) if self.audio else -1
+        s = self.sampling
+        need = budget.costs.response_bytes(ids.shape[1], talker_users, s.max_tokens, s.max_frames)
+        if not self.cache.reserve(self, need):
+            if prefix is not None:
+                self.cache.checkin(self.conv.id, prefix)
+            budget.refuse_response()
+            raise MemoryBudgetExceeded(
+                f"this response needs up to {need} bytes of KV cache; the budget is {budget.limit_bytes} bytes "
+                f"and live responses hold {budget.reserved_bytes} (--kv-cache-gb)"
+            )
+
+    def _reserve_early(self, ids: torch.Tensor) -> bool:
+        """Reserve what an early prefill up to len(ids) keeps; False: skip the head start. ids: [N]."""
+        budget = self.cache.budget
+        if budget is None:
+            return True
+        need = budget.costs.prefix_bytes(len(ids), int(self._user_mask(ids).sum()))
+        return self.cache.reserve(self, need)
 
     def _prepare_in_context(self, all_pixels: bool = False) -> inputs_mod.Prepared:
         """The prompt, with the oldest exchanges dropped when it would not leave room for the

@@ -44,6 +44,7 @@ from .api import (
     new_id,
     now,
 )
+from .budget import MemoryBudgetExceeded
 from .code2wav import IncrementalCode2Wav, to_pcm16
 from .context import ContextTooLong
 from .convcache import CachedPrefix, ConversationCache, TalkerPrefix, crop_to
@@ -60,6 +61,8 @@ def step_error(exc: Exception) -> EngineError:
     """The client-facing error for an exception from a step (one mapping for solo and batched steps)."""
     if isinstance(exc, ContextTooLong):
         return EngineError("context_length_exceeded", str(exc))
+    if isinstance(exc, MemoryBudgetExceeded):
+        return EngineError("memory_budget_exceeded", str(exc))
     if isinstance(exc, torch.OutOfMemoryError):
         return EngineError("out_of_memory", str(exc)[:300])
     return EngineError("engine_error", f"{type(exc).__name__}: {exc}"[:500])
@@ -490,6 +493,8 @@ class StreamJob(ThinkerPrefill):
             if tail is not None and len(tail):
                 events.append(self._audio_event(tail))
         self.done = True
+        if self.cache is not None:
+            self.cache.release(self)  # before the check-in, which may need the room
         self._store_cache(status)
         self.stats.frames = self._frames
         self.stats.t_done = now()

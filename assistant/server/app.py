@@ -55,6 +55,23 @@ class Sessions:
         self.websocket -= 1
 
 
+# Memory (issue #17): a session the caches' byte budget has no room for is refused like one past
+# max_sessions (websocket: error event then close 1013; WebRTC: HTTP 503), with this code.
+MEMORY_REFUSAL_CODE = "memory_budget_exceeded"
+
+
+def memory_refusal(engine: Engine, open_sessions: int) -> str | None:
+    """Why the engine's cache budget (engine/budget.py) has no room for one more session, or None."""
+    budget = getattr(engine, "budget", None)
+    return None if budget is None else budget.admit_session(open_sessions)
+
+
+def memory_figures(engine: Engine) -> dict | None:
+    """The budget's figures for /health and /metrics (None for an engine without one, e.g. upstream)."""
+    budget = getattr(engine, "budget", None)
+    return None if budget is None else budget.snapshot()
+
+
 def create_app(
     settings: Settings,
     engine: Engine,
@@ -70,6 +87,7 @@ def create_app(
     from .ws import serve_websocket
 
     metrics = metrics or Metrics()
+    metrics.watch_memory(lambda: memory_figures(engine))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -98,6 +116,7 @@ def create_app(
             "is_tiny": info.is_tiny,
             "sessions": app.state.sessions.total,
             "max_sessions": settings.max_sessions,
+            "memory": memory_figures(engine),
         }
         # Draining: 503, so that a load balancer's health check takes this server out of rotation.
         return JSONResponse(body, status_code=503 if app.state.drain.draining else 200)

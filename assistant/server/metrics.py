@@ -8,9 +8,11 @@ carry over. Each app gets its own registry (tests build many apps in one process
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 PREFIX = "assistant:"
@@ -101,5 +103,45 @@ class Metrics:
         if sent is not None and engine is not None:
             self.server_delay.observe(max(0.0, sent - engine))
 
+    def watch_memory(self, figures: Callable[[], dict | None]) -> None:
+        """Export the caches' byte budget (engine/budget.py snapshot) at every scrape."""
+        self.registry.register(_MemoryCollector(figures))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _MemoryCollector:
+    """Read at scrape time: the figures live with the engine, which the worker thread updates."""
+
+    def __init__(self, figures: Callable[[], dict | None]) -> None:
+        self._figures = figures
+
+    def collect(self):
+        f = self._figures()
+        if f is None:
+            return
+        yield GaugeMetricFamily(
+            PREFIX + "kv_budget_bytes", "Byte budget of the caches (--kv-cache-gb)", f["budget_bytes"]
+        )
+        in_use = GaugeMetricFamily(
+            PREFIX + "kv_in_use_bytes",
+            "Cache bytes charged to the budget: live (reserved) and idle (cached)",
+            labels=["kind"],
+        )
+        in_use.add_metric(["live"], f["live_bytes"])
+        in_use.add_metric(["cached"], f["cached_bytes"])
+        yield in_use
+        yield GaugeMetricFamily(PREFIX + "kv_peak_bytes", "Most cache bytes charged at once", f["peak_bytes"])
+        yield GaugeMetricFamily(
+            PREFIX + "camera_frame_bytes",
+            "Camera frames and images the conversations hold (host)",
+            f["camera_frame_bytes"],
+        )
+        yield CounterMetricFamily(
+            PREFIX + "kv_evictions", "Idle conversations' caches evicted for the budget", f["evictions"]
+        )
+        refusals = CounterMetricFamily(PREFIX + "kv_refusals", "Refused for the budget", labels=["what"])
+        refusals.add_metric(["session"], f["refused_sessions"])
+        refusals.add_metric(["response"], f["refused_responses"])
+        yield refusals

@@ -65,6 +65,7 @@ from ..realtime.session import (
 )
 from ..realtime.vad import SileroModel
 from ..settings import Settings
+from .app import MEMORY_REFUSAL_CODE, memory_refusal
 from .auth import authorized
 from .drain import SHUTTING_DOWN
 from .webrtc_media import OutboundAudioTrack, PlaybackEvent, TaskOwner, read_audio, read_video
@@ -481,6 +482,9 @@ class Calls:
             raise OfferError(503, SHUTTING_DOWN)
         if self.full():
             raise OfferError(503, f"all {self.settings.max_sessions} sessions are in use")
+        refusal = memory_refusal(self.engine, self.sessions.total if self.sessions is not None else len(self.calls))
+        if refusal is not None:
+            raise OfferError(503, refusal, MEMORY_REFUSAL_CODE)
         session = RealtimeSession(self.settings, transport="webrtc", model=self.engine.info.model)
         for config in (secret_session, offer.session):
             if config is not None:
@@ -573,7 +577,7 @@ def webrtc_router(calls: Calls) -> APIRouter:
             call = await calls.open(offer, secrets.session_of(request.headers) if secrets is not None else None)
         except OfferError as exc:
             code = {415: "unsupported_media_type", 413: "payload_too_large", 503: "session_limit_reached"}
-            return _error(exc.status, exc.message, code.get(exc.status, "invalid_offer"))
+            return _error(exc.status, exc.message, exc.code or code.get(exc.status, "invalid_offer"))
         return Response(
             content=call.answer_sdp,
             status_code=201,

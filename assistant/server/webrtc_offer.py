@@ -38,9 +38,9 @@ _PRINTABLE = re.compile(r"[\t\x20-\x7e\x80-\U0010ffff]*")
 class OfferError(Exception):
     """A request the calls endpoint refuses; `status` is the HTTP status to answer."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, code: str | None = None) -> None:
         super().__init__(message)
-        self.status, self.message = status, message
+        self.status, self.message, self.code = status, message, code  # code: None = the status's usual one
 
 
 @dataclass(frozen=True)

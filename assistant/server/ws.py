@@ -48,6 +48,7 @@ from ..realtime.session import (
 )
 from ..realtime.vad import SileroModel
 from .drain import SHUTTING_DOWN
+from .app import MEMORY_REFUSAL_CODE, memory_refusal
 
 log = logging.getLogger("assistant.ws")
 
@@ -80,6 +81,13 @@ async def serve_websocket(websocket: WebSocket, state: Any) -> None:
         err = ev.ProtocolError("session_limit_reached", why, type="server_error")
         await websocket.send_text(ev.dumps(ev.Encoder().error(err)))
         await websocket.close(code=CLOSE_BUSY, reason="session limit reached")
+        return
+    refusal = memory_refusal(state.engine, state.sessions.total - 1)  # the others: this one is counted already
+    if refusal is not None:
+        state.sessions.release()
+        err = ev.ProtocolError(MEMORY_REFUSAL_CODE, refusal, type="server_error")
+        await websocket.send_text(ev.dumps(ev.Encoder().error(err)))
+        await websocket.close(code=CLOSE_BUSY, reason="memory budget full")
         return
     beta = websocket.headers.get("openai-beta", "").startswith("realtime")
     session = RealtimeSession(settings, transport="websocket", model=state.engine.info.model, beta=beta)
