@@ -249,3 +249,25 @@ def test_superseded_early_prefills_are_dropped_unrun(resident, load_wav):
     w._active.append((response, None))
     w._drop_superseded_prefills()
     assert [e[0] for e in w._active] == [a2, response]
+
+
+def test_jobs_without_a_listener_rank_as_background(monkeypatch):
+    """The one rule's hook for one-shot jobs (chat completions, transcriptions): a job whose
+    `background` attribute is true has no deadline: it goes after every first packet and
+    every response short of its guard, before responses with audio to spare, and borrows
+    slack only when no first packet waits."""
+    import assistant.engine.worker as worker_mod
+
+    monkeypatch.setattr(worker_mod, "now", lambda: 100.0)
+    w = ModelWorker(4, guard_s=0.16)
+    w.step_cost_s = dict.fromkeys(w.step_cost_s, 1.0)
+    chat = FakeJob("chat", t_submitted=90.0, _phase="prefill")
+    chat.background = True
+    jobs = [FakeJob("ahead", slack_s=0.5), chat, FakeJob("new", t_submitted=99.9), FakeJob("short", slack_s=0.1)]
+    assert order_of(w, jobs) == ["short", "new", "chat", "ahead"]
+    w.step_cost_s = dict.fromkeys(w.step_cost_s, 0.01)  # everything fits in the spare (0.5 - 0.03)
+    assert order_of(w, [FakeJob("ahead", slack_s=0.5), chat, FakeJob("new", t_submitted=99.9)]) == [
+        "new",
+        "chat",
+        "ahead",
+    ]

@@ -5,32 +5,38 @@ so responses interleave at step granularity and a cancel takes effect within one
 Events cross to the asyncio side with `loop.call_soon_threadsafe`; nothing here ever
 blocks the event loop that paces media.
 
-Scheduling is deadline-aware (issue #7). A speaking response's deadline is when its
-listener runs out of audio (first audio + audio emitted so far, played in real time);
-its slack is that deadline minus now minus the work left before its next chunk can go
-out (frames still to compute for the chunk x the measured cost of a frame). The spare
-is the least slack of all speaking responses less STEAL_MARGIN_S: a step that is
-estimated to take less (a moving average per phase and kind of turn, STEP_COST_S)
-cannot make anyone run dry. Order:
-1. a cancelled response (finishing it is cheap and frees its client);
-2. an early prefill that has started, when another job of its conversation (its response,
-   or a newer offer) is waiting: it holds the conversation's cached prefix, and the other
-   needs what it computes;
-3. a response waiting for its first packet whose next step fits in the spare (first
-   come, first served);
-4. an early prefill step that fits in the spare, when no new response is waiting;
-5. a response whose slack is under `guard_s` (least slack first);
-6. the other responses waiting for their first packet (first come, first served);
-7. early prefill of turns still being spoken (a head start: never before a deadline);
-8. the rest, least slack first.
-A first packet that has waited longer than `2 x guard_s` moves up to class 5 (the starving), ranked by
-how overdue it is: under overload, starving new responses would also keep them out of
-the batched steps that make room for everyone.
-So a new turn's first packet goes before responses with enough audio ahead, and nobody
-underruns while the total real-time factor stays below 1. Slack counts whole chunks
-because audio leaves in chunks (the ramp 1, 2, 4, ... frames): frames computed but not
-yet emitted are not audible yet. Early prefill runs in steps of a few tens of ms
-(prefill.py), so a commit arriving meanwhile waits for one of them at most.
+Scheduling: one rule, earliest deadline first with step costs (issues #7, #19). Every job
+has a deadline:
+- a response waiting for its first packet: its commit plus `first_packet_target_s`
+  (2 x guard_s by default);
+- a speaking response: when its listener runs dry (first audio + audio emitted so far,
+  played in real time, less the work left before its next chunk can go out: frames still
+  to compute for the chunk x the measured cost of a frame); `slack` = that deadline - now;
+- a job with no listener, +inf: an early prefill (a head start on a turn still being
+  spoken), a text-only answer after its first token, and any job whose `background`
+  attribute is true (one-shot requests such as chat completions and transcriptions set
+  it). Background work ranks below every first packet and every response short of its
+  guard, and it never borrows slack while a first packet waits;
+- a cancelled response, and an early prefill between its steps that another job of its
+  conversation waits for (it holds the conversation's cached prefix, and the other needs
+  what it computes): -inf. Both steps are short and free what others wait for.
+A speaking response whose slack is at least `guard_s` has nothing due yet (another step
+only adds to its buffer): it is *released*, and competes by its deadline, once its slack
+falls under the guard. Unreleased jobs run only when nothing released is left.
+Step costs let a step jump the order when it cannot make anyone late: the spare is the
+least slack of the speaking responses less STEAL_MARGIN_S, and a first packet's step, or a
+background step (when no first packet waits), whose estimated cost (a moving average per
+phase and kind of turn, STEP_COST_S) fits in the spare goes first. So the rank of a job is
+(borrows, released, deadline): `_rank`.
+Consequences: a new turn's first packet goes before responses with enough audio ahead,
+nobody underruns while the total real-time factor stays below 1, and a first packet kept
+waiting past its target outranks a listener that is less overdue: under overload the
+first packet of a new turn stays bounded by about the target plus one step, and the
+underruns fall on whoever is closest to running dry, in turn, so they spread over the
+listeners instead of piling on one. Slack counts whole chunks because audio leaves in
+chunks (the ramp 1, 2, 4, ... frames): frames computed but not yet emitted are not
+audible yet. Early prefill runs in steps of a few tens of ms (prefill.py), so a commit
+arriving meanwhile waits for one of them at most.
 
 Batching: when the chosen response is at a decode step (code predictor or talker and
 thinker advance), every other response at the same step joins it, up to `max_batch`,
@@ -129,6 +135,7 @@ class ModelWorker:
     def __init__(self, maxsize: int, *, max_batch: int = 1, guard_s: float = 0.16) -> None:
         self.max_batch = max(1, max_batch)
         self.guard_s = guard_s
+        self.first_packet_target_s = 2.0 * guard_s  # a first packet's deadline after its commit
         self.pending: queue.Queue[tuple[StreamJob, Sink]] = queue.Queue(maxsize=maxsize)
         self._active: list[tuple[StreamJob, Sink]] = []
         self._calls: deque[Callable[[], None]] = deque()  # thread-safe append/popleft; tiny housekeeping only
@@ -255,7 +262,7 @@ class ModelWorker:
         return min(slacks, default=float("inf")) - STEAL_MARGIN_S
 
     def _pick(self) -> tuple[StreamJob, Sink]:
-        """Deadline-aware choice of the next response to step."""
+        """The next job to step: the least `_rank` (see the module docstring)."""
         t = now()
         spare = self._spare_s(t)
         # An early prefill between its steps holds its conversation's cached prefix (checked
@@ -265,28 +272,36 @@ class ModelWorker:
         waited_on = {
             job.conv.id for job, _ in self._active if job.conv.id in holders and holders[job.conv.id] is not job
         }
-        # A head start borrows slack only when no new response is waiting for it.
-        first_waiting = any(job.first_packet_pending and not job.partial for job, _ in self._active)
+        first_waiting = any(self._first_packet(job) for job, _ in self._active)
 
-        def fits(job: StreamJob) -> bool:
-            return self.step_cost_s.get((job._phase, job.visual), self.frame_cost_s) <= spare
-
-        def rank(entry: tuple[StreamJob, Sink]) -> tuple[int, float]:
+        def rank(entry: tuple[StreamJob, Sink]) -> tuple[int, int, float]:
             job = entry[0]
-            if job.cancelled:
-                return (0, 0.0)
-            if job.partial:
-                if job.conv.id in waited_on and holders[job.conv.id] is job:
-                    return (1, float("-inf"))  # before the others of its conversation, whatever their rank
-                return (3, job.t_submitted) if fits(job) and not first_waiting else (6, job.t_submitted)
-            if job.first_packet_pending:
-                if fits(job):
-                    return (1, job.t_submitted)
-                overdue = t - job.t_submitted - 2.0 * self.guard_s
-                return (4, -overdue) if overdue > 0 else (5, job.t_submitted)
-            if not job.audio:
-                return (7, float("inf"))
-            left = job.playback_slack_s(t, self.frame_cost_s)
-            return (4 if left < self.guard_s else 7, left)
+            if job.cancelled or (job.partial and job.conv.id in waited_on and holders[job.conv.id] is job):
+                return (0, 0, float("-inf"))
+            deadline, released = self._deadline(job, t)
+            cost = self.step_cost_s.get((job._phase, job.visual), self.frame_cost_s)
+            borrows = deadline == float("inf") and not first_waiting if not self._first_packet(job) else True
+            if borrows and cost <= spare and self._listener_slack(job, t) is None:
+                return (0, 1, deadline)
+            return (1, 0 if released else 1, deadline)
 
         return min(self._active, key=rank)
+
+    def _first_packet(self, job: StreamJob) -> bool:
+        """A response with a listener waiting for its first packet."""
+        return job.first_packet_pending and not job.partial and not getattr(job, "background", False)
+
+    def _listener_slack(self, job: StreamJob, t: float) -> float | None:
+        """Seconds before a speaking response's listener runs dry; None for any other job."""
+        if job.partial or getattr(job, "background", False) or not job.audio or job.first_packet_pending:
+            return None
+        return job.playback_slack_s(t, self.frame_cost_s)
+
+    def _deadline(self, job: StreamJob, t: float) -> tuple[float, bool]:
+        """(deadline, released): see the module docstring."""
+        if self._first_packet(job):
+            return job.t_submitted + self.first_packet_target_s, True
+        slack = self._listener_slack(job, t)
+        if slack is None:
+            return float("inf"), True  # no listener: background
+        return t + slack, slack < self.guard_s
