@@ -40,7 +40,9 @@ def _outcome(job: StreamJob, events: list) -> tuple:
 
 def test_batched_decode_equals_each_response_alone(resident, load_wav):
     """Four responses with different prompts and lengths (so caches differ in length and
-    rows leave the batch at different steps) give, batched, what each gives alone."""
+    rows leave the batch at different steps) give, batched, what each gives alone: their
+    first packets prefilled together (thinker, then talker, then the first frames) and
+    their decode steps batched."""
     frames = [6, 9, 12, 15]
     solo = []
     for clip, n in zip(CLIPS, frames, strict=True):
@@ -58,7 +60,7 @@ def test_batched_decode_equals_each_response_alone(resident, load_wav):
             group = [job for job in jobs if not job.done and job._phase == phase]
             if not group:
                 continue
-            if phase in ("frame", "advance") and len(group) > 1:
+            if len(group) > 1:
                 batched_rows.append(len(group))
                 for job, evs in batch.step_jobs(group).items():
                     events[job] += evs
@@ -66,11 +68,65 @@ def test_batched_decode_equals_each_response_alone(resident, load_wav):
                 for job in group:
                     events[job] += job.step()
     assert max(batched_rows) == 4 and 2 in batched_rows  # full batches, then rows leaving
+    assert batched_rows[:2] == [4, 4]  # the thinker's and the talker's prefill, one forward each
     for job, (tokens, codes, audio) in zip(jobs, solo, strict=True):
         b_tokens, b_codes, b_audio = _outcome(job, events[job])
         assert b_tokens == tokens
         assert torch.equal(b_codes, codes), "batched codec frames differ from the solo run"
         assert b_audio == audio
+
+
+def _turn(resident, conv: Conversation, cache) -> StreamJob:
+    """A response to `conv`'s last user turn, run alone to its end; its answer joins `conv`."""
+    job = StreamJob(resident, conv, cache=cache)
+    events = []
+    while not job.done:
+        events += job.step()
+    conv.turns.append(events[-1].turn)
+    return job
+
+
+def test_batched_first_packets_with_cached_prefixes_equal_each_alone(resident, load_wav):
+    """Second turns, each reusing its conversation's cached thinker and talker KV (of
+    different lengths, so the batch pads both caches and tails), prefilled as one batch
+    give what each gives alone."""
+    from assistant.engine.convcache import ConversationCache
+
+    sampling = Sampling(greedy=True, min_tokens=3, max_tokens=5, min_frames=4, max_frames=4)
+    outcomes, states = [], []
+    for batched in (False, True):
+        cache, jobs = ConversationCache(capacity=4), []
+        for first, second in ((CLIPS[0], CLIPS[2]), (CLIPS[3], CLIPS[1])):
+            conv = Conversation(sampling=sampling, id=f"c{first}")
+            conv.add_user([AudioPart(load_wav(first), 16000)])
+            _turn(resident, conv, cache)
+            conv.add_user([AudioPart(load_wav(second), 16000)])
+            jobs.append(StreamJob(resident, conv, cache=cache))
+        events = {job: [] for job in jobs}
+        for phase in ("prefill", "talker_prefill", "frame"):
+            assert all(job._phase == phase for job in jobs)
+            if batched:
+                for job, evs in batch.step_jobs(jobs).items():
+                    events[job] += evs
+            else:
+                for job in jobs:
+                    events[job] += job.step()
+            if phase == "talker_prefill":  # a tiny random model's greedy picks survive small errors: compare states
+                states.append([(job._thinker_hidden, job._talker_last_hidden, _kv(job._talker_cache)) for job in jobs])
+        assert all(0 < job.stats.prefill_tokens < job._prompt_ids.shape[1] for job in jobs)  # the cache was reused
+        for job in jobs:
+            while not job.done:
+                events[job] += job.step()
+        outcomes.append([_outcome(job, events[job]) for job in jobs])
+    for (tokens, codes, audio), (b_tokens, b_codes, b_audio) in zip(*outcomes, strict=True):
+        assert b_tokens == tokens and torch.equal(b_codes, codes) and b_audio == audio
+    for solo, batched in zip(*states, strict=True):
+        for a, b in zip(solo, batched, strict=True):
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+
+
+def _kv(cache) -> torch.Tensor:
+    return torch.cat([torch.cat([layer.keys, layer.values], -1) for layer in cache.layers], 1).clone()
 
 
 def test_padded_cache_and_scatter():
@@ -217,6 +273,30 @@ def test_first_packets_step_alone_but_join_a_streams_batch():
     assert [e[0].name for e in w._group(entry["new"])] == ["new"]  # its first frame waits for no other row
     assert [e[0].name for e in w._group(entry["a"])] == ["a", "new", "b"]  # a stream carries it along
     assert [e[0].name for e in w._group(entry["talker"])] == ["talker"]  # not a decode step
+
+
+def test_first_packets_that_arrive_together_step_as_one_batch():
+    """Issue #19: commits queued together prefill together (thinker, then talker, then the
+    first frames), but never with a stream's decode step, a camera turn, or a turn whose
+    conversation's early prefill is still between steps."""
+    w = ModelWorker(4, max_batch=8)
+    a, b = FakeJob("a", _phase="prefill"), FakeJob("b", _phase="prefill")
+    camera = FakeJob("camera", _phase="prefill", visual=True)
+    waits = FakeJob("waits", _phase="prefill", conv_id="x")
+    holder = FakeJob("holder", partial=True, _phase="early_forward", conv_id="x")
+    stream = FakeJob("stream", slack_s=0.3)
+    first_frame, talker = FakeJob("first_frame"), FakeJob("talker", _phase="talker_prefill")
+    w._active = [(j, None) for j in (a, stream, camera, waits, holder, b, first_frame, talker)]
+    entry = {e[0].name: e for e in w._active}
+    assert [e[0].name for e in w._group(entry["a"])] == ["a", "b"]
+    assert [e[0].name for e in w._group(entry["camera"])] == ["camera"]
+    assert [e[0].name for e in w._group(entry["first_frame"])] == ["first_frame"]  # the stream is not a first packet
+    first_frame2 = FakeJob("first_frame2")
+    w._active.append((first_frame2, None))
+    assert [e[0].name for e in w._group(entry["first_frame"])] == ["first_frame", "first_frame2"]
+    assert [e[0].name for e in w._group(entry["talker"])] == ["talker"]
+    w.max_batch = 1
+    assert [e[0].name for e in w._group(entry["a"])] == ["a"]
 
 
 def test_playback_slack_counts_whole_chunks(resident, load_wav):

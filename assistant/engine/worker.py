@@ -40,9 +40,11 @@ arriving meanwhile waits for one of them at most.
 
 Batching: when the chosen response is at a decode step (code predictor or talker and
 thinker advance), every other response at the same step joins it, up to `max_batch`,
-and they run as one batched forward (batch.py); except when the chosen one is still
-before its first packet, which then runs alone. Responses at other steps keep going
-one at a time, and phases line up within a frame or two.
+and they run as one batched forward (batch.py). A response before its first packet
+batches only with other first packets at its step: commits that arrive together are
+prefilled as one thinker forward, then one talker prefill, then their first frames
+together (`_group`). Responses at other steps keep going one at a time, and phases line
+up within a frame or two.
 
 Bounds and drop policies:
 - `pending` (requests not yet started): `maxsize` from settings.engine_queue_size; when
@@ -63,6 +65,7 @@ from collections.abc import AsyncIterator, Callable
 
 from . import batch
 from .api import Conversation, EngineError, Event, ResponseDone, ResponseStats, now
+from .capacity import FRAME_S, LoadModel
 from .stream import StreamJob
 
 log = logging.getLogger("assistant.engine")
@@ -147,6 +150,7 @@ class ModelWorker:
         self.step_cost_s = dict(STEP_COST_S)  # moving averages, see STEP_COST_S
         self.batched_steps = 0  # steps that ran several responses as one batch
         self.batched_rows = 0  # responses stepped in those
+        self.load_model = LoadModel(self.max_batch)  # decode step times by batch size (capacity.py)
 
     def start(self) -> None:
         self._thread.start()
@@ -211,7 +215,8 @@ class ModelWorker:
             group = self._group(self._pick())
             t_step = now()
             lead = group[0][0]
-            decode = lead._phase in ("frame", "advance")
+            phase = lead._phase
+            decode = phase in ("frame", "advance")
             costed = (lead._phase, lead.visual) if lead.partial or lead.first_packet_pending else None
             try:
                 if len(group) == 1:
@@ -226,7 +231,11 @@ class ModelWorker:
                 results = {job: job._finish("failed", err) for job, _ in group if not job.done}
             self.steps += 1
             if decode:  # a frame is one "frame" step and one "advance" step
-                self.frame_cost_s += 0.2 * (2.0 * (now() - t_step) - self.frame_cost_s)
+                dt = now() - t_step
+                self.frame_cost_s += 0.2 * (2.0 * dt - self.frame_cost_s)
+                self.load_model.observe(phase, len(group), dt)
+                for job, _ in group:  # each row's share of the step: its real-time factor (live_load)
+                    job.decode_s = getattr(job, "decode_s", 0.0) + dt / len(group)
             if costed in self.step_cost_s and len(group) == 1:
                 self.step_cost_s[costed] += 0.3 * ((now() - t_step) - self.step_cost_s[costed])
             for job, sink in group:
@@ -234,20 +243,45 @@ class ModelWorker:
                     sink(results[job])
             self._active = [entry for entry in self._active if not entry[0].done]
 
+    def live_load(self) -> tuple[float, int]:
+        """(the sum of the speaking responses' real-time factors, how many speak): each one's
+        decode time so far over the audio it has made (capacity.py). Read from the event
+        loop: a snapshot of the list, whose jobs only grow their counters."""
+        speaking = [
+            job
+            for job, _ in list(self._active)
+            if job.audio and not job.done and not job.partial and getattr(job, "_frames", 0) > 0
+        ]
+        return sum(getattr(job, "decode_s", 0.0) / (job._frames * FRAME_S) for job in speaking), len(speaking)
+
     def _group(self, entry: tuple[StreamJob, Sink]) -> list[tuple[StreamJob, Sink]]:
-        """The chosen response, plus the others at the same decode step (batch.py). A first
-        packet runs alone: a batched step finishes when its slowest row does, chunk decodes
-        of the other rows included, which added 15-25 ms to first packets at 4 users; the
-        rows it would have carried are one step each of many, and batch again next step."""
+        """The chosen job plus those that step with it as one batched forward (batch.py).
+        A stream at a decode step carries every other response at the same step. A first
+        packet carries only other first packets at its step (issue #19: commits that came
+        together prefill together, thinker then talker then the first frames): a batched
+        step finishes when its slowest row does, and a stream's chunk decode added 15-25 ms
+        to first packets at 4 users. No gathering window: a first packet takes the ones
+        already queued and never waits for company; under a burst they queue during the
+        step before, which is the window. Camera and image turns prefill alone (their
+        vision features are per prompt), as does a turn whose conversation's early
+        prefill is still between steps (it waits for that one)."""
         job = entry[0]
-        if self.max_batch == 1 or job.cancelled or job.partial or job._phase not in ("frame", "advance"):
+        if self.max_batch == 1 or job.cancelled or job.partial or getattr(job, "background", False):
             return [entry]
-        if job.first_packet_pending:
+        prefill = job._phase in ("prefill", "talker_prefill")
+        if not prefill and job._phase not in ("frame", "advance"):
             return [entry]
+        if prefill and (not job.first_packet_pending or job.visual):
+            return [entry]
+        held = {other.conv.id for other, _ in self._active if other.partial and other._phase != "prefill"}
         same = [
             e
             for e in self._active
-            if e is not entry and e[0]._phase == job._phase and not (e[0].cancelled or e[0].done or e[0].partial)
+            if e is not entry
+            and e[0]._phase == job._phase
+            and not (e[0].cancelled or e[0].done or e[0].partial or getattr(e[0], "background", False))
+            and (not job.first_packet_pending or e[0].first_packet_pending)
+            and not (prefill and (e[0].visual or e[0].conv.id in held))
         ]
         return [entry, *same[: self.max_batch - 1]]
 
