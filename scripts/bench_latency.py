@@ -88,6 +88,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--stagger-ms", type=int, default=None, help="users start this far apart (default 300; poisson: on average)"
     )
     p.add_argument("--seed", type=int, default=None, help="random seed of --arrival poisson (default 0)")
+    p.add_argument(
+        "--max-sessions",
+        default=None,
+        help="in-process server: a number, or 'auto' (admission by measured load); default: the largest --concurrency",
+    )
+    p.add_argument(
+        "--load-threshold", type=float, default=None, help="in-process server with --max-sessions auto (default 0.8)"
+    )
     p.add_argument("--no-prefill-probe", action="store_true", help="skip the 2 s vs 10 s prefill-token probe")
     p.add_argument("--engine-only", action="store_true", help="the engine in-process, beside stock generate()")
     p.add_argument("--reps", type=int, default=3, help="engine-only: repetitions (medians reported)")
@@ -99,6 +107,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--stagger-ms does not apply to --arrival burst (every user starts every turn at once)")
     if args.arrival != "poisson" and args.seed is not None:
         p.error("--seed applies to --arrival poisson only")
+    if args.url and (args.max_sessions is not None or args.load_threshold is not None):
+        p.error("--max-sessions and --load-threshold configure the in-process server, not --url")
+    if args.load_threshold is not None and args.max_sessions != "auto":
+        p.error("--load-threshold applies with --max-sessions auto")
+    if args.max_sessions not in (None, "auto"):
+        try:
+            args.max_sessions = int(args.max_sessions)
+        except ValueError:
+            p.error(f"--max-sessions takes a number or 'auto', not {args.max_sessions!r}")
     args.stagger_ms = 300 if args.stagger_ms is None else args.stagger_ms
     args.seed = args.seed or 0
     return args
@@ -255,7 +272,8 @@ async def run_server_mode(args) -> dict:
             args,
             model=args.model,
             log_level="warning",
-            max_sessions=max(levels),
+            max_sessions=max(levels) if args.max_sessions is None else args.max_sessions,
+            **({} if args.load_threshold is None else {"load_threshold": args.load_threshold}),
             min_answer_tokens=tokens,
             max_answer_tokens=tokens,
             min_answer_frames=frames_n,  # applied when the server has this setting
@@ -313,6 +331,7 @@ async def run_server_mode(args) -> dict:
             "answer_frames": frames_n,
             "stagger_ms": args.stagger_ms,
             "arrival": args.arrival,
+            "max_sessions": server_info.get("max_sessions"),
             "seed": args.seed if args.arrival == "poisson" else None,
             "chunk_ms": 20,
             "underrun_gap_ms": 100,

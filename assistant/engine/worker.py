@@ -27,13 +27,18 @@ Step costs let a step jump the order when it cannot make anyone late: the spare 
 least slack of the speaking responses less STEAL_MARGIN_S, and a first packet's step, or a
 background step (when no first packet waits), whose estimated cost (a moving average per
 phase and kind of turn, STEP_COST_S) fits in the spare goes first. So the rank of a job is
-(borrows, released, deadline): `_rank`.
-Consequences: a new turn's first packet goes before responses with enough audio ahead,
-nobody underruns while the total real-time factor stays below 1, and a first packet kept
-waiting past its target outranks a listener that is less overdue: under overload the
-first packet of a new turn stays bounded by about the target plus one step, and the
-underruns fall on whoever is closest to running dry, in turn, so they spread over the
-listeners instead of piling on one. Slack counts whole chunks because audio leaves in
+(borrows, released, deadline): `rank` in `_pick`.
+
+Past capacity (issue #19; the load admission keeps out, server/app.py, can still be
+outgrown by long answers or a burst):
+- a new turn's first packet is bounded: once its target passes it outranks every listener
+  that ran dry after that, so it waits at most its target plus one round of steps of the
+  listeners that were already dry (tests/test_batching.py simulates it);
+- underruns are shared: a dry listener's deadline is when it ran dry, so the one that has
+  waited longest is stepped next, round after round, and the shortfall spreads evenly
+  over the listeners instead of piling on one;
+- below capacity nobody underruns while the total real-time factor stays below 1.
+Slack counts whole chunks because audio leaves in
 chunks (the ramp 1, 2, 4, ... frames): frames computed but not yet emitted are not
 audible yet. Early prefill runs in steps of a few tens of ms (prefill.py), so a commit
 arriving meanwhile waits for one of them at most.

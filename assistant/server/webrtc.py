@@ -56,6 +56,7 @@ from ..realtime.session import (
 )
 from ..realtime.vad import SileroModel
 from ..settings import Settings
+from .app import AUTO_FALLBACK_SESSIONS
 from .auth import authorized
 from .webrtc_media import OutboundAudioTrack, PlaybackEvent, TaskOwner, read_audio, read_video
 from .webrtc_offer import MAX_BODY_BYTES, Offer, OfferError, check_content_type, ice_servers, parse_body
@@ -429,8 +430,9 @@ class Calls:
     def full(self) -> bool:
         """All session slots taken, counting every transport when attached to an app."""
         if self.sessions is not None:
-            return self.sessions.total >= self.sessions.limit
-        return len(self.calls) >= self.settings.max_sessions
+            return not self.sessions.has_room()
+        limit = self.settings.max_sessions
+        return len(self.calls) >= (limit if isinstance(limit, int) else AUTO_FALLBACK_SESSIONS)
 
     def on_metrics(self, metrics: ResponseMetrics) -> None:
         if self._on_metrics is not None:
@@ -440,7 +442,7 @@ class Calls:
         """Admit, answer and start a call; OfferError(503) when full, (400) when aiortc
         cannot answer the offer."""
         if self.full():
-            raise OfferError(503, f"all {self.settings.max_sessions} sessions are in use")
+            raise OfferError(503, self.sessions.refusal() if self.sessions else "all sessions are in use")
         session = RealtimeSession(self.settings, transport="webrtc", model=self.engine.info.model)
         if offer.session is not None:
             self._configure(session, offer.session)

@@ -69,9 +69,7 @@ async def serve_websocket(websocket: WebSocket, state: Any) -> None:
     offered = [p.strip() for p in websocket.headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
     await websocket.accept(subprotocol="realtime" if "realtime" in offered else None)
     if not state.sessions.admit():
-        err = ev.ProtocolError(
-            "session_limit_reached", f"all {settings.max_sessions} sessions are in use", type="server_error"
-        )
+        err = ev.ProtocolError("session_limit_reached", state.sessions.refusal(), type="server_error")
         await websocket.send_text(ev.dumps(ev.Encoder().error(err)))
         await websocket.close(code=CLOSE_BUSY, reason="session limit reached")
         return
