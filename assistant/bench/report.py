@@ -206,6 +206,13 @@ def server_markdown(run: dict) -> str:
     ]
     if extra.get("capacity"):
         lines += ["", "## Capacity", "", capacity_line(extra["capacity"], cfg) + "."]
+    srv = run["server"]
+    if srv.get("max_sessions") == "auto":
+        lines += [
+            "",
+            f"Server admission: `--max-sessions auto`, load threshold {srv.get('load_threshold')}, capacity measured "
+            f"at warm-up {srv.get('capacity_sessions')} sessions.",
+        ]
     if extra:
         lines += ["", "## Turns and prefill", "", "```json", json.dumps(extra, indent=1), "```"]
     if run.get("plots"):
