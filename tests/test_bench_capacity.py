@@ -82,3 +82,16 @@ def test_arrival_flags_are_honoured_or_refused():
     assert starts == [c.start_delay_s for c in bench._user_configs(poisson, "ws://x", 6)]  # seeded
     burst = bench._user_configs(bench.parse_args(["--arrival", "burst"]), "ws://x", 4)
     assert len({id(c.rendezvous) for c in burst}) == 1 and burst[0].rendezvous.parties == 4
+
+
+def test_admission_flags_configure_only_the_in_process_server():
+    bench = _bench_module()
+    assert bench.parse_args(["--max-sessions", "auto", "--load-threshold", "0.7"]).load_threshold == 0.7
+    assert bench.parse_args(["--max-sessions", "6"]).max_sessions == 6
+    for bad in (
+        ["--max-sessions", "lots"],
+        ["--load-threshold", "0.7"],  # only with auto
+        ["--url", "ws://h/v1/realtime", "--max-sessions", "auto"],  # a remote server's own settings apply
+    ):
+        with pytest.raises(SystemExit):
+            bench.parse_args(bad)
