@@ -124,7 +124,13 @@ class Settings:
     # Websocket transport
     ws_outbound_queue_events: int = opt(4096, "events queued for a slow websocket client before it is disconnected")
     # Limits
-    max_sessions: int = opt(8, "concurrent sessions; more get HTTP 503 / session_limit_reached")
+    max_sessions: int | str = opt(
+        "auto",
+        "concurrent sessions; more get HTTP 503 / session_limit_reached. 'auto': admit while the projected load "
+        "stays under --load-threshold (measured at warm-up; without warm-up, or with --upstream, 8)",
+    )
+    # Admission by measured load (issue #19)
+    load_threshold: float = opt(0.8, "--max-sessions auto admits a session while the projected load stays under this")
     max_session_s: int = opt(1800, "maximum session duration (0 = none)")
     idle_timeout_s: int = opt(
         300, "close a session without client events, input audio or a response for this long (0 = never)"
@@ -155,6 +161,8 @@ def _parse_value(kind: Any, text: str) -> Any:
         raise ValueError(f"not a boolean: {text!r}")
     if kind in (int, "int"):
         return int(text)
+    if kind == "int | str":  # a number, or a word such as 'auto'
+        return int(text) if text.strip().lstrip("-").isdigit() else text.strip()
     if kind in (float, "float"):
         return float(text)
     return text

@@ -35,6 +35,12 @@ sys.path.insert(0, str(ROOT))
 from assistant.bench import report  # noqa: E402
 
 DEFAULT_FIXTURES = "hello_en_us.wav,weather_en_gb_f3.wav,count_en_us_m3.wav,describe_en_scotland.wav"
+# Answers of about 5 s of speech (issue #19): Qwen's recommended voice prompt asks for replies of
+# at most 50 words; 63 codec frames of 80 ms are 5.04 s. The random-weight tiny model speaks one
+# text token per frame, so 50 tokens fill most of them.
+ANSWER_TOKENS, ANSWER_FRAMES = 50, 63
+ARRIVALS = ("staggered", "burst", "poisson")
+POISSON_THINK_S = 1.0  # mean pause between turns under --arrival poisson
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -59,16 +65,60 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--turn-detection", choices=("server_vad", "manual"), default="server_vad")
     p.add_argument("--transport", choices=("websocket",), default="websocket", help="(WebRTC users: not yet)")
     p.add_argument("--fixtures", default=DEFAULT_FIXTURES, help="speech fixtures, used in rotation")
-    p.add_argument("--answer-tokens", type=int, default=None, help="text tokens per answer (min = max)")
-    p.add_argument("--answer-frames", type=int, default=None, help="codec frames per answer (max; min where possible)")
-    p.add_argument("--stagger-ms", type=int, default=300, help="users start this far apart")
+    p.add_argument(
+        "--answer-tokens",
+        type=int,
+        default=None,
+        help=f"text tokens per answer (min = max; default {ANSWER_TOKENS}, engine-only 32)",
+    )
+    p.add_argument(
+        "--answer-frames",
+        type=int,
+        default=None,
+        help=f"codec frames per answer (max; min where possible; default {ANSWER_FRAMES} = 5 s, engine-only 100)",
+    )
+    p.add_argument(
+        "--arrival",
+        choices=ARRIVALS,
+        default="staggered",
+        help="staggered: users start --stagger-ms apart; burst: every user starts every turn at the same "
+        "moment; poisson: starts a Poisson process (mean gap --stagger-ms), random pauses between turns",
+    )
+    p.add_argument(
+        "--stagger-ms", type=int, default=None, help="users start this far apart (default 300; poisson: on average)"
+    )
+    p.add_argument("--seed", type=int, default=None, help="random seed of --arrival poisson (default 0)")
+    p.add_argument(
+        "--max-sessions",
+        default=None,
+        help="in-process server: a number, or 'auto' (admission by measured load); default: the largest --concurrency",
+    )
+    p.add_argument(
+        "--load-threshold", type=float, default=None, help="in-process server with --max-sessions auto (default 0.8)"
+    )
     p.add_argument("--no-prefill-probe", action="store_true", help="skip the 2 s vs 10 s prefill-token probe")
     p.add_argument("--engine-only", action="store_true", help="the engine in-process, beside stock generate()")
     p.add_argument("--reps", type=int, default=3, help="engine-only: repetitions (medians reported)")
     p.add_argument("--visual", default="none,video", help="engine-only cases: none, image, video (comma-separated)")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.arrival == "burst" and args.stagger_ms is not None:
+        p.error("--stagger-ms does not apply to --arrival burst (every user starts every turn at once)")
+    if args.arrival != "poisson" and args.seed is not None:
+        p.error("--seed applies to --arrival poisson only")
+    if args.url and (args.max_sessions is not None or args.load_threshold is not None):
+        p.error("--max-sessions and --load-threshold configure the in-process server, not --url")
+    if args.load_threshold is not None and args.max_sessions != "auto":
+        p.error("--load-threshold applies with --max-sessions auto")
+    if args.max_sessions not in (None, "auto"):
+        try:
+            args.max_sessions = int(args.max_sessions)
+        except ValueError:
+            p.error(f"--max-sessions takes a number or 'auto', not {args.max_sessions!r}")
+    args.stagger_ms = 300 if args.stagger_ms is None else args.stagger_ms
+    args.seed = args.seed or 0
+    return args
 
 
 def _now_iso() -> str:
@@ -110,31 +160,53 @@ def _plan(args, utterances) -> list:
 
 
 async def _level(args, url, conc: int, plan, frames, bar) -> list[dict]:
-    from assistant.bench.users import UserConfig, run_user
+    from assistant.bench.users import run_user
 
     def on_turn(record):
         bar.update(1)
 
-    cfgs = [
-        UserConfig(url, args.turn_detection == "manual", args.api_key, start_delay_s=i * args.stagger_ms / 1000)
-        for i in range(conc)
-    ]
+    cfgs = _user_configs(args, url, conc)
     results = await asyncio.gather(*(run_user(c, plan, frames, on_turn) for c in cfgs), return_exceptions=True)
     records = []
     for user, res in enumerate(results):
         if isinstance(res, BaseException):
+            error = f"{type(res).__name__}: {res}"
             records.append(
                 {
                     "user": user,
                     "turn": 1,
                     "kind": plan[0].video and "video" or "audio",
-                    "status": "failed",
-                    "error": f"{type(res).__name__}: {res}",
+                    # Admission control said no (session_limit_reached or HTTP 503): not a failure.
+                    "status": "refused" if "session_limit_reached" in error or "HTTP 503" in error else "failed",
+                    "error": error,
                 }
             )
             continue
         records += [{"user": user, **r} for r in res]
     return [{"concurrency": conc, **r} for r in records]
+
+
+def _user_configs(args, url: str, conc: int) -> list:
+    """When each user starts, and how long it pauses between turns, for --arrival."""
+    import random
+
+    from assistant.bench.users import Rendezvous, UserConfig
+
+    manual = args.turn_detection == "manual"
+    if args.arrival == "burst":
+        meet = Rendezvous(conc)
+        return [UserConfig(url, manual, args.api_key, rendezvous=meet) for _ in range(conc)]
+    if args.arrival == "poisson":
+        rng = random.Random(args.seed * 1000 + conc)
+        starts, t = [], 0.0
+        for _ in range(conc):
+            starts.append(t)
+            t += rng.expovariate(1000 / max(1, args.stagger_ms))
+        return [
+            UserConfig(url, manual, args.api_key, start_delay_s=s, think_s=lambda: rng.expovariate(1 / POISSON_THINK_S))
+            for s in starts
+        ]
+    return [UserConfig(url, manual, args.api_key, start_delay_s=i * args.stagger_ms / 1000) for i in range(conc)]
 
 
 PROBE_KEYS = ("prefill_tokens", "audio_ttfp_ms", "stage_preprocessing_ms", "error")
@@ -185,9 +257,9 @@ async def run_server_mode(args) -> dict:
     from assistant.bench.users import load_jpeg_frames, load_utterance
 
     levels = [int(x) for x in args.concurrency.split(",") if x.strip()]
-    # Short fixed answers (6 tokens, 8 frames = 640 ms) keep `make bench` on the tiny model under
-    # 5 minutes on a shared 2-core machine; the first packet does not depend on the length.
-    tokens, frames_n = args.answer_tokens or 6, args.answer_frames or 8
+    # Answers as long as real ones (about 5 s): a short answer leaves the worker idle between
+    # turns, and the first packets then never meet the load that real use puts them under.
+    tokens, frames_n = args.answer_tokens or ANSWER_TOKENS, args.answer_frames or ANSWER_FRAMES
     utterances = [load_utterance(n.strip()) for n in args.fixtures.split(",") if n.strip()]
     plan = _plan(args, utterances)
     frames = load_jpeg_frames()
@@ -200,7 +272,8 @@ async def run_server_mode(args) -> dict:
             args,
             model=args.model,
             log_level="warning",
-            max_sessions=max(levels),
+            max_sessions=max(levels) if args.max_sessions is None else args.max_sessions,
+            **({} if args.load_threshold is None else {"load_threshold": args.load_threshold}),
             min_answer_tokens=tokens,
             max_answer_tokens=tokens,
             min_answer_frames=frames_n,  # applied when the server has this setting
@@ -226,6 +299,10 @@ async def run_server_mode(args) -> dict:
             from assistant.bench.metrics import concurrency_ratio
 
             extra["concurrency_4_vs_1"] = concurrency_ratio(records)
+        if 1 in levels:
+            from assistant.bench.metrics import capacity
+
+            extra["capacity"] = capacity(records)
         if not args.no_prefill_probe:
             first = next((r for r in records if r.get("turn") == 1 and r.get("error") is None), None)
             known = (
@@ -253,6 +330,9 @@ async def run_server_mode(args) -> dict:
             "answer_tokens": tokens,
             "answer_frames": frames_n,
             "stagger_ms": args.stagger_ms,
+            "arrival": args.arrival,
+            "max_sessions": server_info.get("max_sessions"),
+            "seed": args.seed if args.arrival == "poisson" else None,
             "chunk_ms": 20,
             "underrun_gap_ms": 100,
         },
@@ -336,6 +416,8 @@ def main(argv=None) -> int:
     for key in ("extra", "turns", "prefill_tokens"):
         if run.get(key):
             print(f"{key}: {json.dumps(run[key])}")
+    if run.get("extra", {}).get("capacity"):
+        print(report.capacity_line(run["extra"]["capacity"], run["config"]))
     print(f"\nwrote {path}, {out / f'{mode}.md'} and {len(run['plots'])} plot(s) in {run['runtime_s']:.0f} s")
     failed = sum(1 for r in run.get("records", []) if r.get("error"))
     return 1 if failed and failed == len(run.get("records", [])) else 0

@@ -40,7 +40,9 @@ def _outcome(job: StreamJob, events: list) -> tuple:
 
 def test_batched_decode_equals_each_response_alone(resident, load_wav):
     """Four responses with different prompts and lengths (so caches differ in length and
-    rows leave the batch at different steps) give, batched, what each gives alone."""
+    rows leave the batch at different steps) give, batched, what each gives alone: their
+    first packets prefilled together (thinker, then talker, then the first frames) and
+    their decode steps batched."""
     frames = [6, 9, 12, 15]
     solo = []
     for clip, n in zip(CLIPS, frames, strict=True):
@@ -58,7 +60,7 @@ def test_batched_decode_equals_each_response_alone(resident, load_wav):
             group = [job for job in jobs if not job.done and job._phase == phase]
             if not group:
                 continue
-            if phase in ("frame", "advance") and len(group) > 1:
+            if len(group) > 1:
                 batched_rows.append(len(group))
                 for job, evs in batch.step_jobs(group).items():
                     events[job] += evs
@@ -66,11 +68,65 @@ def test_batched_decode_equals_each_response_alone(resident, load_wav):
                 for job in group:
                     events[job] += job.step()
     assert max(batched_rows) == 4 and 2 in batched_rows  # full batches, then rows leaving
+    assert batched_rows[:2] == [4, 4]  # the thinker's and the talker's prefill, one forward each
     for job, (tokens, codes, audio) in zip(jobs, solo, strict=True):
         b_tokens, b_codes, b_audio = _outcome(job, events[job])
         assert b_tokens == tokens
         assert torch.equal(b_codes, codes), "batched codec frames differ from the solo run"
         assert b_audio == audio
+
+
+def _turn(resident, conv: Conversation, cache) -> StreamJob:
+    """A response to `conv`'s last user turn, run alone to its end; its answer joins `conv`."""
+    job = StreamJob(resident, conv, cache=cache)
+    events = []
+    while not job.done:
+        events += job.step()
+    conv.turns.append(events[-1].turn)
+    return job
+
+
+def test_batched_first_packets_with_cached_prefixes_equal_each_alone(resident, load_wav):
+    """Second turns, each reusing its conversation's cached thinker and talker KV (of
+    different lengths, so the batch pads both caches and tails), prefilled as one batch
+    give what each gives alone."""
+    from assistant.engine.convcache import ConversationCache
+
+    sampling = Sampling(greedy=True, min_tokens=3, max_tokens=5, min_frames=4, max_frames=4)
+    outcomes, states = [], []
+    for batched in (False, True):
+        cache, jobs = ConversationCache(capacity=4), []
+        for first, second in ((CLIPS[0], CLIPS[2]), (CLIPS[3], CLIPS[1])):
+            conv = Conversation(sampling=sampling, id=f"c{first}")
+            conv.add_user([AudioPart(load_wav(first), 16000)])
+            _turn(resident, conv, cache)
+            conv.add_user([AudioPart(load_wav(second), 16000)])
+            jobs.append(StreamJob(resident, conv, cache=cache))
+        events = {job: [] for job in jobs}
+        for phase in ("prefill", "talker_prefill", "frame"):
+            assert all(job._phase == phase for job in jobs)
+            if batched:
+                for job, evs in batch.step_jobs(jobs).items():
+                    events[job] += evs
+            else:
+                for job in jobs:
+                    events[job] += job.step()
+            if phase == "talker_prefill":  # a tiny random model's greedy picks survive small errors: compare states
+                states.append([(job._thinker_hidden, job._talker_last_hidden, _kv(job._talker_cache)) for job in jobs])
+        assert all(0 < job.stats.prefill_tokens < job._prompt_ids.shape[1] for job in jobs)  # the cache was reused
+        for job in jobs:
+            while not job.done:
+                events[job] += job.step()
+        outcomes.append([_outcome(job, events[job]) for job in jobs])
+    for (tokens, codes, audio), (b_tokens, b_codes, b_audio) in zip(*outcomes, strict=True):
+        assert b_tokens == tokens and torch.equal(b_codes, codes) and b_audio == audio
+    for solo, batched in zip(*states, strict=True):
+        for a, b in zip(solo, batched, strict=True):
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+
+
+def _kv(cache) -> torch.Tensor:
+    return torch.cat([torch.cat([layer.keys, layer.values], -1) for layer in cache.layers], 1).clone()
 
 
 def test_padded_cache_and_scatter():
@@ -219,6 +275,30 @@ def test_first_packets_step_alone_but_join_a_streams_batch():
     assert [e[0].name for e in w._group(entry["talker"])] == ["talker"]  # not a decode step
 
 
+def test_first_packets_that_arrive_together_step_as_one_batch():
+    """Issue #19: commits queued together prefill together (thinker, then talker, then the
+    first frames), but never with a stream's decode step, a camera turn, or a turn whose
+    conversation's early prefill is still between steps."""
+    w = ModelWorker(4, max_batch=8)
+    a, b = FakeJob("a", _phase="prefill"), FakeJob("b", _phase="prefill")
+    camera = FakeJob("camera", _phase="prefill", visual=True)
+    waits = FakeJob("waits", _phase="prefill", conv_id="x")
+    holder = FakeJob("holder", partial=True, _phase="early_forward", conv_id="x")
+    stream = FakeJob("stream", slack_s=0.3)
+    first_frame, talker = FakeJob("first_frame"), FakeJob("talker", _phase="talker_prefill")
+    w._active = [(j, None) for j in (a, stream, camera, waits, holder, b, first_frame, talker)]
+    entry = {e[0].name: e for e in w._active}
+    assert [e[0].name for e in w._group(entry["a"])] == ["a", "b"]
+    assert [e[0].name for e in w._group(entry["camera"])] == ["camera"]
+    assert [e[0].name for e in w._group(entry["first_frame"])] == ["first_frame"]  # the stream is not a first packet
+    first_frame2 = FakeJob("first_frame2")
+    w._active.append((first_frame2, None))
+    assert [e[0].name for e in w._group(entry["first_frame"])] == ["first_frame", "first_frame2"]
+    assert [e[0].name for e in w._group(entry["talker"])] == ["talker"]
+    w.max_batch = 1
+    assert [e[0].name for e in w._group(entry["a"])] == ["a"]
+
+
 def test_playback_slack_counts_whole_chunks(resident, load_wav):
     job = _job(resident, load_wav, CLIPS[0], 30)
     while job.stats.t_first_audio is None:
@@ -249,3 +329,70 @@ def test_superseded_early_prefills_are_dropped_unrun(resident, load_wav):
     w._active.append((response, None))
     w._drop_superseded_prefills()
     assert [e[0] for e in w._active] == [a2, response]
+
+
+def test_jobs_without_a_listener_rank_as_background(monkeypatch):
+    """The one rule's hook for one-shot jobs (chat completions, transcriptions): a job whose
+    `background` attribute is true has no deadline: it goes after every first packet and
+    every response short of its guard, before responses with audio to spare, and borrows
+    slack only when no first packet waits."""
+    import assistant.engine.worker as worker_mod
+
+    monkeypatch.setattr(worker_mod, "now", lambda: 100.0)
+    w = ModelWorker(4, guard_s=0.16)
+    w.step_cost_s = dict.fromkeys(w.step_cost_s, 1.0)
+    chat = FakeJob("chat", t_submitted=90.0, _phase="prefill")
+    chat.background = True
+    jobs = [FakeJob("ahead", slack_s=0.5), chat, FakeJob("new", t_submitted=99.9), FakeJob("short", slack_s=0.1)]
+    assert order_of(w, jobs) == ["short", "new", "chat", "ahead"]
+    w.step_cost_s = dict.fromkeys(w.step_cost_s, 0.01)  # everything fits in the spare (0.5 - 0.03)
+    assert order_of(w, [FakeJob("ahead", slack_s=0.5), chat, FakeJob("new", t_submitted=99.9)]) == [
+        "new",
+        "chat",
+        "ahead",
+    ]
+
+
+def test_past_capacity_first_packets_stay_bounded_and_underruns_are_shared(monkeypatch):
+    """Issue #19's policy under overload, simulated with plain data: four listeners whose
+    frames cost 1.5x what real time allows (each step 30 ms of work for 80 ms of audio),
+    and a new turn committed mid-way. The new first packet goes out within its target
+    (2 x guard) plus one round of the listeners' steps (those that ran dry before its
+    deadline), and the listeners share the shortfall: the one that ran dry first is
+    stepped next, so nobody's stall is more than a frame or two above anybody else's."""
+    import assistant.engine.worker as worker_mod
+
+    clock = {"t": 0.0}
+    monkeypatch.setattr(worker_mod, "now", lambda: clock["t"])
+    w = ModelWorker(4, guard_s=0.16)
+    step_s, frame_s = 0.03, 0.08
+    w.step_cost_s = dict.fromkeys(w.step_cost_s, step_s)
+    w.frame_cost_s = step_s
+    ends, stalls = {}, {}
+    listeners = [FakeJob(f"l{i}", slack_s=0.0) for i in range(4)]
+    for job in listeners:
+        ends[job], stalls[job] = 0.2, 0.0
+    new = FakeJob("new", t_submitted=3.0, _phase="prefill")
+    w._active = [(job, None) for job in listeners]
+    served_new = None
+    while clock["t"] < 6.0:
+        if served_new is None and clock["t"] >= new.t_submitted and all(e[0] is not new for e in w._active):
+            w._active.append((new, None))
+        for job, _ in w._active:
+            if job.slack_s is not None:
+                job.slack_s = ends[job] - clock["t"]
+        job, _ = w._pick()
+        clock["t"] += step_s
+        if job is new:
+            served_new = clock["t"]
+            w._active.remove((new, None))
+            continue
+        if ends[job] < clock["t"]:  # it ran dry before this frame arrived
+            stalls[job] += clock["t"] - ends[job]
+            ends[job] = clock["t"]
+        ends[job] += frame_s
+    bound = w.first_packet_target_s + len(listeners) * step_s
+    assert served_new is not None and w.first_packet_target_s < served_new - new.t_submitted <= bound
+    spread = [stalls[job] for job in listeners]
+    assert min(spread) > 0.5  # overloaded indeed: everyone stalled
+    assert max(spread) - min(spread) <= 2 * frame_s, spread

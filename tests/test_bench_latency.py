@@ -25,7 +25,7 @@ def test_server_mode_writes_json_markdown_and_plots(tiny_dir, tmp_path):
     out = tmp_path / "out"
     r = bench(
         "--concurrency", "1", "--turns", "2", "--video-turns", "1", "--turn-detection", "manual",
-        "--no-prefill-probe", "--out", str(out), tiny_dir=tiny_dir,
+        "--answer-tokens", "6", "--answer-frames", "8", "--no-prefill-probe", "--out", str(out), tiny_dir=tiny_dir,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     run = json.loads((out / "server.json").read_text())
@@ -42,6 +42,8 @@ def test_server_mode_writes_json_markdown_and_plots(tiny_dir, tmp_path):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len((out / "runs.jsonl").read_text().splitlines()) == 1
     assert "ttfp p50" in r.stdout and "234" in r.stdout  # the summary table
+    assert run["extra"]["capacity"]["levels"]["1"]["inverse_rtf_p50"] > 0
+    assert "capacity (audio turns, staggered arrivals, answers of 0.6 s)" in r.stdout
 
 
 def test_engine_only_compares_with_stock(tiny_dir, tmp_path):

@@ -37,6 +37,7 @@ def server(tiny_dir):
         max_answer_tokens=14,
         max_answer_frames=25,
         echo_guard_ms=100,
+        max_sessions=4,  # a number: the limit test below opens that many (auto: tests/test_capacity.py)
     )
     with ServerThread(settings) as running:
         yield running

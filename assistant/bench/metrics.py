@@ -113,3 +113,40 @@ def concurrency_ratio(records: Sequence[dict], at: int = 4, base: int = 1) -> di
             f"underruns_at_{at}": sum(r.get("underruns") or 0 for r in high),
         }
     return out
+
+
+CAPACITY_RATIO = 1.5  # issue #19: a level is served when its p90 first packet is within 1.5x the 1-user p50
+
+
+def capacity(records: Sequence[dict], kind: str = "audio", ratio: float = CAPACITY_RATIO) -> dict:
+    """Issue #19's capacity figure for one kind of turn: the largest concurrency at which
+    the p90 first packet (`audio_ttfp_ms`) stays within `ratio` x the p50 at concurrency
+    1, with zero underruns and every user admitted and answered; that level and every
+    level below it must pass (a machine that misses at 2 users and passes at 4 has no
+    capacity of 4). Also 1/RTF (p50 of 1 / `audio_rtf`) per level: how many times faster
+    than real time one answer was generated, the throughput bound beside the latency one.
+    `capacity` is None without a concurrency-1 level, 0 when even 1 user misses."""
+    recs = [r for r in records if r.get("kind") == kind]
+    levels = sorted({r["concurrency"] for r in recs})
+    base = [r["audio_ttfp_ms"] for r in recs if r["concurrency"] == 1 and r.get("error") is None]
+    p50 = percentile(base, 50)
+    per_level = {}
+    cap: int | None = 0 if p50 else None
+    for conc in levels:
+        at = [r for r in recs if r["concurrency"] == conc]
+        ok = [r for r in at if r.get("error") is None]
+        p90 = percentile([r["audio_ttfp_ms"] for r in ok], 90)
+        underruns = sum(r.get("underruns") or 0 for r in ok)
+        rtfs = [1.0 / r["audio_rtf"] for r in ok if r.get("audio_rtf")]
+        passed = bool(p50 and p90 is not None and ok and len(ok) == len(at) and underruns == 0 and p90 <= ratio * p50)
+        per_level[str(conc)] = {
+            "p90_ms": p90,
+            "ratio": round(p90 / p50, 3) if p50 and p90 is not None else None,
+            "underruns": underruns,
+            "failed_or_refused": len(at) - len(ok),
+            "inverse_rtf_p50": percentile(rtfs, 50),
+            "passed": passed,
+        }
+        if cap is not None and cap == (levels[levels.index(conc) - 1] if levels.index(conc) else 0) and passed:
+            cap = conc
+    return {"kind": kind, "p50_at_1_ms": p50, "max_ratio": ratio, "capacity": cap, "levels": per_level}

@@ -63,6 +63,7 @@ def summarize_server(records: list[dict]) -> list[dict]:
     rows = []
     for (conc, kind), recs in metrics.group(records, "concurrency", "kind").items():
         ok = [r for r in recs if r.get("error") is None]
+        refused = sum(1 for r in recs if r.get("status") == "refused")
         stats = metrics.summarize(ok, TURN_KEYS)
         target = metrics.target_ms(kind)
         p50 = stats["audio_ttfp_ms"]["p50"]
@@ -71,7 +72,8 @@ def summarize_server(records: list[dict]) -> list[dict]:
                 "concurrency": conc,
                 "kind": kind,
                 "turns": len(recs),
-                "failed": len(recs) - len(ok),
+                "failed": len(recs) - len(ok) - refused,
+                "refused": refused,  # users that admission control turned away (one record each)
                 "underruns_total": sum(r.get("underruns") or 0 for r in ok),
                 "target_ms": target,
                 "ttfp_p50_within_target": None if p50 is None else p50 <= target,
@@ -125,7 +127,9 @@ def server_table(rows: list[dict]) -> list[list[str]]:
             [
                 str(r["concurrency"]),
                 r["kind"],
-                f"{r['turns']}" + (f" ({r['failed']} failed)" if r["failed"] else ""),
+                f"{r['turns']}"
+                + (f" ({r['failed']} failed)" if r["failed"] else "")
+                + (f" ({r['refused']} refused)" if r.get("refused") else ""),
                 _f(s["audio_ttfp_ms"]["p50"]),
                 _f(s["audio_ttfp_ms"]["p90"]),
                 _f(s["audio_ttfp_ms"]["p99"]),
@@ -139,6 +143,19 @@ def server_table(rows: list[dict]) -> list[list[str]]:
             ]
         )
     return out
+
+
+def capacity_line(cap: dict, cfg: dict) -> str:
+    """Issue #19's headline: the capacity figure beside 1/RTF at each level."""
+    levels = cap["levels"]
+    inv = ", ".join(
+        f"{conc} user{'s' if conc != '1' else ''} {_f(v['inverse_rtf_p50'], 2)}" for conc, v in levels.items()
+    )
+    return (
+        f"capacity ({cap['kind']} turns, {cfg.get('arrival', 'staggered')} arrivals, answers of "
+        f"{cfg['answer_frames'] * 0.08:.1f} s): {cap['capacity']} user(s) with p90 first packet <= "
+        f"{cap['max_ratio']}x the 1-user p50 ({_f(cap['p50_at_1_ms'])} ms) and no underruns; 1/RTF: {inv}"
+    )
 
 
 def markdown_table(columns, rows) -> str:
@@ -172,7 +189,7 @@ def server_markdown(run: dict) -> str:
         f"transport {cfg['transport']}; "
         f"turns {cfg['turn_detection']}; {cfg['turns_per_user']} turns per user "
         f"({cfg['video_turns_per_user']} with video); answers fixed at {cfg['answer_tokens']} text tokens / "
-        f"≤{cfg['answer_frames']} codec frames; users start {cfg['stagger_ms']} ms apart. "
+        f"≤{cfg['answer_frames']} codec frames; {_arrival(cfg)}. "
         f"Runtime {run['runtime_s']:.0f} s. Commit {run['environment'].get('git_commit')}.",
         "",
         "All times in ms, p50/p90/p99 over turns. `ttfp` = server audio_ttfp (commit or VAD endpoint -> first "
@@ -187,11 +204,29 @@ def server_markdown(run: dict) -> str:
         "",
         markdown_table(("conc", "kind", *STAGES, "ttfp"), stage_rows),
     ]
+    if extra.get("capacity"):
+        lines += ["", "## Capacity", "", capacity_line(extra["capacity"], cfg) + "."]
+    srv = run["server"]
+    if srv.get("max_sessions") == "auto":
+        lines += [
+            "",
+            f"Server admission: `--max-sessions auto`, load threshold {srv.get('load_threshold')}, capacity measured "
+            f"at warm-up {srv.get('capacity_sessions')} sessions.",
+        ]
     if extra:
         lines += ["", "## Turns and prefill", "", "```json", json.dumps(extra, indent=1), "```"]
     if run.get("plots"):
         lines += ["", *(f"![{Path(p).stem}]({Path(p).name})" for p in run["plots"])]
     return "\n".join(lines) + "\n"
+
+
+def _arrival(cfg: dict) -> str:
+    arrival = cfg.get("arrival", "staggered")
+    if arrival == "burst":
+        return "burst arrivals (every user starts every turn at the same moment)"
+    if arrival == "poisson":
+        return f"Poisson arrivals (mean gap {cfg['stagger_ms']} ms, seed {cfg.get('seed')})"
+    return f"users start {cfg['stagger_ms']} ms apart"
 
 
 # ---------------------------------------------------------------------------- plots

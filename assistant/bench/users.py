@@ -17,6 +17,7 @@ import asyncio
 import io
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -67,6 +68,34 @@ def load_jpeg_frames(fixtures: Path = FIXTURES) -> list[tuple[float, bytes]]:
     return out
 
 
+class Rendezvous:
+    """Burst arrivals (issue #19): every user starts each turn at the same moment, when
+    the last of them is ready, the way Qwen's Table 2 counts concurrency (N requests at
+    once). A user that leaves (its session ended or was refused) no longer holds the
+    others back."""
+
+    def __init__(self, parties: int) -> None:
+        self.parties = parties
+        self._arrived = 0
+        self._release = asyncio.Event()
+
+    async def wait(self) -> None:
+        self._arrived += 1
+        release = self._release
+        if self._arrived >= self.parties:
+            self._open()
+        await release.wait()
+
+    def leave(self) -> None:
+        self.parties -= 1
+        if self.parties > 0 and self._arrived >= self.parties:
+            self._open()
+
+    def _open(self) -> None:
+        self._release.set()
+        self._release, self._arrived = asyncio.Event(), 0
+
+
 @dataclass
 class UserConfig:
     url: str
@@ -74,12 +103,22 @@ class UserConfig:
     api_key: str | None = None
     vad_silence_ms: int | None = None
     start_delay_s: float = 0.0
+    rendezvous: Rendezvous | None = None  # burst arrivals: wait for every user before each turn
+    think_s: Callable[[], float] = lambda: THINK_S  # pause after the answer's playback (poisson: random)
 
 
 async def run_user(
     cfg: UserConfig, plan: list[TurnPlan], frames: list[tuple[float, bytes]], on_turn=None
 ) -> list[dict]:
     """One user's session; returns one record per planned turn (failed turns included)."""
+    try:
+        return await _run_user(cfg, plan, frames, on_turn)
+    finally:
+        if cfg.rendezvous is not None:
+            cfg.rendezvous.leave()
+
+
+async def _run_user(cfg: UserConfig, plan: list[TurnPlan], frames, on_turn) -> list[dict]:
     await asyncio.sleep(cfg.start_delay_s)
     vad = {"silence_duration_ms": cfg.vad_silence_ms} if cfg.vad_silence_ms is not None else None
     core = ClientCore(manual=cfg.manual, vad=vad)
@@ -96,12 +135,14 @@ async def run_user(
         for i, step in enumerate(plan):
             record = {"turn": i + 1, "kind": "video" if step.video else "audio", "fixture": step.utterance.name}
             try:
+                if cfg.rendezvous is not None:
+                    await cfg.rendezvous.wait()
                 turn = await _one_turn(link, core, step, frames, reports, cfg.manual)
                 record.update(turn.summary())
                 record["error"] = None if turn.status == "completed" else f"response {turn.status}"
                 # Let the answer "play" to its end (simulated), then think briefly.
                 t_end = _playback_end(turn)
-                await asyncio.sleep(max(0.0, t_end - time.monotonic()) + THINK_S)
+                await asyncio.sleep(max(0.0, t_end - time.monotonic()) + cfg.think_s())
             except (ClientError, TimeoutError) as exc:
                 record.update(status="failed", error=str(exc) or type(exc).__name__)
                 records.append(record)

@@ -36,10 +36,14 @@ def padded_cache(caches: list[DynamicCache], config) -> tuple[DynamicCache, torc
     lengths = [c.get_seq_length() for c in caches]
     lmax = max(lengths)
     batch = DynamicCache(config=config)
-    for layer in range(len(caches[0].layers)):
+    ref = caches[lengths.index(lmax)]  # an empty cache (a first turn's prefill) takes its shapes from this one
+    for layer in range(len(ref.layers)):
         keys, values = [], []
         for cache, n in zip(caches, lengths, strict=True):
-            k, v = cache.layers[layer].keys, cache.layers[layer].values  # [1, KV, n, hd]
+            if n == 0:
+                k, v = ref.layers[layer].keys[:, :, :0], ref.layers[layer].values[:, :, :0]
+            else:
+                k, v = cache.layers[layer].keys, cache.layers[layer].values  # [1, KV, n, hd]
             pad = lmax - n
             if pad:
                 k = torch.cat([k.new_zeros(*k.shape[:2], pad, k.shape[-1]), k], dim=2)
@@ -47,7 +51,7 @@ def padded_cache(caches: list[DynamicCache], config) -> tuple[DynamicCache, torc
             keys.append(k)
             values.append(v)
         batch.update(torch.cat(keys), torch.cat(values), layer)  # [B, KV, Lmax, hd]
-    device = caches[0].layers[0].keys.device
+    device = ref.layers[0].keys.device
     mask = torch.ones(len(caches), lmax + 1, dtype=torch.long, device=device)
     for row, n in enumerate(lengths):
         mask[row, : lmax - n] = 0
@@ -71,12 +75,49 @@ def decode_step(module, caches: list[DynamicCache], config, position_ids: torch.
     return out
 
 
+def prefill_step(module, caches: list[DynamicCache], config, embeds: list[torch.Tensor], positions, **kw):
+    """Prefill B prompts' new positions through `module` (thinker text model or talker) in
+    one forward, each row extending its own cache. embeds: B tensors [1, T_i, D]; positions:
+    B tensors [3, 1, T_i]. Returns the output (rows [B, T, ...], T = max T_i) and the T_i.
+
+    Row layout in the batch: [left pad | cache_i | tail_i | right pad]. The mask hides both
+    pads; tails are padded on the right so that every real query sees only its own cache
+    and the tail before it (causal), and no query row is all masked (a padded query still
+    sees its row's real keys, so softmax never gets a row of -inf, which would be NaN)."""
+    lengths = [e.shape[1] for e in embeds]
+    T = max(lengths)
+    cached = [c.get_seq_length() for c in caches]
+    if any(cached):
+        stacked, mask = padded_cache(caches, config)
+        mask = torch.cat([mask[:, :-1], mask.new_zeros(len(caches), T)], dim=1)  # [B, Lc + T]
+    else:
+        stacked = DynamicCache(config=config)
+        mask = torch.zeros(len(caches), T, dtype=torch.long, device=embeds[0].device)
+    lc = mask.shape[1] - T
+    for row, n in enumerate(lengths):
+        mask[row, lc : lc + n] = 1
+    padded = torch.cat([torch.nn.functional.pad(e, (0, 0, 0, T - e.shape[1])) for e in embeds])  # [B, T, D]
+    pos = torch.cat(
+        [torch.cat([p, p[:, :, -1:].expand(-1, -1, T - p.shape[2])], dim=2) for p in positions], dim=1
+    )  # [3, B, T]: pads repeat the last position (they are masked)
+    out = module(inputs_embeds=padded, attention_mask=mask, position_ids=pos, cache=stacked, use_cache=True, **kw)
+    for layer in range(len(stacked.layers)):
+        keys, values = stacked.layers[layer].keys, stacked.layers[layer].values  # [B, KV, Lc + T, hd]
+        for row, (cache, n) in enumerate(zip(caches, lengths, strict=True)):
+            cache.update(keys[row : row + 1, :, lc : lc + n], values[row : row + 1, :, lc : lc + n], layer)
+    return out, lengths
+
+
 def step_jobs(jobs) -> dict[object, list[Event]]:
-    """One batched unit of work for responses that are all in the same phase ("frame"
-    or "advance"); returns each response's events."""
+    """One batched unit of work for responses that are all in the same phase ("prefill",
+    "talker_prefill", "frame" or "advance"); returns each response's events."""
     phase = jobs[0]._phase
     try:
         with torch.inference_mode():  # as StreamJob.step
+            if phase == "prefill":
+                return _prefill(jobs)
+            if phase == "talker_prefill":
+                return _talker_prefill(jobs)
             if phase == "frame":
                 return _frames(jobs)
             if phase == "advance":
@@ -84,6 +125,60 @@ def step_jobs(jobs) -> dict[object, list[Event]]:
     except STEP_ERRORS as exc:  # every response in the step fails, each with its own done event
         return {job: job._finish("failed", step_error(exc)) for job in jobs if not job.done}
     raise ValueError(f"phase {phase!r} is not batched")
+
+
+def _prefill(jobs) -> dict[object, list[Event]]:
+    """First packets of commits that arrived together (issue #19): each response's
+    processor, cached prefix and audio encoder as alone, then one thinker forward over all
+    their new tokens. Audio-only turns: the worker runs camera and image turns alone (their
+    vision features and DeepStack rows are per prompt)."""
+    events: dict[object, list[Event]] = {}
+    live, inputs = [], []
+    for job in jobs:
+        try:
+            _, embeds, mm, _, pos = job._prefill_inputs()
+        except STEP_ERRORS as exc:  # this response fails alone
+            events[job] = job._finish("failed", step_error(exc))
+            continue
+        if mm is not None:
+            raise ValueError("batched prefill takes audio-only turns")
+        live.append(job)
+        inputs.append((embeds, pos))
+    if not live:
+        return events
+    res = live[0].res
+    out, lengths = prefill_step(
+        res.thinker.model,
+        [job._thinker_cache for job in live],
+        res.thinker.config.text_config,
+        [e for e, _ in inputs],
+        [p for _, p in inputs],
+        output_hidden_states=True,
+    )
+    hs, layer = out.hidden_states, res.tcfg.accept_hidden_layer
+    for row, (job, n) in enumerate(zip(live, lengths, strict=True)):
+        last = out.last_hidden_state[row : row + 1, n - 1 : n]  # [1, 1, D]
+        events[job] = job._prefill_done(hs[0][row : row + 1, :n], hs[layer][row : row + 1, :n], last)
+    return events
+
+
+def _talker_prefill(jobs) -> dict[object, list[Event]]:
+    """The talker prompts of responses whose first text token exists, in one forward."""
+    inputs = [job._talker_prefill_inputs() for job in jobs]
+    res = jobs[0].res
+    out, lengths = prefill_step(
+        res.talker,
+        [job._talker_cache for job in jobs],
+        res.talker.config.text_config,
+        [e for e, _, _ in inputs],
+        [p for _, _, p in inputs],
+        output_hidden_states=True,
+    )
+    last = out.hidden_states[0][-1]  # [B, T, D]: last layer, as the solo path reads it
+    return {
+        job: job._talker_prefill_done(n, out.logits[row, n - 1], last[row : row + 1, n - 1 : n])
+        for row, (job, n) in enumerate(zip(jobs, lengths, strict=True))
+    }
 
 
 def _frames(jobs) -> dict[object, list[Event]]:

@@ -26,10 +26,13 @@ from .api import (
     now,
 )
 from .budget import GB, Costs, MemoryBudget, default_limit_bytes
+from .capacity import LoadReport
 from .convcache import ConversationCache
 from .resident import Resident
 from .stream import StreamConfig, StreamJob
 from .worker import LocalResponse, ModelWorker
+
+LOAD_PROBE_ANSWERS = 4  # answers at once in the warm-up's load measurement (issue #19)
 
 log = logging.getLogger("assistant.engine")
 
@@ -178,10 +181,34 @@ class LocalEngine:
 
         try:
             await asyncio.gather(*(answer(conv) for conv in convs))
+            await self._measure_load(speech, answer)
         finally:
             for conv in convs:
                 self.forget(conv)
-        log.info("warm-up done in %.0f ms", (now() - t0) * 1000)
+        log.info("warm-up done in %.0f ms; %s", (now() - t0) * 1000, self.load_report(0, 0.8).as_dict())
+
+    async def _measure_load(self, speech: np.ndarray, answer) -> None:
+        """Issue #19: the sustainable load, from decode steps timed with one answer alone and
+        then LOAD_PROBE_ANSWERS at once (capacity.py), after the lazy initialisation above.
+        Live steps refine the figures from then on."""
+        self.worker.load_model.cost_s.clear()
+        for n in (1, min(LOAD_PROBE_ANSWERS, self.worker.max_batch)):
+            convs = []
+            for _ in range(n):
+                conv = self.new_conversation()
+                conv.sampling = Sampling(greedy=True, min_tokens=2, max_tokens=4, min_frames=16, max_frames=16)
+                conv.add_user([AudioPart(speech)])
+                convs.append(conv)
+            try:
+                await asyncio.gather(*(answer(conv) for conv in convs))
+            finally:
+                for conv in convs:
+                    self.forget(conv)
+
+    def load_report(self, sessions: int, threshold: float) -> LoadReport:
+        """Live load and capacity (capacity.py) for admission, /health and /metrics."""
+        live, speaking = self.worker.live_load()
+        return self.worker.load_model.report(sessions, live, speaking, threshold)
 
     async def close(self) -> None:
         await asyncio.to_thread(self.worker.stop)

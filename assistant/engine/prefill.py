@@ -48,7 +48,32 @@ class ThinkerPrefill:
     """The prefill steps of StreamJob (a mixin: the state lives on the job)."""
 
     def _prefill(self) -> list[Event]:
-        res, s = self.res, self.sampling
+        res = self.res
+        tail_ids, embeds, mm_outputs, tail, pos = self._prefill_inputs()
+        # The thinker's own forward (transformers 5.24) takes no logits_to_keep and runs
+        # lm_head over every prompt position: on the tiny model that was 250 ms of a
+        # 470-token video prefill (a [P, 152k] product), on the real one P x 152k floats of
+        # memory. The text model, then lm_head on the last position only.
+        out = res.thinker.model(
+            input_ids=tail_ids,
+            inputs_embeds=embeds,
+            mm_encoder_outputs=mm_outputs,
+            image_grid_thw=tail.get("image_grid_thw"),
+            video_grid_thw=tail.get("video_grid_thw"),
+            position_ids=pos,
+            cache=self._thinker_cache,
+            use_cache=True,
+            output_hidden_states=True,
+        )
+        hs = out.hidden_states
+        return self._prefill_done(hs[0], hs[res.tcfg.accept_hidden_layer], out.last_hidden_state[:, -1:])
+
+    def _prefill_inputs(self) -> tuple:
+        """Everything of the prefill before the thinker's forward: the processor, the cached
+        prefix, the encoders. Returns (tail ids [1, T], tail embeddings [1, T, D], vision
+        encoder outputs or None, the tail's media, tail positions [3, 1, T]); the thinker
+        cache to extend is `self._thinker_cache` (batch.py runs several tails as one forward)."""
+        res = self.res
         self.stats.t_started = now()
         prepared = self._prepare_in_context()
         host = prepared.tensors
@@ -74,31 +99,22 @@ class ThinkerPrefill:
         prefix = self._reuse_prefix(id_list, self._media)
         self._reserve_response(ids, prefix)
         n = len(prefix.ids) if prefix else 0
+        self._prefix = prefix
         self._talker_prefix = prefix.talker if prefix else None  # extended by _talker_prefill
         tail_ids = ids[:, n:]  # [1, P - n]
         tail = self._tail_media(host, id_list, n)
         embeds, mm_outputs = self._encode(tail_ids, tail)
         self.stats.t_preprocessed = now()
         self._thinker_cache = prefix.kv if prefix else DynamicCache(config=res.thinker.config.text_config)
-        # The thinker's own forward (transformers 5.24) takes no logits_to_keep and runs
-        # lm_head over every prompt position: on the tiny model that was 250 ms of a
-        # 470-token video prefill (a [P, 152k] product), on the real one P x 152k floats of
-        # memory. The text model, then lm_head on the last position only.
-        out = res.thinker.model(
-            input_ids=tail_ids,
-            inputs_embeds=embeds,
-            mm_encoder_outputs=mm_outputs,
-            image_grid_thw=tail.get("image_grid_thw"),
-            video_grid_thw=tail.get("video_grid_thw"),
-            position_ids=pos[:, :, n:],
-            cache=self._thinker_cache,
-            use_cache=True,
-            output_hidden_states=True,
-        )
-        logits = res.thinker.lm_head(out.last_hidden_state[:, -1:])  # [1, 1, V]
-        self.stats.prefill_tokens = tail_ids.shape[1]  # what the commit still had to prefill
-        hs = out.hidden_states
-        embed, hidden = hs[0], hs[res.tcfg.accept_hidden_layer]  # [1, P - n, D] each
+        return tail_ids, embeds, mm_outputs, tail, pos[:, :, n:]
+
+    def _prefill_done(self, embed: torch.Tensor, hidden: torch.Tensor, last: torch.Tensor) -> list[Event]:
+        """After the thinker's forward over the tail: its layer-0 inputs and talker-read
+        hidden states [1, T, D], and the last position's final hidden state [1, 1, D]."""
+        res, s, prefix = self.res, self.sampling, self._prefix
+        self._prefix = None
+        logits = res.thinker.lm_head(last)  # [1, 1, V]
+        self.stats.prefill_tokens = embed.shape[1]  # what the commit still had to prefill
         if prefix:
             embed, hidden = torch.cat([prefix.embed, embed], 1), torch.cat([prefix.hidden, hidden], 1)
         self._thinker_embed, self._thinker_hidden = embed, hidden  # [1, P, D]: layer-0 inputs, talker-read layer
@@ -113,7 +129,7 @@ class ThinkerPrefill:
             generator=self._gen,
         )
         if s.thinker_repetition_penalty != 1.0:
-            self._thinker_picker.history = ids[0].tolist()  # stock penalises prompt ids too
+            self._thinker_picker.history = self._prompt_ids[0].tolist()  # stock penalises prompt ids too
             self._thinker_picker.min_new += len(self._thinker_picker.history)
         events = self._accept_token(logits[0, -1])
         self.stats.t_thinker_first_token = now()

@@ -139,6 +139,7 @@ class StreamJob(ThinkerPrefill):
         self.item_id = new_id("item")
         self.cancelled = False
         self.done = False
+        self.decode_s = 0.0  # this response's share of the decode steps it ran in (the worker's live load)
         last_user = next((turn for turn in reversed(self.conv.turns) if turn.role == "user"), None)
         # Camera and image turns cost several times an audio turn to prefill (the worker's estimates).
         self.visual = last_user is not None and any(isinstance(p, (ImagePart, VideoPart)) for p in last_user.parts)
@@ -255,7 +256,9 @@ class StreamJob(ThinkerPrefill):
 
     # ------------------------------------------------------------------ talker
 
-    def _talker_prefill(self) -> list[Event]:
+    def _talker_prefill_inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The talker prompt still to prefill: (embeddings [1, N, D], mask [1, U + 9],
+        positions [3, 1, N]); the cache it extends is `self._talker_cache`."""
         res = self.res
         ids = self._prompt_ids  # [1, P]
         P = ids.shape[1]
@@ -281,15 +284,25 @@ class StreamJob(ThinkerPrefill):
         self._talker_deltas = deltas
         self._talker_cache = self._talker_prefix.kv if k else DynamicCache(config=res.talker.config.text_config)
         self._talker_prefix = TalkerPrefix(self._talker_cache, user)  # _store_cache crops it back to U
-        out = res.talker(
+        return embeds, mask, pos[:, :, k:]
+
+    def _talker_prefill(self) -> list[Event]:
+        embeds, mask, pos = self._talker_prefill_inputs()
+        out = self.res.talker(
             inputs_embeds=embeds,
             attention_mask=mask,
-            position_ids=pos[:, :, k:],
+            position_ids=pos,
             cache=self._talker_cache,
             use_cache=True,
             output_hidden_states=True,
         )
-        self.stats.talker_prefill_tokens = embeds.shape[1]
+        return self._talker_prefill_done(embeds.shape[1], out.logits[0, -1], out.hidden_states[0][-1][:, -1:])
+
+    def _talker_prefill_done(self, tokens: int, logits: torch.Tensor, last_hidden: torch.Tensor) -> list[Event]:
+        """After the talker's prefill forward of `tokens` positions: the last one's logits
+        [V] and last-layer hidden state [1, 1, D] choose code-0 of frame 0."""
+        res = self.res
+        self.stats.talker_prefill_tokens = tokens
         s = self.sampling
         self._talker_picker = Picker(
             greedy=s.greedy,
@@ -303,7 +316,7 @@ class StreamJob(ThinkerPrefill):
             generator=self._gen,
         )
         self._vocoder = IncrementalCode2Wav(res.vocoder, self.config.left_context, list(self.config.chunk_ramp))
-        self._after_talker(out)
+        self._after_talker_row(logits, last_hidden)
         self.stats.t_talker_first_frame = now()
         self._phase = "frame"
         return []

@@ -5,38 +5,51 @@ so responses interleave at step granularity and a cancel takes effect within one
 Events cross to the asyncio side with `loop.call_soon_threadsafe`; nothing here ever
 blocks the event loop that paces media.
 
-Scheduling is deadline-aware (issue #7). A speaking response's deadline is when its
-listener runs out of audio (first audio + audio emitted so far, played in real time);
-its slack is that deadline minus now minus the work left before its next chunk can go
-out (frames still to compute for the chunk x the measured cost of a frame). The spare
-is the least slack of all speaking responses less STEAL_MARGIN_S: a step that is
-estimated to take less (a moving average per phase and kind of turn, STEP_COST_S)
-cannot make anyone run dry. Order:
-1. a cancelled response (finishing it is cheap and frees its client);
-2. an early prefill that has started, when another job of its conversation (its response,
-   or a newer offer) is waiting: it holds the conversation's cached prefix, and the other
-   needs what it computes;
-3. a response waiting for its first packet whose next step fits in the spare (first
-   come, first served);
-4. an early prefill step that fits in the spare, when no new response is waiting;
-5. a response whose slack is under `guard_s` (least slack first);
-6. the other responses waiting for their first packet (first come, first served);
-7. early prefill of turns still being spoken (a head start: never before a deadline);
-8. the rest, least slack first.
-A first packet that has waited longer than `2 x guard_s` moves up to class 5 (the starving), ranked by
-how overdue it is: under overload, starving new responses would also keep them out of
-the batched steps that make room for everyone.
-So a new turn's first packet goes before responses with enough audio ahead, and nobody
-underruns while the total real-time factor stays below 1. Slack counts whole chunks
-because audio leaves in chunks (the ramp 1, 2, 4, ... frames): frames computed but not
-yet emitted are not audible yet. Early prefill runs in steps of a few tens of ms
-(prefill.py), so a commit arriving meanwhile waits for one of them at most.
+Scheduling: one rule, earliest deadline first with step costs (issues #7, #19). Every job
+has a deadline:
+- a response waiting for its first packet: its commit plus `first_packet_target_s`
+  (2 x guard_s by default);
+- a speaking response: when its listener runs dry (first audio + audio emitted so far,
+  played in real time, less the work left before its next chunk can go out: frames still
+  to compute for the chunk x the measured cost of a frame); `slack` = that deadline - now;
+- a job with no listener, +inf: an early prefill (a head start on a turn still being
+  spoken), a text-only answer after its first token, and any job whose `background`
+  attribute is true (one-shot requests such as chat completions and transcriptions set
+  it). Background work ranks below every first packet and every response short of its
+  guard, and it never borrows slack while a first packet waits;
+- a cancelled response, and an early prefill between its steps that another job of its
+  conversation waits for (it holds the conversation's cached prefix, and the other needs
+  what it computes): -inf. Both steps are short and free what others wait for.
+A speaking response whose slack is at least `guard_s` has nothing due yet (another step
+only adds to its buffer): it is *released*, and competes by its deadline, once its slack
+falls under the guard. Unreleased jobs run only when nothing released is left.
+Step costs let a step jump the order when it cannot make anyone late: the spare is the
+least slack of the speaking responses less STEAL_MARGIN_S, and a first packet's step, or a
+background step (when no first packet waits), whose estimated cost (a moving average per
+phase and kind of turn, STEP_COST_S) fits in the spare goes first. So the rank of a job is
+(borrows, released, deadline): `rank` in `_pick`.
+
+Past capacity (issue #19; the load admission keeps out, server/app.py, can still be
+outgrown by long answers or a burst):
+- a new turn's first packet is bounded: once its target passes it outranks every listener
+  that ran dry after that, so it waits at most its target plus one round of steps of the
+  listeners that were already dry (tests/test_batching.py simulates it);
+- underruns are shared: a dry listener's deadline is when it ran dry, so the one that has
+  waited longest is stepped next, round after round, and the shortfall spreads evenly
+  over the listeners instead of piling on one;
+- below capacity nobody underruns while the total real-time factor stays below 1.
+Slack counts whole chunks because audio leaves in
+chunks (the ramp 1, 2, 4, ... frames): frames computed but not yet emitted are not
+audible yet. Early prefill runs in steps of a few tens of ms (prefill.py), so a commit
+arriving meanwhile waits for one of them at most.
 
 Batching: when the chosen response is at a decode step (code predictor or talker and
 thinker advance), every other response at the same step joins it, up to `max_batch`,
-and they run as one batched forward (batch.py); except when the chosen one is still
-before its first packet, which then runs alone. Responses at other steps keep going
-one at a time, and phases line up within a frame or two.
+and they run as one batched forward (batch.py). A response before its first packet
+batches only with other first packets at its step: commits that arrive together are
+prefilled as one thinker forward, then one talker prefill, then their first frames
+together (`_group`). Responses at other steps keep going one at a time, and phases line
+up within a frame or two.
 
 Bounds and drop policies:
 - `pending` (requests not yet started): `maxsize` from settings.engine_queue_size; when
@@ -57,6 +70,7 @@ from collections.abc import AsyncIterator, Callable
 
 from . import batch
 from .api import Conversation, EngineError, Event, ResponseDone, ResponseStats, now
+from .capacity import FRAME_S, LoadModel
 from .stream import StreamJob
 
 log = logging.getLogger("assistant.engine")
@@ -129,6 +143,7 @@ class ModelWorker:
     def __init__(self, maxsize: int, *, max_batch: int = 1, guard_s: float = 0.16) -> None:
         self.max_batch = max(1, max_batch)
         self.guard_s = guard_s
+        self.first_packet_target_s = 2.0 * guard_s  # a first packet's deadline after its commit
         self.pending: queue.Queue[tuple[StreamJob, Sink]] = queue.Queue(maxsize=maxsize)
         self._active: list[tuple[StreamJob, Sink]] = []
         self._calls: deque[Callable[[], None]] = deque()  # thread-safe append/popleft; tiny housekeeping only
@@ -140,6 +155,7 @@ class ModelWorker:
         self.step_cost_s = dict(STEP_COST_S)  # moving averages, see STEP_COST_S
         self.batched_steps = 0  # steps that ran several responses as one batch
         self.batched_rows = 0  # responses stepped in those
+        self.load_model = LoadModel(self.max_batch)  # decode step times by batch size (capacity.py)
 
     def start(self) -> None:
         self._thread.start()
@@ -204,7 +220,8 @@ class ModelWorker:
             group = self._group(self._pick())
             t_step = now()
             lead = group[0][0]
-            decode = lead._phase in ("frame", "advance")
+            phase = lead._phase
+            decode = phase in ("frame", "advance")
             costed = (lead._phase, lead.visual) if lead.partial or lead.first_packet_pending else None
             try:
                 if len(group) == 1:
@@ -219,7 +236,11 @@ class ModelWorker:
                 results = {job: job._finish("failed", err) for job, _ in group if not job.done}
             self.steps += 1
             if decode:  # a frame is one "frame" step and one "advance" step
-                self.frame_cost_s += 0.2 * (2.0 * (now() - t_step) - self.frame_cost_s)
+                dt = now() - t_step
+                self.frame_cost_s += 0.2 * (2.0 * dt - self.frame_cost_s)
+                self.load_model.observe(phase, len(group), dt)
+                for job, _ in group:  # each row's share of the step: its real-time factor (live_load)
+                    job.decode_s = getattr(job, "decode_s", 0.0) + dt / len(group)
             if costed in self.step_cost_s and len(group) == 1:
                 self.step_cost_s[costed] += 0.3 * ((now() - t_step) - self.step_cost_s[costed])
             for job, sink in group:
@@ -227,20 +248,45 @@ class ModelWorker:
                     sink(results[job])
             self._active = [entry for entry in self._active if not entry[0].done]
 
+    def live_load(self) -> tuple[float, int]:
+        """(the sum of the speaking responses' real-time factors, how many speak): each one's
+        decode time so far over the audio it has made (capacity.py). Read from the event
+        loop: a snapshot of the list, whose jobs only grow their counters."""
+        speaking = [
+            job
+            for job, _ in list(self._active)
+            if job.audio and not job.done and not job.partial and getattr(job, "_frames", 0) > 0
+        ]
+        return sum(getattr(job, "decode_s", 0.0) / (job._frames * FRAME_S) for job in speaking), len(speaking)
+
     def _group(self, entry: tuple[StreamJob, Sink]) -> list[tuple[StreamJob, Sink]]:
-        """The chosen response, plus the others at the same decode step (batch.py). A first
-        packet runs alone: a batched step finishes when its slowest row does, chunk decodes
-        of the other rows included, which added 15-25 ms to first packets at 4 users; the
-        rows it would have carried are one step each of many, and batch again next step."""
+        """The chosen job plus those that step with it as one batched forward (batch.py).
+        A stream at a decode step carries every other response at the same step. A first
+        packet carries only other first packets at its step (issue #19: commits that came
+        together prefill together, thinker then talker then the first frames): a batched
+        step finishes when its slowest row does, and a stream's chunk decode added 15-25 ms
+        to first packets at 4 users. No gathering window: a first packet takes the ones
+        already queued and never waits for company; under a burst they queue during the
+        step before, which is the window. Camera and image turns prefill alone (their
+        vision features are per prompt), as does a turn whose conversation's early
+        prefill is still between steps (it waits for that one)."""
         job = entry[0]
-        if self.max_batch == 1 or job.cancelled or job.partial or job._phase not in ("frame", "advance"):
+        if self.max_batch == 1 or job.cancelled or job.partial or getattr(job, "background", False):
             return [entry]
-        if job.first_packet_pending:
+        prefill = job._phase in ("prefill", "talker_prefill")
+        if not prefill and job._phase not in ("frame", "advance"):
             return [entry]
+        if prefill and (not job.first_packet_pending or job.visual):
+            return [entry]
+        held = {other.conv.id for other, _ in self._active if other.partial and other._phase != "prefill"}
         same = [
             e
             for e in self._active
-            if e is not entry and e[0]._phase == job._phase and not (e[0].cancelled or e[0].done or e[0].partial)
+            if e is not entry
+            and e[0]._phase == job._phase
+            and not (e[0].cancelled or e[0].done or e[0].partial or getattr(e[0], "background", False))
+            and (not job.first_packet_pending or e[0].first_packet_pending)
+            and not (prefill and (e[0].visual or e[0].conv.id in held))
         ]
         return [entry, *same[: self.max_batch - 1]]
 
@@ -255,7 +301,7 @@ class ModelWorker:
         return min(slacks, default=float("inf")) - STEAL_MARGIN_S
 
     def _pick(self) -> tuple[StreamJob, Sink]:
-        """Deadline-aware choice of the next response to step."""
+        """The next job to step: the least `_rank` (see the module docstring)."""
         t = now()
         spare = self._spare_s(t)
         # An early prefill between its steps holds its conversation's cached prefix (checked
@@ -265,28 +311,36 @@ class ModelWorker:
         waited_on = {
             job.conv.id for job, _ in self._active if job.conv.id in holders and holders[job.conv.id] is not job
         }
-        # A head start borrows slack only when no new response is waiting for it.
-        first_waiting = any(job.first_packet_pending and not job.partial for job, _ in self._active)
+        first_waiting = any(self._first_packet(job) for job, _ in self._active)
 
-        def fits(job: StreamJob) -> bool:
-            return self.step_cost_s.get((job._phase, job.visual), self.frame_cost_s) <= spare
-
-        def rank(entry: tuple[StreamJob, Sink]) -> tuple[int, float]:
+        def rank(entry: tuple[StreamJob, Sink]) -> tuple[int, int, float]:
             job = entry[0]
-            if job.cancelled:
-                return (0, 0.0)
-            if job.partial:
-                if job.conv.id in waited_on and holders[job.conv.id] is job:
-                    return (1, float("-inf"))  # before the others of its conversation, whatever their rank
-                return (3, job.t_submitted) if fits(job) and not first_waiting else (6, job.t_submitted)
-            if job.first_packet_pending:
-                if fits(job):
-                    return (1, job.t_submitted)
-                overdue = t - job.t_submitted - 2.0 * self.guard_s
-                return (4, -overdue) if overdue > 0 else (5, job.t_submitted)
-            if not job.audio:
-                return (7, float("inf"))
-            left = job.playback_slack_s(t, self.frame_cost_s)
-            return (4 if left < self.guard_s else 7, left)
+            if job.cancelled or (job.partial and job.conv.id in waited_on and holders[job.conv.id] is job):
+                return (0, 0, float("-inf"))
+            deadline, released = self._deadline(job, t)
+            cost = self.step_cost_s.get((job._phase, job.visual), self.frame_cost_s)
+            borrows = deadline == float("inf") and not first_waiting if not self._first_packet(job) else True
+            if borrows and cost <= spare and self._listener_slack(job, t) is None:
+                return (0, 1, deadline)
+            return (1, 0 if released else 1, deadline)
 
         return min(self._active, key=rank)
+
+    def _first_packet(self, job: StreamJob) -> bool:
+        """A response with a listener waiting for its first packet."""
+        return job.first_packet_pending and not job.partial and not getattr(job, "background", False)
+
+    def _listener_slack(self, job: StreamJob, t: float) -> float | None:
+        """Seconds before a speaking response's listener runs dry; None for any other job."""
+        if job.partial or getattr(job, "background", False) or not job.audio or job.first_packet_pending:
+            return None
+        return job.playback_slack_s(t, self.frame_cost_s)
+
+    def _deadline(self, job: StreamJob, t: float) -> tuple[float, bool]:
+        """(deadline, released): see the module docstring."""
+        if self._first_packet(job):
+            return job.t_submitted + self.first_packet_target_s, True
+        slack = self._listener_slack(job, t)
+        if slack is None:
+            return float("inf"), True  # no listener: background
+        return t + slack, slack < self.guard_s

@@ -22,6 +22,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from ..engine.api import Engine
+from ..engine.capacity import LoadReport
 from ..settings import Settings
 from .auth import ClientSecrets, authorized, client_secrets_router, unauthorized
 from .drain import Drain
@@ -32,21 +33,60 @@ log = logging.getLogger("assistant.server")
 WEB_DIR = Path(__file__).resolve().parents[2] / "web"
 
 
+AUTO_FALLBACK_SESSIONS = 8  # --max-sessions auto where no load was measured (no warm-up, --upstream)
+
+
 class Sessions:
     """Admission control over all transports: websocket sessions are counted here,
-    others report theirs through `others` (e.g. the number of live WebRTC calls)."""
+    others report theirs through `others` (e.g. the number of live WebRTC calls).
 
-    def __init__(self, limit: int, others: Callable[[], int] | None = None) -> None:
+    `limit` is a number, or "auto" (issue #19): then a new session is admitted while the
+    load projected with it (`load(sessions)`, the engine's measured load model,
+    engine/capacity.py) stays under `threshold`; the first session is always admitted.
+    An engine that measured nothing (no warm-up, an upstream) admits up to
+    AUTO_FALLBACK_SESSIONS."""
+
+    def __init__(
+        self,
+        limit: int | str,
+        others: Callable[[], int] | None = None,
+        *,
+        load: Callable[[int], LoadReport | None] | None = None,
+        threshold: float = 0.8,
+    ) -> None:
+        if not (limit == "auto" or (isinstance(limit, int) and limit >= 0)):
+            raise ValueError(f"max_sessions must be a number or 'auto', got {limit!r}")
         self.limit = limit
         self.websocket = 0
         self._others = others
+        self._load = load
+        self.threshold = threshold
 
     @property
     def total(self) -> int:
         return self.websocket + (self._others() if self._others else 0)
 
+    def report(self) -> LoadReport | None:
+        """The engine's load and capacity with the sessions open now (None: not measured)."""
+        report = self._load(self.total) if self._load is not None else None
+        return report if report is not None and report.measured else None
+
+    def has_room(self) -> bool:
+        n = self.total
+        if isinstance(self.limit, int):
+            return n < self.limit
+        report = self.report()
+        if report is None:
+            return n < AUTO_FALLBACK_SESSIONS
+        return n == 0 or report.projected < self.threshold
+
+    def refusal(self) -> str:
+        if isinstance(self.limit, int) or self.report() is None:
+            return f"all {self.limit if isinstance(self.limit, int) else AUTO_FALLBACK_SESSIONS} sessions are in use"
+        return f"the server is at capacity ({self.total} sessions, load threshold {self.threshold})"
+
     def admit(self) -> bool:
-        if self.total >= self.limit:
+        if not self.has_room():
             return False
         self.websocket += 1
         return True
@@ -101,7 +141,13 @@ def create_app(
 
     app = FastAPI(title="assistant", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.settings, app.state.engine, app.state.metrics = settings, engine, metrics
-    app.state.sessions = Sessions(settings.max_sessions, other_sessions)
+    measure = getattr(engine, "load_report", None)  # engines that measure their load (local.py)
+    app.state.sessions = Sessions(
+        settings.max_sessions,
+        other_sessions,
+        load=(lambda n: measure(n, settings.load_threshold)) if measure else None,
+        threshold=settings.load_threshold,
+    )
     app.state.client_secrets = ClientSecrets()
     app.state.drain = Drain()  # SIGTERM: refuse new sessions, finish answers, close (drain.py)
 
@@ -117,6 +163,7 @@ def create_app(
             "sessions": app.state.sessions.total,
             "max_sessions": settings.max_sessions,
             "memory": memory_figures(engine),
+            **_load_fields(app.state.sessions),
         }
         # Draining: 503, so that a load balancer's health check takes this server out of rotation.
         return JSONResponse(body, status_code=503 if app.state.drain.draining else 200)
@@ -125,6 +172,10 @@ def create_app(
     async def prometheus(request: Request) -> Response:
         if not authorized(settings, request.headers, client_secrets=app.state.client_secrets):
             return unauthorized()
+        report = app.state.sessions.report()
+        if report is not None:
+            metrics.load.set(report.load)
+            metrics.capacity_sessions.set(report.capacity_sessions)
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     @app.websocket("/v1/realtime")
@@ -137,6 +188,13 @@ def create_app(
         app.include_router(router)
     _mount_web(app, web_dir)
     return app
+
+
+def _load_fields(sessions: Sessions) -> dict:
+    """/health's view of admission by load (issue #19); nulls where nothing was measured."""
+    report = sessions.report()
+    fields = report.as_dict() if report is not None else {"load": None, "capacity_sessions": None}
+    return {**fields, "load_threshold": sessions.threshold}
 
 
 def _mount_web(app: FastAPI, web_dir: Path | None) -> None:

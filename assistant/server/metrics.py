@@ -74,6 +74,11 @@ class Metrics:
         )
         self.responses = Counter(PREFIX + "responses", "Responses by final status", ["status"], registry=r)
         self.active_sessions = Gauge(PREFIX + "active_sessions", "Open realtime sessions", ["transport"], registry=r)
+        # Admission by measured load (issue #19; engine/capacity.py), set when /metrics is read
+        self.load = Gauge(PREFIX + "load", "Sum of the speaking responses' real-time factors", registry=r)
+        self.capacity_sessions = Gauge(
+            PREFIX + "capacity_sessions", "Sessions whose projected load stays under the threshold", registry=r
+        )
 
     def observe_response(self, status: str, latency: dict[str, Any]) -> None:
         """Record one response from the `latency` extra of its response.done."""

@@ -65,7 +65,7 @@ from ..realtime.session import (
 )
 from ..realtime.vad import SileroModel
 from ..settings import Settings
-from .app import MEMORY_REFUSAL_CODE, memory_refusal
+from .app import AUTO_FALLBACK_SESSIONS, MEMORY_REFUSAL_CODE, memory_refusal
 from .auth import authorized
 from .drain import SHUTTING_DOWN
 from .webrtc_media import OutboundAudioTrack, PlaybackEvent, TaskOwner, read_audio, read_video
@@ -467,8 +467,9 @@ class Calls:
     def full(self) -> bool:
         """All session slots taken, counting every transport when attached to an app."""
         if self.sessions is not None:
-            return self.sessions.total >= self.sessions.limit
-        return len(self.calls) >= self.settings.max_sessions
+            return not self.sessions.has_room()
+        limit = self.settings.max_sessions
+        return len(self.calls) >= (limit if isinstance(limit, int) else AUTO_FALLBACK_SESSIONS)
 
     def on_metrics(self, metrics: ResponseMetrics) -> None:
         if self._on_metrics is not None:
@@ -481,7 +482,7 @@ class Calls:
         if self.drain is not None and self.drain.draining:
             raise OfferError(503, SHUTTING_DOWN)
         if self.full():
-            raise OfferError(503, f"all {self.settings.max_sessions} sessions are in use")
+            raise OfferError(503, self.sessions.refusal() if self.sessions else "all sessions are in use")
         refusal = memory_refusal(self.engine, self.sessions.total if self.sessions is not None else len(self.calls))
         if refusal is not None:
             raise OfferError(503, refusal, MEMORY_REFUSAL_CODE)

@@ -47,8 +47,8 @@ from ..realtime.session import (
     TruncateTurn,
 )
 from ..realtime.vad import SileroModel
-from .drain import SHUTTING_DOWN
 from .app import MEMORY_REFUSAL_CODE, memory_refusal
+from .drain import SHUTTING_DOWN
 
 log = logging.getLogger("assistant.ws")
 
@@ -73,11 +73,7 @@ async def serve_websocket(websocket: WebSocket, state: Any) -> None:
     await websocket.accept(subprotocol="realtime" if "realtime" in offered else None)
     drain = getattr(state, "drain", None)
     if (drain is not None and drain.draining) or not state.sessions.admit():
-        why = (
-            SHUTTING_DOWN
-            if drain is not None and drain.draining
-            else f"all {settings.max_sessions} sessions are in use"
-        )
+        why = SHUTTING_DOWN if drain is not None and drain.draining else state.sessions.refusal()
         err = ev.ProtocolError("session_limit_reached", why, type="server_error")
         await websocket.send_text(ev.dumps(ev.Encoder().error(err)))
         await websocket.close(code=CLOSE_BUSY, reason="session limit reached")

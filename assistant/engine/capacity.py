@@ -1,0 +1,119 @@
+"""How much speech the model worker can sustain, measured (issue #19). Pure bookkeeping, no I/O.
+
+Load is in units of the worker's time: a speaking response whose decode steps take 20 ms
+per 80 ms codec frame has a real-time factor of 0.25 and puts a load of 0.25 on the
+worker; the sum over the responses speaking at once is the live load, and a load of 1
+leaves no time at all (every listener then drifts towards an underrun). Decode steps of
+several responses run as one batched forward (batch.py), so a response's share of a step
+is the step's time over its rows, and the load of N responses speaking at once is the
+cost of one frame at batch size N over the frame's duration: `LoadModel.load(N)`.
+
+The costs come from the worker's own steps: the engine's warm-up runs one answer alone
+and then several at once, and every decode step afterwards refines the moving average of
+its (phase, batch size). Admission (`--max-sessions auto`, server/app.py) admits a new
+session while `projected(sessions + 1)` stays under `--load-threshold` (0.8 by default,
+as LiveKit Agents' workers stop taking jobs at 0.75): each session counts as speaking,
+since any session may start a turn at any time, and the live load counts too when it is
+higher (long prefills, camera turns). What is left above the threshold keeps first
+packets and prefills on time (the scheduler lends them the listeners' slack).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+FRAME_S = 0.08  # one codec frame: 12.5 Hz (Qwen3-Omni's tokenizer), 1920 samples at 24 kHz
+DECODE_PHASES = ("frame", "advance")  # a codec frame is one "frame" step and one "advance" step
+EMA = 0.2  # weight of a new step time in the moving averages
+MAX_SESSIONS_SEARCHED = 256
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    load: float  # live: sum of the speaking responses' real-time factors
+    speaking: int  # responses past their first packet
+    projected: float  # load with one more session, as admission computes it
+    capacity_sessions: int  # the most sessions whose projected load stays under the threshold
+    threshold: float
+    measured: bool  # False until a decode step has been timed (no warm-up yet)
+
+    def as_dict(self) -> dict:
+        return {
+            "load": round(self.load, 3),
+            "speaking": self.speaking,
+            "projected_load": round(self.projected, 3),
+            "capacity_sessions": self.capacity_sessions,
+            "load_threshold": self.threshold,
+            "load_measured": self.measured,
+        }
+
+
+class LoadModel:
+    """Moving averages of decode step times by (phase, rows), and the load they imply."""
+
+    def __init__(self, max_batch: int = 8) -> None:
+        self.max_batch = max(1, max_batch)
+        self.cost_s: dict[tuple[str, int], float] = {}
+
+    def observe(self, phase: str, rows: int, seconds: float) -> None:
+        """A decode step of `rows` responses took `seconds`."""
+        if phase not in DECODE_PHASES or rows < 1:
+            return
+        key = (phase, rows)
+        old = self.cost_s.get(key)
+        self.cost_s[key] = seconds if old is None else old + EMA * (seconds - old)
+
+    @property
+    def measured(self) -> bool:
+        return all(any(p == phase for p, _ in self.cost_s) for phase in DECODE_PHASES)
+
+    def step_s(self, phase: str, rows: int) -> float:
+        """Estimated time of one `phase` step of `rows` responses: measured, else linear
+        between the nearest measured batch sizes, else extrapolated along the last two
+        (never cheaper than the largest measured), or proportional when only one size is
+        known (no batching gain assumed). Past max_batch, the rows take several steps."""
+        if rows > self.max_batch:
+            return rows / self.max_batch * self.step_s(phase, self.max_batch)
+        known = sorted((b, s) for (p, b), s in self.cost_s.items() if p == phase)
+        if not known:
+            return 0.0
+        for b, s in known:
+            if b == rows:
+                return s
+        below = [(b, s) for b, s in known if b < rows]
+        above = [(b, s) for b, s in known if b > rows]
+        if below and above:
+            (b0, s0), (b1, s1) = below[-1], above[0]
+            return s0 + (s1 - s0) * (rows - b0) / (b1 - b0)
+        if len(known) == 1:
+            b0, s0 = known[0]
+            return s0 * rows / b0
+        if above:  # below every measured size: along the first two, not below zero
+            (b0, s0), (b1, s1) = known[0], known[1]
+            return max(0.0, s0 - (s1 - s0) / (b1 - b0) * (b0 - rows))
+        (b0, s0), (b1, s1) = known[-2], known[-1]
+        return s1 + max(0.0, (s1 - s0) / (b1 - b0)) * (rows - b1)
+
+    def load(self, speaking: int) -> float:
+        """The load of `speaking` responses speaking at once: one frame's steps over its duration."""
+        if speaking <= 0:
+            return 0.0
+        return sum(self.step_s(phase, speaking) for phase in DECODE_PHASES) / FRAME_S
+
+    def capacity(self, threshold: float) -> int:
+        """The most responses speaking at once whose load stays under `threshold`."""
+        if not self.measured:
+            return 0
+        n = 0
+        while n < MAX_SESSIONS_SEARCHED and self.load(n + 1) < threshold:
+            n += 1
+        return n
+
+    def report(self, sessions: int, live: float, speaking: int, threshold: float) -> LoadReport:
+        """Admission's view with `sessions` admitted: a new one is projected at the load of
+        sessions + 1 speaking at once, or the live load plus one more response's share,
+        whichever is higher."""
+        n = sessions + 1
+        share = self.load(n) / n
+        projected = max(self.load(n), live + share)
+        return LoadReport(live, speaking, projected, self.capacity(threshold), threshold, self.measured)
