@@ -326,7 +326,9 @@ def test_a_session_that_cannot_fit_is_refused_and_the_figures_are_exported(tiny_
 
     floor = Costs.from_config(AutoConfig.from_pretrained(tiny_dir), 4).floor_bytes(8, 8)
     limit = floor * 3 // 2
-    s = settings(tiny_dir, port=0, kv_cache_gb=limit / GB, max_answer_tokens=8, max_answer_frames=8)
+    # A fixed session limit: the memory check alone decides here, not the measured load
+    # (--max-sessions auto), which on a busy machine may admit only one session.
+    s = settings(tiny_dir, port=0, kv_cache_gb=limit / GB, max_answer_tokens=8, max_answer_frames=8, max_sessions=8)
     with ServerThread(s) as server:
         url = server.url.replace("http://", "ws://") + "/v1/realtime"
         with connect(url, open_timeout=30) as first:
