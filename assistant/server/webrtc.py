@@ -441,7 +441,9 @@ class Calls:
         cannot answer the offer."""
         if self.full():
             raise OfferError(503, f"all {self.settings.max_sessions} sessions are in use")
-        session = RealtimeSession(self.settings, transport="webrtc", model=self.engine.info.model)
+        session = RealtimeSession(
+            self.settings, transport="webrtc", model=self.engine.info.model, audio_output=self.engine.info.audio_output
+        )
         if offer.session is not None:
             self._configure(session, offer.session)
         call = Call(self, f"rtc_{next(self._ids):06d}", session)

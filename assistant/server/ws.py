@@ -76,7 +76,13 @@ async def serve_websocket(websocket: WebSocket, state: Any) -> None:
         await websocket.close(code=CLOSE_BUSY, reason="session limit reached")
         return
     beta = websocket.headers.get("openai-beta", "").startswith("realtime")
-    session = RealtimeSession(settings, transport="websocket", model=state.engine.info.model, beta=beta)
+    session = RealtimeSession(
+        settings,
+        transport="websocket",
+        model=state.engine.info.model,
+        beta=beta,
+        audio_output=state.engine.info.audio_output,
+    )
     state.metrics.active_sessions.labels("websocket").inc()
     try:
         await WsConnection(websocket, session, state).run()
