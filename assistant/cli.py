@@ -20,7 +20,9 @@ def _make_tiny(args: argparse.Namespace) -> int:
     from . import tiny
 
     path = tiny.build(args.dir, args.variant)
-    print(f"wrote tiny Qwen3-Omni-{args.variant.capitalize()} checkpoint to {path} (weights sha256 {tiny.weights_digest(path)[:16]})")
+    print(
+        f"wrote tiny Qwen3-Omni-{args.variant.capitalize()} checkpoint to {path} (weights sha256 {tiny.weights_digest(path)[:16]})"
+    )
     return 0
 
 

@@ -51,7 +51,9 @@ class Settings:
     model_variant: str = opt(
         "auto", "'auto' (from the checkpoint's name and config), 'instruct', 'thinking' or 'captioner'"
     )
-    caption_piece_s: float = opt(30.0, "Captioner: longer clips are captioned in pieces of at most this, cut at silences")
+    caption_piece_s: float = opt(
+        30.0, "Captioner: longer clips are captioned in pieces of at most this, cut at silences"
+    )
     # Upstream (scale-out): serve every conversation from a remote OpenAI-Realtime server instead of a local model
     upstream_url: str = opt(
         "",

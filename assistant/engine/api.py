@@ -190,6 +190,7 @@ class ResponseStats:
     frames: int = 0
     audio_samples: int = 0
     frame_ms: list[float] = field(default_factory=list)  # compute time of each codec frame
+    reasoning_tokens: int = 0  # of text_tokens, those in <think> spans (tags included)
     end_reason: str = ""  # "stop" (end of answer or a stop string) or "length" (max_tokens)
 
     def _ms(self, a: float | None, b: float | None) -> float | None:
@@ -322,9 +323,11 @@ class Engine(Protocol):
         *,
         t_committed: float | None = None,
         audio: bool = True,
+        listener: bool = True,
     ) -> Response:
         """Start a response to the conversation as it is now. With `audio=False` only
-        text is produced. Raises nothing: failures arrive as the final event."""
+        text is produced. `listener=False`: no one plays it as it streams (a one-shot
+        request), so live responses go first. Raises nothing: failures arrive as the final event."""
 
     def prefill(self, conversation: Conversation, parts: list[Part]) -> bool:
         """A head start, fire and forget: `parts` is the user turn being spoken so far

@@ -193,7 +193,9 @@ class LocalEngine:
         )
         return Conversation(voice=voice or s.voice, instructions=instructions, sampling=sampling)
 
-    def respond(self, conversation: Conversation, *, t_committed: float | None = None, audio: bool = True):
+    def respond(
+        self, conversation: Conversation, *, t_committed: float | None = None, audio: bool = True, listener: bool = True
+    ):
         job = StreamJob(
             self.resident,
             conversation,
@@ -201,6 +203,7 @@ class LocalEngine:
             t_committed=t_committed,
             config=self.stream_config,
             cache=self.conv_cache,
+            listener=listener,
         )
         response = LocalResponse(job, conversation, self.worker)
         if audio and not self.resident.has_talker:

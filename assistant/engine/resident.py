@@ -75,7 +75,9 @@ class Resident:
         vocab_size = self.tcfg.text_config.vocab_size
         eos = self.tcfg.codec_eos_token_id
         # Stock generate() suppresses the talker's special range except codec EOS.
-        self.talker_suppress = torch.tensor([i for i in range(vocab_size - 1024, vocab_size) if i != eos], device=device)
+        self.talker_suppress = torch.tensor(
+            [i for i in range(vocab_size - 1024, vocab_size) if i != eos], device=device
+        )
         self._eager_predictor = FastCodePredictor(self.talker.code_predictor)
         self.use_cuda_graphs(cuda_graphs)
         with torch.no_grad():

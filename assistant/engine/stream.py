@@ -123,8 +123,13 @@ class StreamJob(ThinkerPrefill):
         config: StreamConfig | None = None,
         cache: ConversationCache | None = None,
         partial: bool = False,
+        listener: bool = True,
     ) -> None:
         self.res, self.audio, self.config = res, audio, config or StreamConfig()
+        # No one plays this response as it is made (a Chat Completions request): its playback
+        # never runs dry, and the scheduler ranks it with head starts, below first packets and
+        # below responses short of their guard (worker.py).
+        self.no_listener = not listener
         self.cache = cache
         self.partial = partial  # incremental prefill of a turn still being spoken: no response
         # A snapshot: the session may edit the live conversation while this runs.
@@ -195,6 +200,8 @@ class StreamJob(ThinkerPrefill):
     def playback_slack_s(self, t: float, frame_cost_s: float) -> float:
         """Seconds to spare before this response's listener runs dry: the audio emitted
         ahead of real-time playback, minus the work left before the next chunk is out."""
+        if self.no_listener:
+            return float("inf")
         if self.stats.t_first_audio is None or getattr(self, "_vocoder", None) is None:
             return 0.0
         ahead = self.stats.t_first_audio + self.stats.audio_samples / OUTPUT_SAMPLE_RATE - t
@@ -278,6 +285,7 @@ class StreamJob(ThinkerPrefill):
         if reasoning:
             self._reasoned = True
             self._reasoning_at.add(len(self._tokens) - 1)
+            self.stats.reasoning_tokens += 1
             if not tag:
                 self._reasoning_ids.append(token)
         return reasoning
