@@ -75,6 +75,7 @@ def uvicorn_config(app, settings: Settings) -> uvicorn.Config:
 def build_app(settings: Settings, engine):
     """The app with every transport: websocket, plus WebRTC's router sharing the
     session limit and the metrics."""
+    from ..rest.chat import chat_router
     from .webrtc import Calls, webrtc_router
 
     metrics = Metrics()
@@ -84,7 +85,11 @@ def build_app(settings: Settings, engine):
 
     calls = Calls(settings, engine, on_metrics=observe)
     return create_app(
-        settings, engine, routers=[webrtc_router(calls)], metrics=metrics, other_sessions=lambda: len(calls.calls)
+        settings,
+        engine,
+        routers=[webrtc_router(calls), chat_router(settings, engine)],
+        metrics=metrics,
+        other_sessions=lambda: len(calls.calls),
     )
 
 
