@@ -227,6 +227,7 @@ class ResponseStats:
             "stages_ms": self.stage_ms(),
             "prefill_tokens": self.prefill_tokens,
             "text_tokens": self.text_tokens,
+            "reasoning_tokens": self.reasoning_tokens,
             "frames": self.frames,
             "audio_ms": round(self.audio_samples * 1000 / OUTPUT_SAMPLE_RATE, 1),
             "frame_ms_mean": round(sum(self.frame_ms) / len(self.frame_ms), 3) if self.frame_ms else None,
