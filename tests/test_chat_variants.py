@@ -186,3 +186,38 @@ def test_captioner_cuts_a_long_clip_at_silences(captioner, load_wav):
     # Each piece is its own answer of 4-6 tokens; one answer alone has at most 6.
     assert done.usage.completion_tokens >= 12
     assert done.choices[0].message.content.count("\n\n") >= 2
+
+
+def test_thinking_history_keeps_answers_without_their_reasoning(thinking):
+    """Two turns on the engine: the first answer's turn holds no reasoning ids or text, so
+    the second prompt carries the answer alone (Qwen3's template drops earlier reasoning)."""
+    import asyncio
+
+    from assistant.engine.api import Conversation, ResponseDone, Sampling, TextPart
+    from assistant.engine.inputs import prepare
+
+    engine = thinking.engine
+    think_ids = set(engine.resident.think_ids)
+
+    async def answer(conv: Conversation) -> ResponseDone:
+        async for event in engine.respond(conv, audio=False):
+            if isinstance(event, ResponseDone):
+                return event
+
+    for seed in range(6):
+        conv = Conversation(sampling=Sampling(seed=seed, min_tokens=10, max_tokens=16))
+        conv.add_user([TextPart("Why is the sky blue?")])
+        done = asyncio.run_coroutine_threadsafe(answer(conv), thinking.loop).result(120)
+        if done.stats.reasoning_tokens and done.turn.token_ids:
+            break
+    else:
+        pytest.fail("no seed gave both reasoning and an answer")
+    turn = conv.turns[-1]
+    assert turn.role == "assistant" and not think_ids & set(turn.token_ids)
+    assert len(turn.token_ids) < done.stats.text_tokens - 1  # reasoning tokens were generated, not kept
+    assert not any(tag in turn.text for tag in TAGS)
+    conv.add_user([TextPart("And at sunset?")])
+    ids = prepare(engine.resident.processor, conv).input_ids[0].tolist()
+    assert not think_ids & set(ids)
+    n = len(turn.token_ids)
+    assert any(ids[i : i + n] == turn.token_ids for i in range(len(ids) - n + 1))  # the answer, as generated

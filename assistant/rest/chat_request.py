@@ -163,7 +163,9 @@ def _messages(messages: object, limits: Limits) -> tuple[list[tuple[str, list[Pa
                 raise ChatError(
                     400, "unsupported_parameter", f"{param}.tool_calls: tool calls are not supported", param
                 )
-            turns.append(("assistant", [TextPart(_text_only(content or "", f"{param}.content"))]))
+            # Earlier answers' reasoning is dropped, as Qwen3's chat template does (split at </think>).
+            text = _text_only(content or "", f"{param}.content").split("</think>")[-1].lstrip("\n")
+            turns.append(("assistant", [TextPart(text)]))
         elif role == "user":
             if isinstance(content, str):
                 parts: list[Part] = [TextPart(content)]
