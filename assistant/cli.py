@@ -20,9 +20,8 @@ def _make_tiny(args: argparse.Namespace) -> int:
     from . import tiny
 
     path = tiny.build(args.dir, args.variant)
-    print(
-        f"wrote tiny Qwen3-Omni-{args.variant.capitalize()} checkpoint to {path} (weights sha256 {tiny.weights_digest(path)[:16]})"
-    )
+    digest = tiny.weights_digest(path)[:16]
+    print(f"wrote tiny Qwen3-Omni checkpoint ({args.variant}) to {path} (weights sha256 {digest})")
     return 0
 
 

@@ -233,3 +233,18 @@ def test_encoded_answers_decode_back(fmt):
     assert abs(samples - 24000) < 2400
     if fmt == "mp3":  # and it is an input format too
         assert abs(len(decode_audio(data, "mp3", "x")) - 16000) < 1600
+
+
+def test_the_variant_comes_from_the_override_the_name_or_the_config(tmp_path):
+    from types import SimpleNamespace
+
+    from assistant.engine.local import variant_of
+
+    speaks, silent = SimpleNamespace(has_talker=True), SimpleNamespace(has_talker=False)
+    assert variant_of("Qwen/Qwen3-Omni-30B-A3B-Instruct", speaks) == "instruct"
+    assert variant_of("Qwen/Qwen3-Omni-30B-A3B-Thinking", silent) == "thinking"
+    assert variant_of("/models/Qwen3-Omni-30B-A3B-Captioner/", silent) == "captioner"
+    assert variant_of(str(tmp_path), silent) == "thinking" and variant_of(str(tmp_path), speaks) == "instruct"
+    assert variant_of("Qwen/Qwen3-Omni-30B-A3B-Thinking", silent, "captioner") == "captioner"
+    with pytest.raises(ValueError, match="model-variant"):
+        variant_of("x", silent, "reasoner")

@@ -80,9 +80,15 @@ def configure_variant(resident: Resident, variant: str) -> None:
     is split from its answer (stream.py), and every thinker sampling field the checkpoint's
     generation_config.json sets becomes the default (what a request leaves unset)."""
     if variant != "instruct" and resident.has_talker:
-        raise ValueError(f"a {variant} checkpoint has no talker, but this one has (enable_audio_output)")
+        raise ValueError(
+            f"a {variant} checkpoint is the thinker alone, but this one has a talker (enable_audio_output): "
+            "set --model-variant instruct"
+        )
     if variant == "instruct" and not resident.has_talker:
-        raise ValueError("an instruct checkpoint speaks, but this one has no talker (enable_audio_output false)")
+        raise ValueError(
+            "an instruct checkpoint speaks, but this one has no talker (enable_audio_output false): "
+            "set --model-variant thinking or captioner"
+        )
     resident.reasons = variant == "thinking"
     gen = getattr(resident.model, "generation_config", None)
     explicit = gen.to_diff_dict() if gen is not None else {}
