@@ -155,7 +155,7 @@ async def _with_chat(args, url, conc: int, plan, frames, without: list[dict], to
         await asyncio.sleep(1.0)  # the chat requests are in the worker before the live users start
         with _progress(conc * len(plan), f"{conc} user(s) + {args.chat_traffic} chat", args.quiet) as bar:
             with_chat = await _level(args, url, conc, plan, frames, bar)
-    return {"first_packet": compare(without, with_chat), "chat": load.summary(), "records": with_chat}
+    return {"first_packet": compare(without, with_chat), "chat": load.summary()}
 
 
 PROBE_KEYS = ("prefill_tokens", "audio_ttfp_ms", "stage_preprocessing_ms", "error")
