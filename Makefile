@@ -14,8 +14,9 @@ STAMP := $(VENV)/.installed
 # These lie on local disk for Python 3.11, so they install in about a minute. Naming them in
 # every pip call stops pip from choosing another torch (a multi-GB download).
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
-# What the tests need from Debian: speech fixtures, audio tools, the browser, network namespaces.
-TEST_APT_PACKAGES := espeak-ng sox chromium iproute2 libportaudio2 pulseaudio
+# What the tests need from Debian: speech fixtures, audio tools, the browser, network namespaces,
+# and the reverse proxy and TURN server of the deployment tests.
+TEST_APT_PACKAGES := espeak-ng sox chromium iproute2 libportaudio2 pulseaudio nginx coturn
 ARGS ?=
 
 # $(call apt_ensure,PACKAGES): install the Debian packages that are missing, and nothing else.

@@ -32,8 +32,20 @@ class Settings:
         "", "comma-separated browser origins allowed on websocket upgrades ('' = same host only, '*' = any)"
     )
     client_secret_ttl_s: int = opt(600, "default lifetime of a client secret from POST /v1/realtime/client_secrets")
-    ice_servers: str = opt("", "comma-separated STUN/TURN URLs for WebRTC (none by default)")
+    ice_servers: str = opt(
+        "",
+        'STUN/TURN servers for WebRTC, the server\'s peer and the page alike, as JSON: [{"urls": ["turn:HOST:3478"], '
+        '"username": "U", "credential": "P"}] (comma-separated URLs, turn:U:P@HOST:3478, still work; none by default)',
+        secret=True,
+    )
     log_level: str = opt("info", "logging level")
+    # HTTPS and reverse proxies (docs/deploy.md)
+    ssl_certfile: str = opt("", "serve HTTPS with this PEM certificate (chain), as uvicorn's --ssl-certfile")
+    ssl_keyfile: str = opt("", "the certificate's PEM private key, as uvicorn's --ssl-keyfile ('' = in the certfile)")
+    ssl_self_signed: bool = opt(
+        False, "serve HTTPS with a self-signed certificate for this host's names and addresses (made once, cached)"
+    )
+    root_path: str = opt("", "path prefix a reverse proxy serves this server under, e.g. /assistant (proxy strips it)")
     # Model
     model: str = opt(
         "auto", "'auto', 'tiny', 'tiny-thinking', 'tiny-captioner', a hub id or a local checkpoint directory"

@@ -128,8 +128,8 @@ def test_fuzz_check_sdp_raises_only_offer_errors(raw):
 def test_ice_servers_setting():
     assert ice_servers("") == []
     servers = ice_servers("stun:stun.example.org:3478, turn:alice:s3cret@turn.example.org:3478?transport=udp")
-    assert servers[0].urls == "stun:stun.example.org:3478" and servers[0].username is None
-    assert servers[1].urls == "turn:turn.example.org:3478?transport=udp"
+    assert servers[0].urls == ["stun:stun.example.org:3478"] and servers[0].username is None
+    assert servers[1].urls == ["turn:turn.example.org:3478?transport=udp"]
     assert (servers[1].username, servers[1].credential) == ("alice", "s3cret")
     with pytest.raises(ValueError):
         ice_servers("http://example.org")

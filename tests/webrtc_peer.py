@@ -88,9 +88,14 @@ class ClientPeer:
     """One test client: mic out, audio in, events on `oai-events`."""
 
     def __init__(
-        self, *, mic_rate: int = 16_000, with_audio_in: bool = True, camera: list[np.ndarray] | None = None
+        self,
+        *,
+        mic_rate: int = 16_000,
+        with_audio_in: bool = True,
+        camera: list[np.ndarray] | None = None,
+        configuration: RTCConfiguration | None = None,  # e.g. a TURN server, relay only (tests/test_deploy_netns.py)
     ) -> None:
-        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.pc = RTCPeerConnection(configuration or RTCConfiguration(iceServers=[]))
         if camera:
             self.pc.addTrack(CameraTrack(camera))
         self.tasks = TaskOwner("client")

@@ -2,6 +2,8 @@
 // `oai-events` data channel, and a latency HUD. Plain ES module, no build step, nothing fetched from
 // outside this server. Server text is only ever inserted with textContent.
 
+import { iceServersFromServer } from "./deploy.js";
+
 // Qwen3-Omni technical report (arXiv 2509.17765), Table 2: theoretical first-packet latency at
 // concurrency 1, audio-only and with video input.
 const REF_AUDIO_MS = 234;
@@ -88,7 +90,7 @@ function mediaErrorMessage(err, wantedCamera) {
 async function checkHealth() {
   const info = $("server-info");
   try {
-    const resp = await fetch("/health", { cache: "no-store" });
+    const resp = await fetch("health", { cache: "no-store" });
     if (!resp.ok) throw new Error(`HTTP ${resp.status}`);
     S.health = await resp.json();
   } catch (err) {
@@ -104,13 +106,6 @@ async function checkHealth() {
   info.title = h.model || "";
   $("tiny-banner").hidden = !h.is_tiny;
   return h;
-}
-
-function iceServers() {
-  // No STUN/TURN unless the server advertises some (its --ice-servers): a LAN or localhost
-  // connection needs none, and contacting a public STUN server is not ours to decide.
-  const list = S.health && Array.isArray(S.health.ice_servers) ? S.health.ice_servers : [];
-  return list.map((s) => (typeof s === "string" ? { urls: s } : s));
 }
 
 // ---------------------------------------------------------------------------- connection
@@ -178,7 +173,7 @@ function analyserFor(stream) {
 }
 
 async function negotiate() {
-  const pc = new RTCPeerConnection({ iceServers: iceServers() });
+  const pc = new RTCPeerConnection({ iceServers: await iceServersFromServer() });
   S.pc = pc;
   for (const track of S.micStream.getTracks()) pc.addTrack(track, S.micStream);
   pc.ontrack = (ev) => onRemoteTrack(ev);
@@ -198,7 +193,7 @@ async function negotiate() {
   await iceGatheringDone(pc);
   let resp;
   try {
-    resp = await fetch("/v1/realtime/calls", {
+    resp = await fetch("v1/realtime/calls", {
       method: "POST",
       headers: { "Content-Type": "application/sdp" },
       body: pc.localDescription.sdp,

@@ -48,13 +48,39 @@ class _Server(uvicorn.Server):
             return
         host, port = self.servers[0].sockets[0].getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
-        self.url = f"http://{shown}:{port}"
-        print(f"Open {self.url}/", flush=True)
+        self.url = f"{'https' if self.config.is_ssl else 'http'}://{shown}:{port}"
+        if self.config.root_path:
+            # Direct requests still work without the prefix; browsers come through the proxy.
+            print(f"Listening on {self.url}/, served by the proxy under {self.config.root_path}/", flush=True)
+        else:
+            print(f"Open {self.url}/", flush=True)
         if self.on_ready is not None:
             self.on_ready(self.url)
 
 
+def check_deploy(settings: Settings) -> str | None:
+    """Why the HTTPS, proxy or ICE settings are refused, or None (said before the model loads)."""
+    from .ice import parse_ice_servers
+    from .tls import check_tls
+
+    if settings.root_path and (not settings.root_path.startswith("/") or settings.root_path.endswith("/")):
+        return f"--root-path {settings.root_path!r}: give a path like /assistant (leading slash, no trailing one)"
+    try:
+        parse_ice_servers(settings.ice_servers)
+    except ValueError as exc:
+        return f"--ice-servers: {exc}"
+    return check_tls(settings)
+
+
 def uvicorn_config(app, settings: Settings) -> uvicorn.Config:
+    from ..modelres import cache_root
+    from .tls import tls_files
+
+    tls = tls_files(settings, cache_root(settings) / "tls")
+    if tls is not None and tls.fingerprint:
+        print(f"HTTPS with the self-signed certificate {tls.certfile}", flush=True)
+        print(f"  SHA-256 fingerprint {tls.fingerprint}", flush=True)
+        print("  (compare it with the one the browser shows before accepting the warning)", flush=True)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -66,6 +92,9 @@ def uvicorn_config(app, settings: Settings) -> uvicorn.Config:
         ws_per_message_deflate=False,  # base64 audio barely compresses; deflate costs latency
         lifespan="on",
         timeout_graceful_shutdown=5,
+        ssl_certfile=tls.certfile if tls else None,
+        ssl_keyfile=tls.keyfile if tls else None,
+        root_path=settings.root_path,
     )
     # After uvicorn configured its loggers: at DEBUG they print every handshake header.
     install_log_redaction(settings.api_key)
@@ -76,9 +105,22 @@ def build_app(settings: Settings, engine):
     """The app with every transport: websocket, plus WebRTC's router sharing the
     session limit and the metrics."""
     from ..rest.chat import chat_router
+    from .auth import authorized
+    from .ice import ice_router, parse_ice_servers, server_peer_uses
     from .webrtc import Calls, webrtc_router
 
     metrics = Metrics()
+    ice = parse_ice_servers(settings.ice_servers)
+    if ice:
+        used, ignored = server_peer_uses(ice)
+        log.info("ICE: the page gets %d server(s); the server's own peer uses %s", len(ice), ", ".join(used) or "none")
+        if ignored:
+            log.warning(
+                "ICE: aiortc takes one STUN and one TURN URL, so the server's peer ignores %s", ", ".join(ignored)
+            )
+
+    def authorize(request) -> bool:
+        return authorized(settings, request.headers, client_secrets=getattr(request.app.state, "client_secrets", None))
 
     def observe(cmd) -> None:
         metrics.observe_response(cmd.status, cmd.latency)
@@ -87,7 +129,7 @@ def build_app(settings: Settings, engine):
     return create_app(
         settings,
         engine,
-        routers=[webrtc_router(calls), chat_router(settings, engine)],
+        routers=[webrtc_router(calls), ice_router(ice, authorize), chat_router(settings, engine)],
         metrics=metrics,
         other_sessions=lambda: len(calls.calls),
     )
@@ -112,7 +154,7 @@ async def _serve(settings: Settings) -> int:
 
 def serve(settings: Settings) -> int:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    refusal = check_bind(settings)
+    refusal = check_bind(settings) or check_deploy(settings)
     if refusal is not None:
         print(refusal, file=sys.stderr)
         return 2

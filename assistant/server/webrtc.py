@@ -532,7 +532,8 @@ def webrtc_router(calls: Calls) -> APIRouter:
             content=call.answer_sdp,
             status_code=201,
             media_type="application/sdp",
-            headers={"Location": f"/v1/realtime/calls/{call.id}"},
+            # Under a proxy's path prefix (--root-path) the call lives below that prefix too.
+            headers={"Location": f"{request.scope.get('root_path', '')}/v1/realtime/calls/{call.id}"},
         )
 
     async def hangup(call_id: str, request: Request) -> Response:

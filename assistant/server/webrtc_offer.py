@@ -157,20 +157,9 @@ def _check_media(description: SessionDescription) -> tuple[str, ...]:
 
 
 def ice_servers(setting: str) -> list[RTCIceServer]:
-    """`--ice-servers` -> aiortc ICE servers. Comma-separated URLs; TURN credentials go in
-    the URL's user part: `turn:USER:PASSWORD@host:3478?transport=udp`. Empty -> [] (no
-    STUN/TURN at all: aiortc's default would otherwise contact a public STUN server)."""
-    servers: list[RTCIceServer] = []
-    for entry in (e.strip() for e in setting.split(",")):
-        if not entry:
-            continue
-        scheme, _, rest = entry.partition(":")
-        if scheme not in ("stun", "stuns", "turn", "turns") or not rest:
-            raise ValueError(f"not a STUN/TURN URL: {entry!r}")
-        if "@" in rest:
-            credentials, _, host = rest.rpartition("@")
-            username, _, password = credentials.partition(":")
-            servers.append(RTCIceServer(urls=f"{scheme}:{host}", username=username, credential=password))
-        else:
-            servers.append(RTCIceServer(urls=entry))
-    return servers
+    """`--ice-servers` -> aiortc ICE servers: the JSON list (or the older comma-separated
+    URLs), validated by `ice.parse_ice_servers`. Empty -> [] (no STUN/TURN at all: aiortc's
+    default would otherwise contact a public STUN server)."""
+    from .ice import parse_ice_servers, to_aiortc
+
+    return to_aiortc(parse_ice_servers(setting))
