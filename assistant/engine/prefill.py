@@ -108,7 +108,9 @@ class ThinkerPrefill:
         d = res.thinker_defaults  # the checkpoint's generation config fills what the request left unset
         penalty = _pick(s.thinker_repetition_penalty, d.get("repetition_penalty"), 1.0)
         self._thinker_picker = Picker(
-            greedy=s.greedy or d.get("do_sample") is False,
+            # A checkpoint that decodes greedily samples when the request sets temperature or top_p.
+            greedy=s.greedy
+            or (d.get("do_sample") is False and s.thinker_temperature is None and s.thinker_top_p is None),
             temperature=_pick(s.thinker_temperature, d.get("temperature"), 0.7),
             top_k=_pick(s.thinker_top_k, d.get("top_k"), 20),
             top_p=_pick(s.thinker_top_p, d.get("top_p"), 0.8),
