@@ -11,7 +11,7 @@ DESCRIPTION = """Real-time voice and video assistant around Qwen3-Omni.
 
   assistant serve               start the server (OpenAI Realtime over websocket and WebRTC)
   assistant talk                desktop push-to-talk client for a running server
-  assistant make-tiny DIR       write the tiny random-weight Qwen3-Omni checkpoint
+  assistant make-tiny DIR       write a tiny random-weight Qwen3-Omni checkpoint (--variant instruct|thinking|captioner)
 
 Every serve flag can also be set as an ASSISTANT_* environment variable."""
 
@@ -19,8 +19,9 @@ Every serve flag can also be set as an ASSISTANT_* environment variable."""
 def _make_tiny(args: argparse.Namespace) -> int:
     from . import tiny
 
-    path = tiny.build(args.dir)
-    print(f"wrote tiny Qwen3-Omni checkpoint to {path} (weights sha256 {tiny.weights_digest(path)[:16]})")
+    path = tiny.build(args.dir, args.variant)
+    digest = tiny.weights_digest(path)[:16]
+    print(f"wrote tiny Qwen3-Omni checkpoint ({args.variant}) to {path} (weights sha256 {digest})")
     return 0
 
 
@@ -57,6 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
         "processor, chat template) that loads with from_pretrained(DIR). Deterministic: same bytes every time.",
     )
     tiny.add_argument("dir", help="output directory (replaced if it exists)")
+    tiny.add_argument(
+        "--variant",
+        choices=["instruct", "thinking", "captioner"],
+        default="instruct",
+        help="which checkpoint to mirror: instruct (thinker, talker, Code2Wav), thinking or captioner "
+        "(thinker only, sampling T=0.6, top-p 0.95, top-k 20)",
+    )
     tiny.set_defaults(func=_make_tiny)
 
     talk = sub.add_parser(

@@ -5,7 +5,8 @@
   enough free memory AND its weights are available (in the Hugging Face cache, or
   downloadable); otherwise the tiny random-weight checkpoint (assistant/tiny.py),
   built once and cached under the user's cache directory;
-- `tiny`: always the tiny checkpoint;
+- `tiny`: always the tiny checkpoint; `tiny-thinking` and `tiny-captioner`: the tiny
+  builds of the thinker-only Thinking and Captioner checkpoints;
 - a local directory or a hub id: loaded as given.
 
 No download is ever started here: availability is a local cache look-up plus, only
@@ -145,8 +146,8 @@ def cache_root(settings: Settings) -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "assistant"
 
 
-def tiny_cache_dir(settings: Settings) -> Path:
-    return cache_root(settings) / TINY_DIR_NAME
+def tiny_cache_dir(settings: Settings, variant: str = "instruct") -> Path:
+    return cache_root(settings) / (TINY_DIR_NAME if variant == "instruct" else f"{TINY_DIR_NAME}-{variant}")
 
 
 def builder_digest() -> str:
@@ -189,17 +190,17 @@ def _lock(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def ensure_tiny(settings: Settings) -> tuple[Path, bool]:
+def ensure_tiny(settings: Settings, variant: str = "instruct") -> tuple[Path, bool]:
     """The cached tiny checkpoint, built if missing or stale. Returns (path, built now)."""
     from . import tiny
 
-    path = tiny_cache_dir(settings)
+    path = tiny_cache_dir(settings, variant)
     want = builder_digest()
     with _lock(path.with_name(path.name + ".lock")):
         if _cached_digest(path) == want:
             return path, False
         log.info("building the tiny Qwen3-Omni checkpoint in %s", path)
-        tiny.build(path)
+        tiny.build(path, variant)
         marker_path = path / tiny.MARKER_FILE
         marker = json.loads(marker_path.read_text("utf-8"))
         marker[_BUILDER_KEY] = want
@@ -210,8 +211,8 @@ def ensure_tiny(settings: Settings) -> tuple[Path, bool]:
 # ---------------------------------------------------------------------------- resolve
 
 
-def _tiny(settings: Settings, why: str) -> ResolvedModel:
-    path, built = ensure_tiny(settings)
+def _tiny(settings: Settings, why: str, variant: str = "instruct") -> ResolvedModel:
+    path, built = ensure_tiny(settings, variant)
     reason = f"tiny random-weight checkpoint ({why}); {'built' if built else 'cached'} at {path}"
     log.warning("using the tiny random-weight Qwen3-Omni model: its speech is noise. %s", reason)
     return ResolvedModel(str(path), True, reason)
@@ -223,6 +224,8 @@ def resolve_model(settings: Settings) -> ResolvedModel:
     choice = settings.model.strip()
     if choice == "tiny":
         return _tiny(settings, "--model tiny")
+    if choice in ("tiny-thinking", "tiny-captioner"):
+        return _tiny(settings, f"--model {choice}", choice.removeprefix("tiny-"))
     if choice == "auto":
         free = cuda_free_bytes(settings)
         cached = free is not None and free >= MIN_FREE_GPU_BYTES and weights_cached()

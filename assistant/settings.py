@@ -47,7 +47,9 @@ class Settings:
     )
     root_path: str = opt("", "path prefix a reverse proxy serves this server under, e.g. /assistant (proxy strips it)")
     # Model
-    model: str = opt("auto", "'auto', 'tiny', a hub id or a local checkpoint directory")
+    model: str = opt(
+        "auto", "'auto', 'tiny', 'tiny-thinking', 'tiny-captioner', a hub id or a local checkpoint directory"
+    )
     device: str = opt("auto", "'auto', 'cpu' or 'cuda[:N]'")
     dtype: str = opt("auto", "'auto' (bf16 on CUDA, fp32 on CPU), 'bfloat16', 'float16' or 'float32'")
     attn_implementation: str = opt("sdpa", "attention implementation: 'sdpa', 'eager' or 'flash_attention_2'")
@@ -57,6 +59,13 @@ class Settings:
     )
     cache_dir: str = opt("", "where the tiny checkpoint is built ('' = the user cache directory)")
     warmup: bool = opt(True, "run one short response before accepting traffic")
+    # Checkpoint variants (Instruct, Thinking, Captioner) and Chat Completions
+    model_variant: str = opt(
+        "auto", "'auto' (from the checkpoint's name and config), 'instruct', 'thinking' or 'captioner'"
+    )
+    caption_piece_s: float = opt(
+        30.0, "Captioner: longer clips are captioned in pieces of at most this, cut at silences"
+    )
     # Upstream (scale-out): serve every conversation from a remote OpenAI-Realtime server instead of a local model
     upstream_url: str = opt(
         "",

@@ -37,6 +37,13 @@ from pathlib import Path
 from . import tiny_tokenizer
 
 SEED = 1234
+# The three published checkpoints (reference variants §1): Instruct has thinker, talker and
+# Code2Wav; Thinking and Captioner are the thinker alone (enable_audio_output false).
+VARIANTS = ("instruct", "thinking", "captioner")
+THINKER_ONLY = ("thinking", "captioner")
+# Thinking and Captioner decode by sampling (their generation_config.json).
+THINKER_ONLY_SAMPLING = {"do_sample": True, "temperature": 0.6, "top_p": 0.95, "top_k": 20}
+THINK_TAG_LOGIT_SCALE = 30.0  # see _make_thinking
 SPEAKERS = {"chelsie": 2301, "ethan": 2302, "aiden": 2303}  # real checkpoint's ids
 MARKER_FILE = "assistant_tiny.json"  # lets the server recognise a random-weight checkpoint
 
@@ -59,8 +66,9 @@ CHAT_TEMPLATE = (
 )
 
 
-def tiny_config():
-    """The tiny `Qwen3OmniMoeConfig`. Field names follow the real config.json."""
+def tiny_config(variant: str = "instruct"):
+    """The tiny `Qwen3OmniMoeConfig`. Field names follow the real config.json; a
+    thinker-only variant turns audio output off, so no talker or Code2Wav is built."""
     from transformers import Qwen3OmniMoeConfig
 
     hidden = 32  # thinker hidden == audio output_dim == vision out_hidden_size (constraint 1)
@@ -176,7 +184,7 @@ def tiny_config():
         thinker_config=thinker,
         talker_config=talker,
         code2wav_config=code2wav,
-        enable_audio_output=True,
+        enable_audio_output=variant not in THINKER_ONLY,
     )
 
 
@@ -231,10 +239,11 @@ def _processor(out: Path) -> None:
     processor.save_pretrained(out)
 
 
-def _generation_config(out: Path) -> None:
+def _generation_config(out: Path, variant: str = "instruct") -> None:
     config = {
         "eos_token_id": [151645, 151643],
         "pad_token_id": 151643,
+        **(THINKER_ONLY_SAMPLING if variant in THINKER_ONLY else {}),
         "transformers_version": _transformers_version(),
     }
     (out / "generation_config.json").write_text(json.dumps(config, indent=2) + "\n", "utf-8")
@@ -262,28 +271,58 @@ def _init_talker_experts(model) -> None:
                 module.down_proj.normal_(mean=0.0, std=std)
 
 
-def build(out_dir: str | Path) -> Path:
-    """Write the checkpoint to `out_dir` (atomically) and return its path."""
+def _make_thinking(model) -> None:
+    """Random weights almost never pick one given token of 152k, so a random Thinking model
+    would never open or close its reasoning, and nothing could test that reasoning stays
+    out of the answer. Scaling the lm_head rows of `<think>` and `</think>` makes them
+    likely picks (their logits' spread grows by THINK_TAG_LOGIT_SCALE), so sampled answers
+    carry reasoning spans, as the real model's do."""
+    import torch
+
+    ids = [tiny_tokenizer.special_token_ids()[tag] for tag in ("<think>", "</think>")]
+    with torch.no_grad():
+        model.thinker.lm_head.weight[ids] *= THINK_TAG_LOGIT_SCALE
+
+
+def _strip_talker_config(out: Path) -> None:
+    """Thinking and Captioner's config.json carry no talker or Code2Wav section (reference
+    variants §1); transformers writes its defaults for them, which are dropped here."""
+    path = out / "config.json"
+    config = json.loads(path.read_text("utf-8"))
+    for key in ("talker_config", "code2wav_config"):
+        config.pop(key, None)
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", "utf-8")
+
+
+def build(out_dir: str | Path, variant: str = "instruct") -> Path:
+    """Write the checkpoint of `variant` (instruct, thinking or captioner) to `out_dir`
+    (atomically) and return its path."""
     import torch
     from transformers import Qwen3OmniMoeForConditionalGeneration
 
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}: use one of {', '.join(VARIANTS)}")
     out = Path(out_dir)
     # The temporary build sits beside `out` so that the final rename is atomic (same filesystem).
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=out.parent))
     try:
         torch.manual_seed(SEED)
-        config = tiny_config()
+        config = tiny_config(variant)
         with torch.device("cpu"):
             model = Qwen3OmniMoeForConditionalGeneration(config).to(torch.float32).eval()
-        _init_talker_experts(model)
-        _make_audible(model)
+        if model.has_talker:
+            _init_talker_experts(model)
+            _make_audible(model)
+        if variant == "thinking":
+            _make_thinking(model)
         model.save_pretrained(tmp, safe_serialization=True)
-        _generation_config(tmp)  # the model's own is replaced by an explicit, stable one
+        if not model.has_talker:
+            _strip_talker_config(tmp)
+        _generation_config(tmp, variant)  # the model's own is replaced by an explicit, stable one
         _processor(tmp)
-        (tmp / MARKER_FILE).write_text(
-            json.dumps({"kind": "tiny-random", "seed": SEED, "note": "random weights: speech is noise"}) + "\n"
-        )
+        marker = {"kind": "tiny-random", "variant": variant, "seed": SEED, "note": "random weights: speech is noise"}
+        (tmp / MARKER_FILE).write_text(json.dumps(marker) + "\n")
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
@@ -304,3 +343,12 @@ def weights_digest(path: str | Path) -> str:
 
 def is_tiny(path: str | Path) -> bool:
     return (Path(path) / MARKER_FILE).exists()
+
+
+def tiny_variant(path: str | Path) -> str | None:
+    """The variant a tiny checkpoint was built as (None: not a tiny checkpoint)."""
+    try:
+        marker = json.loads((Path(path) / MARKER_FILE).read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+    return marker.get("variant", "instruct")

@@ -59,6 +59,9 @@ SPECIAL_TOKENS = [
     "<|audio_pad|>",
 ]
 FIRST_SPECIAL_ID = 151643
+# Qwen3's reasoning tags are added tokens but not special ones (tokenizer_config.json
+# "special": false): decoding with skip_special_tokens keeps them, as with the real tokenizer.
+ORDINARY_ADDED = {"<think>", "</think>"}
 ROLE_IDS = {"system": 8948, "user": 872, "assistant": 77091}
 BPE_VOCAB_SIZE = 1024
 
@@ -188,7 +191,7 @@ def tokenizer_json(tok: Tokenizer) -> dict:
             "lstrip": False,
             "rstrip": False,
             "normalized": False,
-            "special": True,
+            "special": text not in ORDINARY_ADDED,
         }
         for text, tid in special_token_ids().items()
     ]
@@ -206,7 +209,7 @@ def write_tokenizer_files(out: Path) -> None:
             "normalized": False,
             "rstrip": False,
             "single_word": False,
-            "special": True,
+            "special": text not in ORDINARY_ADDED,
         }
         for text, tid in specials.items()
     }

@@ -102,6 +102,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--visual", default="none,video", help="engine-only cases: none, image, video (comma-separated)")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--chat-traffic",
+        type=int,
+        default=0,
+        help="run each level again with this many Chat Completions clients alongside (speech in and out), "
+        "and compare the live first packets (extra.chat_alongside)",
+    )
     args = p.parse_args(argv)
     if args.arrival == "burst" and args.stagger_ms is not None:
         p.error("--stagger-ms does not apply to --arrival burst (every user starts every turn at once)")
@@ -209,6 +216,20 @@ def _user_configs(args, url: str, conc: int) -> list:
     return [UserConfig(url, manual, args.api_key, start_delay_s=i * args.stagger_ms / 1000) for i in range(conc)]
 
 
+async def _with_chat(args, url, conc: int, plan, frames, without: list[dict], tokens: int) -> dict:
+    """The same level again with Chat Completions clients running throughout (chat_traffic.py)."""
+    from assistant.bench.chat_traffic import ChatLoad, compare, request_body
+    from assistant.bench.users import RATE_HZ
+
+    base = url.replace("wss://", "https://").replace("ws://", "http://").split("/v1/")[0]
+    body = request_body(plan[0].utterance.pcm16, RATE_HZ, tokens)
+    async with ChatLoad(base, body, args.chat_traffic, args.api_key) as load:
+        await asyncio.sleep(1.0)  # the chat requests are in the worker before the live users start
+        with _progress(conc * len(plan), f"{conc} user(s) + {args.chat_traffic} chat", args.quiet) as bar:
+            with_chat = await _level(args, url, conc, plan, frames, bar)
+    return {"first_packet": compare(without, with_chat), "chat": load.summary()}
+
+
 PROBE_KEYS = ("prefill_tokens", "audio_ttfp_ms", "stage_preprocessing_ms", "error")
 
 
@@ -294,6 +315,10 @@ async def run_server_mode(args) -> dict:
             with _progress(conc * len(plan), f"{conc} user(s)", args.quiet) as bar:
                 records += await _level(args, url, conc, plan, frames, bar)
             extra.setdefault("level_runtime_s", {})[str(conc)] = round(time.monotonic() - t_level, 1)
+            if args.chat_traffic:
+                extra.setdefault("chat_alongside", {})[str(conc)] = await _with_chat(
+                    args, url, conc, plan, frames, [r for r in records if r["concurrency"] == conc], tokens
+                )
         extra["turn_trend"] = _turn_trend(records)
         if 1 in levels and 4 in levels:
             from assistant.bench.metrics import concurrency_ratio

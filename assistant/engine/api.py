@@ -4,7 +4,8 @@ One `Engine` owns one resident model (or, for scale-out, one upstream connection
 serves many `Conversation`s. `Engine.respond()` returns a `Response`, an async iterator
 of events:
 
-    TextDelta*  AudioChunk*  ResponseDone        (text and audio deltas interleave)
+    TextDelta*  AudioChunk*  ResponseDone        (text and audio deltas interleave;
+                                                 a Thinking checkpoint's ReasoningDelta* come first)
 
 `ResponseDone` is always the last event, also when the response was cancelled or failed;
 errors never vanish inside a worker thread, they arrive as `ResponseDone(status="failed",
@@ -55,10 +56,13 @@ class Sampling:
 
     greedy: bool = False
     seed: int | None = None
-    thinker_temperature: float = 0.7
-    thinker_top_k: int = 20
-    thinker_top_p: float = 0.8
-    thinker_repetition_penalty: float = 1.0
+    # Thinker: None takes the checkpoint's generation_config.json (Thinking and Captioner:
+    # T=0.6, top-p 0.95, top-k 20), else T=0.7, top-k 20, top-p 0.8, no penalty.
+    thinker_temperature: float | None = None
+    thinker_top_k: int | None = None
+    thinker_top_p: float | None = None
+    thinker_repetition_penalty: float | None = None
+    stop: tuple[str, ...] = ()  # the answer ends before the first of these strings (Chat Completions `stop`)
     talker_temperature: float = 0.9
     talker_top_k: int = 50
     talker_top_p: float = 1.0
@@ -186,6 +190,8 @@ class ResponseStats:
     frames: int = 0
     audio_samples: int = 0
     frame_ms: list[float] = field(default_factory=list)  # compute time of each codec frame
+    reasoning_tokens: int = 0  # of text_tokens, those in <think> spans (tags included)
+    end_reason: str = ""  # "stop" (end of answer or a stop string) or "length" (max_tokens)
 
     def _ms(self, a: float | None, b: float | None) -> float | None:
         return None if a is None or b is None else round((b - a) * 1000.0, 3)
@@ -221,6 +227,7 @@ class ResponseStats:
             "stages_ms": self.stage_ms(),
             "prefill_tokens": self.prefill_tokens,
             "text_tokens": self.text_tokens,
+            "reasoning_tokens": self.reasoning_tokens,
             "frames": self.frames,
             "audio_ms": round(self.audio_samples * 1000 / OUTPUT_SAMPLE_RATE, 1),
             "frame_ms_mean": round(sum(self.frame_ms) / len(self.frame_ms), 3) if self.frame_ms else None,
@@ -229,6 +236,16 @@ class ResponseStats:
 
 @dataclass
 class TextDelta:
+    text: str
+    token_id: int
+
+
+@dataclass
+class ReasoningDelta:
+    """A Thinking checkpoint's reasoning (its `<think>` span, tags left out): never spoken,
+    never part of the answer's text, and not kept in the history. Chat Completions stream
+    it as `reasoning_content`; realtime sessions drop it (README, "Thinking")."""
+
     text: str
     token_id: int
 
@@ -252,7 +269,7 @@ class ResponseDone:
     error: EngineError | None = None
 
 
-Event = TextDelta | AudioChunk | ResponseDone
+Event = TextDelta | ReasoningDelta | AudioChunk | ResponseDone
 
 
 # ---------------------------------------------------------------------------- engine
@@ -265,6 +282,22 @@ class EngineInfo:
     device: str
     dtype: str
     is_tiny: bool  # random weights: speech is noise
+    # Which Qwen3-Omni checkpoint (reference variants §1): instruct (speaks), thinking
+    # (reasons first) or captioner (one audio clip in, a caption out); the last two are
+    # the thinker alone and answer in text only.
+    variant: str = "instruct"
+
+    @property
+    def audio_output(self) -> bool:
+        return self.variant == "instruct"
+
+    @property
+    def input_modalities(self) -> list[str]:
+        return ["audio"] if self.variant == "captioner" else ["text", "image", "audio", "video"]
+
+    @property
+    def output_modalities(self) -> list[str]:
+        return ["text", "audio"] if self.audio_output else ["text"]
 
 
 class Response(Protocol):
@@ -291,9 +324,11 @@ class Engine(Protocol):
         *,
         t_committed: float | None = None,
         audio: bool = True,
+        listener: bool = True,
     ) -> Response:
         """Start a response to the conversation as it is now. With `audio=False` only
-        text is produced. Raises nothing: failures arrive as the final event."""
+        text is produced. `listener=False`: no one plays it as it streams (a one-shot
+        request), so live responses go first. Raises nothing: failures arrive as the final event."""
 
     def prefill(self, conversation: Conversation, parts: list[Part]) -> bool:
         """A head start, fire and forget: `parts` is the user turn being spoken so far

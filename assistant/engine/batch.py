@@ -155,7 +155,7 @@ def _prefill(jobs) -> dict[object, list[Event]]:
         [p for _, p in inputs],
         output_hidden_states=True,
     )
-    hs, layer = out.hidden_states, res.tcfg.accept_hidden_layer
+    hs, layer = out.hidden_states, res.talker_layer
     for row, (job, n) in enumerate(zip(live, lengths, strict=True)):
         last = out.last_hidden_state[row : row + 1, n - 1 : n]  # [1, 1, D]
         events[job] = job._prefill_done(hs[0][row : row + 1, :n], hs[layer][row : row + 1, :n], last)

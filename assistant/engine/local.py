@@ -60,6 +60,47 @@ def load_resident(
     return Resident(model, processor, device, dtype, audio_window_s, cuda_graphs)
 
 
+def variant_of(path_or_id: str, model, asked: str = "auto") -> str:
+    """Which checkpoint this is: `--model-variant` when given; a tiny checkpoint's marker;
+    else the checkpoint's name (Qwen/Qwen3-Omni-30B-A3B-{Instruct,Thinking,Captioner}, or a
+    directory named after it); else its config: one without a talker is taken as Thinking."""
+    from ..tiny import VARIANTS, tiny_variant
+
+    if asked != "auto":
+        if asked not in VARIANTS:
+            raise ValueError(f"unknown --model-variant {asked!r}: use auto, {', '.join(VARIANTS)}")
+        return asked
+    marked = tiny_variant(path_or_id)
+    if marked:
+        return marked
+    name = path_or_id.rstrip("/").rsplit("/", 1)[-1].lower()
+    for variant in ("captioner", "thinking", "instruct"):
+        if variant in name:
+            return variant
+    return "instruct" if getattr(model, "has_talker", False) else "thinking"
+
+
+def configure_variant(resident: Resident, variant: str) -> None:
+    """Variant-specific behaviour of the resident model: a Thinking checkpoint's reasoning
+    is split from its answer (stream.py), and every thinker sampling field the checkpoint's
+    generation_config.json sets becomes the default (what a request leaves unset)."""
+    if variant != "instruct" and resident.has_talker:
+        raise ValueError(
+            f"a {variant} checkpoint is the thinker alone, but this one has a talker (enable_audio_output): "
+            "set --model-variant instruct"
+        )
+    if variant == "instruct" and not resident.has_talker:
+        raise ValueError(
+            "an instruct checkpoint speaks, but this one has no talker (enable_audio_output false): "
+            "set --model-variant thinking or captioner"
+        )
+    resident.reasons = variant == "thinking"
+    gen = getattr(resident.model, "generation_config", None)
+    explicit = gen.to_diff_dict() if gen is not None else {}
+    keys = ("do_sample", "temperature", "top_p", "top_k", "repetition_penalty")
+    resident.thinker_defaults = {k: explicit[k] for k in keys if explicit.get(k) is not None}
+
+
 class LocalEngine:
     def __init__(self, settings: Settings, resident: Resident | None = None, info: EngineInfo | None = None) -> None:
         self.settings = settings
@@ -147,9 +188,11 @@ class LocalEngine:
             self.settings.audio_window_s or None,
             self.settings.cuda_graphs,
         )
+        variant = variant_of(resolved.path_or_id, resident.model, self.settings.model_variant)
         self.info = EngineInfo(
-            "local", resolved.path_or_id, str(device), str(dtype).removeprefix("torch."), resolved.is_tiny
+            "local", resolved.path_or_id, str(device), str(dtype).removeprefix("torch."), resolved.is_tiny, variant
         )
+        configure_variant(resident, variant)
         return resident
 
     async def warmup(self) -> None:
@@ -166,6 +209,7 @@ class LocalEngine:
             [AudioPart(speech)],
             [VideoPart([frame, frame], [0.0, 0.5], interleave_audio=True), AudioPart(speech)],
         ]
+        speaks = self.resident.has_talker
         t0 = now()
         convs = []
         for parts in turns:
@@ -175,7 +219,7 @@ class LocalEngine:
             convs.append(conv)
 
         async def answer(conv: Conversation) -> None:
-            async for ev in self.respond(conv):
+            async for ev in self.respond(conv, audio=speaks):
                 if getattr(ev, "status", None) == "failed":
                     raise RuntimeError(f"warm-up failed: {ev.error}")
 
@@ -225,7 +269,9 @@ class LocalEngine:
         )
         return Conversation(voice=voice or s.voice, instructions=instructions, sampling=sampling)
 
-    def respond(self, conversation: Conversation, *, t_committed: float | None = None, audio: bool = True):
+    def respond(
+        self, conversation: Conversation, *, t_committed: float | None = None, audio: bool = True, listener: bool = True
+    ):
         job = StreamJob(
             self.resident,
             conversation,
@@ -233,11 +279,17 @@ class LocalEngine:
             t_committed=t_committed,
             config=self.stream_config,
             cache=self.conv_cache,
+            listener=listener,
         )
         response = LocalResponse(job, conversation, self.worker)
+        if audio and not self.resident.has_talker:
+            message = f"{self.info.model} is a thinker-only checkpoint ({self.info.variant}): it answers in text only"
+            response.fail_now(EngineError("invalid_input", message))
+            return response
         self._count_frames(conversation)
         try:
-            self.resident.speaker_id(conversation.voice)
+            if audio:
+                self.resident.speaker_id(conversation.voice)
         except ValueError as exc:  # refuse before any work: a bad setting, not an engine fault
             response.fail_now(EngineError("invalid_input", str(exc)))
             return response

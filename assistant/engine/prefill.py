@@ -26,6 +26,11 @@ from .sampling import Picker
 MEDIA_KEYS = ("input_features", "pixel_values", "pixel_values_videos")  # per-item encoder inputs (large)
 
 
+def _pick(asked, checkpoint, fallback):
+    """A sampling value: the request's, else the checkpoint generation config's, else ours."""
+    return asked if asked is not None else checkpoint if checkpoint is not None else fallback
+
+
 @dataclass
 class _Early:
     """An early prefill between its steps: the prepared prompt [1, P], the cut (the end
@@ -66,7 +71,7 @@ class ThinkerPrefill:
             output_hidden_states=True,
         )
         hs = out.hidden_states
-        return self._prefill_done(hs[0], hs[res.tcfg.accept_hidden_layer], out.last_hidden_state[:, -1:])
+        return self._prefill_done(hs[0], hs[res.talker_layer], out.last_hidden_state[:, -1:])
 
     def _prefill_inputs(self) -> tuple:
         """Everything of the prefill before the thinker's forward: the processor, the cached
@@ -118,17 +123,21 @@ class ThinkerPrefill:
         if prefix:
             embed, hidden = torch.cat([prefix.embed, embed], 1), torch.cat([prefix.hidden, hidden], 1)
         self._thinker_embed, self._thinker_hidden = embed, hidden  # [1, P, D]: layer-0 inputs, talker-read layer
+        d = res.thinker_defaults  # the checkpoint's generation config fills what the request left unset
+        penalty = _pick(s.thinker_repetition_penalty, d.get("repetition_penalty"), 1.0)
         self._thinker_picker = Picker(
-            greedy=s.greedy,
-            temperature=s.thinker_temperature,
-            top_k=s.thinker_top_k,
-            top_p=s.thinker_top_p,
-            repetition_penalty=s.thinker_repetition_penalty,
+            # A checkpoint that decodes greedily samples when the request sets temperature or top_p.
+            greedy=s.greedy
+            or (d.get("do_sample") is False and s.thinker_temperature is None and s.thinker_top_p is None),
+            temperature=_pick(s.thinker_temperature, d.get("temperature"), 0.7),
+            top_k=_pick(s.thinker_top_k, d.get("top_k"), 20),
+            top_p=_pick(s.thinker_top_p, d.get("top_p"), 0.8),
+            repetition_penalty=penalty,
             eos_id=res.cfg.im_end_token_id,
             min_new=s.min_tokens,
             generator=self._gen,
         )
-        if s.thinker_repetition_penalty != 1.0:
+        if penalty != 1.0:
             self._thinker_picker.history = self._prompt_ids[0].tolist()  # stock penalises prompt ids too
             self._thinker_picker.min_new += len(self._thinker_picker.history)
         events = self._accept_token(logits[0, -1])
@@ -211,13 +220,15 @@ class ThinkerPrefill:
             output_hidden_states=True,
         )
         hs = out.hidden_states
-        embed, hidden = hs[0], hs[res.tcfg.accept_hidden_layer]  # [1, cut - n, D]
+        embed, hidden = hs[0], hs[res.talker_layer]  # [1, cut - n, D]
         if prefix:
             embed, hidden = torch.cat([prefix.embed, embed], 1), torch.cat([prefix.hidden, hidden], 1)
         # Earlier turns' talker KV stays valid (nothing before n changed); the turn so far is added to it.
-        talker = self._talker_user_prefill(
-            e.t["input_ids"][:, :cut], e.t, e.lengths, embed, hidden, prefix.talker if prefix else None
-        )
+        talker = None  # a thinker-only checkpoint has no talker to give a head start
+        if res.has_talker:
+            talker = self._talker_user_prefill(
+                e.t["input_ids"][:, :cut], e.t, e.lengths, embed, hidden, prefix.talker if prefix else None
+            )
         self.cache.release(self)  # the entry's own bytes are counted as an idle cache from here
         self.cache.checkin(
             self.conv.id,

@@ -39,19 +39,18 @@ class Resident:
             self.audio_window_tokens = audio_window_s * 13
         cfg = model.config
         self.cfg, self.tcfg = cfg, cfg.talker_config
-        self.thinker, self.talker, self.code2wav = model.thinker, model.talker, model.code2wav
+        # Thinking and Captioner are the thinker alone (enable_audio_output false): no talker
+        # or Code2Wav module exists, and nothing below allocates one; they answer in text.
+        self.has_talker = bool(getattr(model, "has_talker", False))
+        self.thinker = model.thinker
+        self.talker = model.talker if self.has_talker else None
+        self.code2wav = model.code2wav if self.has_talker else None
+        self.talker_layer = self.tcfg.accept_hidden_layer if self.has_talker else 0  # thinker layer the talker reads
         self.embed = model.thinker.get_input_embeddings()
         self.mm_ids = torch.tensor(
             [cfg.thinker_config.audio_token_id, cfg.thinker_config.image_token_id, cfg.thinker_config.video_token_id],
             device=device,
         )
-        vocab = self.tcfg.text_config.vocab_size
-        eos = self.tcfg.codec_eos_token_id
-        # Stock generate() suppresses the talker's special range except codec EOS.
-        self.talker_suppress = torch.tensor([i for i in range(vocab - 1024, vocab) if i != eos], device=device)
-        self._eager_predictor = FastCodePredictor(self.talker.code_predictor)
-        self._graphed: tuple[GraphedCodePredictor, GraphedCode2Wav] | None = None
-        self.use_cuda_graphs(cuda_graphs)
         tc = cfg.thinker_config
         self.audio_start_id, self.vision_start_id = tc.audio_start_token_id, tc.vision_start_token_id
         self.audio_end_id = tc.audio_start_token_id + 1  # <|audio_end|> follows <|audio_start|> in Qwen's table
@@ -64,6 +63,23 @@ class Resident:
             self.audio_start_id,
             self.vision_start_id,
         }
+        # Reasoning tags (Qwen3 Thinking): ordinary tokens in Qwen's tokenizer, so found by text.
+        vocab = processor.tokenizer.get_vocab()
+        self.think_ids = (vocab.get("<think>"), vocab.get("</think>"))
+        self.reasons = False  # set by the engine for a Thinking checkpoint: split reasoning from the answer
+        self.thinker_defaults: dict = {}  # sampling the checkpoint's generation_config.json sets (engine)
+        self._graphed: tuple[GraphedCodePredictor, GraphedCode2Wav] | None = None
+        if not self.has_talker:
+            self.cuda_graphs, self.predictor, self.vocoder = False, None, None
+            return
+        vocab_size = self.tcfg.text_config.vocab_size
+        eos = self.tcfg.codec_eos_token_id
+        # Stock generate() suppresses the talker's special range except codec EOS.
+        self.talker_suppress = torch.tensor(
+            [i for i in range(vocab_size - 1024, vocab_size) if i != eos], device=device
+        )
+        self._eager_predictor = FastCodePredictor(self.talker.code_predictor)
+        self.use_cuda_graphs(cuda_graphs)
         with torch.no_grad():
             special = torch.tensor([[cfg.tts_bos_token_id, cfg.tts_eos_token_id, cfg.tts_pad_token_id]], device=device)
             self.tts_bos, self.tts_eos, self.tts_pad = self.talker.text_projection(self.embed(special)).chunk(3, dim=1)
@@ -82,7 +98,7 @@ class Resident:
         """Capture ahead of traffic: the predictor at batch 1 and Code2Wav at the window
         lengths this chunk schedule decodes. Call while no other thread uses the GPU
         (a capture forbids other work on the device). No-op without CUDA graphs."""
-        if not self.cuda_graphs:
+        if not getattr(self, "cuda_graphs", False):
             return
         predictor, vocoder = self._graphed
         predictor.capture(1, self.device, self.dtype)
@@ -90,7 +106,7 @@ class Resident:
         vocoder.capture_all(self.device)
 
     def speaker_id(self, voice: str) -> int:
-        table = self.tcfg.speaker_id or {}
+        table = (self.tcfg.speaker_id or {}) if self.has_talker else {}
         if voice.lower() not in table:
             raise ValueError(f"unknown voice {voice!r}; choose from {sorted(table)}")
         return table[voice.lower()]

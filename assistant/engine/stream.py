@@ -35,6 +35,7 @@ from .api import (
     EngineError,
     Event,
     ImagePart,
+    ReasoningDelta,
     ResponseDone,
     ResponseStats,
     Sampling,
@@ -125,8 +126,13 @@ class StreamJob(ThinkerPrefill):
         config: StreamConfig | None = None,
         cache: ConversationCache | None = None,
         partial: bool = False,
+        listener: bool = True,
     ) -> None:
         self.res, self.audio, self.config = res, audio, config or StreamConfig()
+        # No one plays this response as it is made (a Chat Completions request): its playback
+        # never runs dry, and the scheduler ranks it with head starts, below first packets and
+        # below responses short of their guard (worker.py).
+        self.background = not listener
         self.cache = cache
         self.partial = partial  # incremental prefill of a turn still being spoken: no response
         # A snapshot: the session may edit the live conversation while this runs.
@@ -146,6 +152,11 @@ class StreamJob(ThinkerPrefill):
         self._phase = "prefill"
         self._tokens: list[int] = []  # text tokens generated (EOS included if produced)
         self._text = ""
+        # Reasoning (a Thinking checkpoint's <think> spans): positions in _tokens, their ids, their text.
+        self._thinking = self._reasoned = False
+        self._reasoning_at: set[int] = set()
+        self._reasoning_ids: list[int] = []
+        self._reasoning_text = ""
         self._thinker_done = False
         self._text_queue: deque[torch.Tensor] = deque()  # talker text inputs, each [1, 1, D]
         self._frames = 0
@@ -193,6 +204,8 @@ class StreamJob(ThinkerPrefill):
     def playback_slack_s(self, t: float, frame_cost_s: float) -> float:
         """Seconds to spare before this response's listener runs dry: the audio emitted
         ahead of real-time playback, minus the work left before the next chunk is out."""
+        if self.background:
+            return float("inf")
         if self.stats.t_first_audio is None or getattr(self, "_vocoder", None) is None:
             return 0.0
         ahead = self.stats.t_first_audio + self.stats.audio_samples / OUTPUT_SAMPLE_RATE - t
@@ -224,6 +237,11 @@ class StreamJob(ThinkerPrefill):
         self._tokens.append(token)
         eos = token == res.cfg.im_end_token_id
         self._thinker_done = eos or len(self._tokens) >= self.sampling.max_tokens
+        if eos:
+            self.stats.end_reason = "stop"
+        elif self._thinker_done:
+            self.stats.end_reason = "length"
+        reasoning = self._classify(token)
         if self.audio:
             # The talker reads the layer-0 embedding of generated tokens 1..n-2, then
             # tts_eos, then tts_pad: stock builds its text inputs from the thinker's
@@ -232,22 +250,73 @@ class StreamJob(ThinkerPrefill):
             # the talker's assistant prefix instead.
             if self._thinker_done:
                 self._text_queue.append(res.tts_eos)
-            elif len(self._tokens) > 1:
+            elif len(self._tokens) > 1 and not reasoning:
                 emb = res.talker.text_projection(res.embed(torch.tensor([[token]], device=res.device)))  # [1, 1, D]
                 self._text_queue.append(emb)
         self.stats.text_tokens = len(self._tokens)
         if eos:
             return []
+        if reasoning:
+            return self._reasoning_delta(token)
         text = res.processor.tokenizer.decode(self._spoken_tokens(), skip_special_tokens=True)
+        if self._reasoned:
+            text = text.lstrip("\n")  # Qwen3's template: the answer follows "</think>\n\n"
+        text = self._cut_at_stop(text)
         delta, self._text = text[len(self._text) :], text
         if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the next token
             self._text = text[: -len(delta)] if delta else text
             return []
         return [TextDelta(delta, token)] if delta else []
 
+    def _classify(self, token: int) -> bool:
+        """Whether `token` is reasoning, for a Thinking checkpoint: `<think>` ... `</think>`
+        and the tags themselves (reference variants §1: the model writes the tags, which
+        are ordinary tokens, so `skip_special_tokens` would keep them). Reasoning is never
+        part of the answer's text, never spoken, and not kept in the history."""
+        res = self.res
+        if not res.reasons:
+            return False
+        open_id, close_id = res.think_ids
+        if len(self._tokens) == 1:  # a template that opens the reasoning in the generation prompt
+            ids = self._prompt_ids[0].tolist()
+            self._thinking = open_id in ids[-3:] and close_id not in ids[ids.index(open_id, len(ids) - 3) :]
+        tag = token in (open_id, close_id)  # also a stray one: a tag is never text
+        if token == open_id:
+            self._thinking = True
+        reasoning = tag or self._thinking
+        if token == close_id:
+            self._thinking = False
+        if reasoning:
+            self._reasoned = True
+            self._reasoning_at.add(len(self._tokens) - 1)
+            self.stats.reasoning_tokens += 1
+            if not tag:
+                self._reasoning_ids.append(token)
+        return reasoning
+
+    def _reasoning_delta(self, token: int) -> list[Event]:
+        text = self.res.processor.tokenizer.decode(self._reasoning_ids, skip_special_tokens=True)
+        delta = text[len(self._reasoning_text) :]
+        if not delta or text.endswith("\ufffd"):
+            return []
+        self._reasoning_text = text
+        return [ReasoningDelta(delta, token)]
+
+    def _cut_at_stop(self, text: str) -> str:
+        """The answer ends before the first stop string (Chat Completions `stop`)."""
+        for stop in self.sampling.stop:
+            at = text.find(stop, max(0, len(self._text) - len(stop)))
+            if at >= 0:
+                text = text[:at]
+                if not self._thinker_done and self.audio:
+                    self._text_queue.append(self.res.tts_eos)
+                self._thinker_done = True
+                self.stats.end_reason = "stop"
+        return text
+
     def _spoken_tokens(self) -> list[int]:
         eos = self.res.cfg.im_end_token_id
-        return [t for t in self._tokens if t != eos]
+        return [t for i, t in enumerate(self._tokens) if t != eos and i not in self._reasoning_at]
 
     def _text_only_step(self) -> list[Event]:
         if self._thinker_done:

@@ -245,7 +245,10 @@ class UpstreamEngine:
 
     # ------------------------------------------------------------------ engine interface
 
-    def respond(self, conversation: Conversation, *, t_committed: float | None = None, audio: bool = True):
+    def respond(
+        self, conversation: Conversation, *, t_committed: float | None = None, audio: bool = True, listener: bool = True
+    ):
+        # `listener` ranks work on a local model's worker; the upstream schedules its own.
         return UpstreamResponse(self, conversation, t_committed, audio)
 
     def prefill(self, conversation: Conversation, parts: list) -> bool:

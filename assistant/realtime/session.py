@@ -99,8 +99,10 @@ class RealtimeSession(InputSide, ResponseSide):
         model: str = "",
         beta: bool = False,
         clock: Callable[[], float] = now,
+        audio_output: bool = True,
     ) -> None:
         self.settings = settings
+        self.audio_output = audio_output  # False: a thinker-only checkpoint (Thinking, Captioner), text only
         self.id = new_id("sess")
         self.model = model
         self.webrtc = transport == "webrtc"
@@ -117,7 +119,7 @@ class RealtimeSession(InputSide, ResponseSide):
             ),
         )
         self.input_rate_hz = 24_000
-        self.output_modalities: tuple[str, ...] = ("audio",)
+        self.output_modalities: tuple[str, ...] = ("audio",) if audio_output else ("text",)
         # Session-level max_output_tokens: text tokens per answer, at most the server's cap.
         self.max_output_tokens: int = settings.max_answer_tokens
         self.turn_detection: ev.TurnDetection | None = ev.TurnDetection(
@@ -308,6 +310,7 @@ class RealtimeSession(InputSide, ResponseSide):
             self._endpointer.params = self._vad_params()
             self._reset_vad()
         if patch.output_modalities is not None:
+            self._check_audio_output(patch.output_modalities, "session.output_modalities")
             self.output_modalities = patch.output_modalities
         if voice is not None:
             self._edit(lambda: setattr(self.conversation, "voice", voice))
@@ -319,6 +322,15 @@ class RealtimeSession(InputSide, ResponseSide):
         if patch.instructions is not None:
             view["instructions"] = patch.instructions
         self._send("session.updated", session=view)
+
+    def _check_audio_output(self, modalities: tuple[str, ...], param: str) -> None:
+        if "audio" in modalities and not self.audio_output:
+            raise ev.ProtocolError(
+                "invalid_value",
+                f"the loaded checkpoint {self.model} is thinker-only (no talker): it cannot produce audio; "
+                "use output_modalities ['text']",
+                param=param,
+            )
 
     # ------------------------------------------------------------------ items
 

@@ -48,6 +48,8 @@ class ResponseSide:
                 "conversation_already_has_active_response",
                 f"response {self._active.id} is in progress; cancel it or wait for response.done",
             )
+        if event.output_modalities is not None:
+            self._check_audio_output(event.output_modalities, "response.output_modalities")
         voice = None if event.voice is None else resolve_voice(event.voice, "response.audio.output.voice")
         t = self._t_last_commit if self._t_last_commit is not None else self.clock()
         self._create_response(

@@ -160,6 +160,8 @@ def create_app(
             "device": info.device,
             "dtype": info.dtype,
             "is_tiny": info.is_tiny,
+            "variant": info.variant,  # instruct, thinking or captioner, and what it takes and gives
+            "modalities": {"input": info.input_modalities, "output": info.output_modalities},
             "sessions": app.state.sessions.total,
             "max_sessions": settings.max_sessions,
             "memory": memory_figures(engine),

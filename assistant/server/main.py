@@ -132,6 +132,7 @@ def uvicorn_config(app, settings: Settings) -> uvicorn.Config:
 def build_app(settings: Settings, engine):
     """The app with every transport: websocket, plus WebRTC's router sharing the
     session limit and the metrics."""
+    from ..rest.chat import chat_router
     from .auth import authorized
     from .ice import ice_router, parse_ice_servers, server_peer_uses
     from .webrtc import Calls, webrtc_router
@@ -156,7 +157,7 @@ def build_app(settings: Settings, engine):
     return create_app(
         settings,
         engine,
-        routers=[webrtc_router(calls), ice_router(ice, authorize)],
+        routers=[webrtc_router(calls), ice_router(ice, authorize), chat_router(settings, engine)],
         metrics=metrics,
         other_sessions=lambda: len(calls.calls),
     )

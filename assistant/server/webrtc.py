@@ -486,7 +486,9 @@ class Calls:
         refusal = memory_refusal(self.engine, self.sessions.total if self.sessions is not None else len(self.calls))
         if refusal is not None:
             raise OfferError(503, refusal, MEMORY_REFUSAL_CODE)
-        session = RealtimeSession(self.settings, transport="webrtc", model=self.engine.info.model)
+        session = RealtimeSession(
+            self.settings, transport="webrtc", model=self.engine.info.model, audio_output=self.engine.info.audio_output
+        )
         for config in (secret_session, offer.session):
             if config is not None:
                 self._configure(session, config)

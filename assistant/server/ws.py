@@ -86,7 +86,13 @@ async def serve_websocket(websocket: WebSocket, state: Any) -> None:
         await websocket.close(code=CLOSE_BUSY, reason="memory budget full")
         return
     beta = websocket.headers.get("openai-beta", "").startswith("realtime")
-    session = RealtimeSession(settings, transport="websocket", model=state.engine.info.model, beta=beta)
+    session = RealtimeSession(
+        settings,
+        transport="websocket",
+        model=state.engine.info.model,
+        beta=beta,
+        audio_output=state.engine.info.audio_output,
+    )
     secret_session = state.client_secrets.session_of(websocket.headers)
     if secret_session is not None:
         session.configure(secret_session)  # validated when the secret was minted
