@@ -189,17 +189,13 @@ async def answer(engine, conv) -> ResponseDone:
     return events[-1]
 
 
-def entry_bytes(e: CachedPrefix) -> int:
-    return storage_bytes(e)
-
-
 @pytest.mark.asyncio(loop_scope="module")
 async def test_many_conversations_under_a_small_budget(engine, load_wav):
-    """700 kB is the caches of ~5 short two-turn spoken conversations, or of 4 responses at once
-    (~150 kB each) with a little room;
-    8 talk, four at a time, two turns each, some with an early prefill and a still image. Every answer completes, the charged
-    bytes never pass the budget, idle conversations are evicted oldest first, and what the
-    cache counts is what its tensors hold."""
+    """700 kB holds the caches of ~5 short two-turn spoken conversations, or 4 live responses
+    (~150 kB each) with a little room. 8 conversations talk, four at a time, two turns each,
+    some with an early prefill and a still image. Every answer completes, the charged bytes
+    never pass the budget, idle conversations are evicted oldest first, and what the cache
+    counts is what its tensors hold."""
     budget = engine.budget
     assert budget.limit_bytes == 700_000
     clips = [load_wav(name) for name in ("hello_en_us.wav", "weather_en_gb_f3.wav", "count_en_us_m3.wav")]
@@ -237,7 +233,7 @@ async def test_many_conversations_under_a_small_budget(engine, load_wav):
     counted = 0
     for i in kept:  # the config formula against the tensors themselves
         e = cache._entries[convs[i].id]
-        assert entry_bytes(e) == cache._bytes[convs[i].id]
+        assert storage_bytes(e) == cache._bytes[convs[i].id]
         counted += cache._bytes[convs[i].id]
     assert counted == snap["cached_bytes"] <= snap["budget_bytes"]
     for conv in convs:
