@@ -489,3 +489,23 @@ async def test_drain_lets_the_answer_play_out_then_hangs_up(server):
         drain.draining = False  # the module's server serves on
         await client.close()
     await server.wait_all_closed()
+
+
+async def test_session_limits_end_a_call_as_they_end_a_websocket_session(server):
+    """The call's watchdog asks the session (`check_limits`): past max_session_s the client
+    gets `error` session_expired on the channel, then the call closes."""
+    import dataclasses
+
+    client = ClientPeer()
+    try:
+        call_id, _ = await server.connect(client)
+        call = server.calls.calls[call_id]
+        await client.wait_for("session.created")
+        call.session.settings = dataclasses.replace(call.session.settings, max_session_s=1)
+        error = await client.wait_for("error", timeout_s=10)
+        assert error["error"]["code"] == "session_expired"
+        await asyncio.wait_for(call.closed.wait(), 10)
+        assert call.close_reason == "session_expired"
+    finally:
+        await client.close()
+    await server.wait_all_closed()
