@@ -19,6 +19,7 @@ from .api import (
     EngineInfo,
     Part,
     Sampling,
+    TextJob,
     TextPart,
     Turn,
     VideoPart,
@@ -170,6 +171,27 @@ class LocalEngine:
         except ValueError as exc:  # refuse before any work: a bad setting, not an engine fault
             response.fail_now(EngineError("invalid_input", str(exc)))
             return response
+        if not self.worker.submit(job, response.deliver):
+            response.fail_now(EngineError("overloaded", "the model worker's queue is full; try again shortly"))
+        return response
+
+    def transcribe(self, request: TextJob) -> LocalResponse:
+        """A text-only job with no listener (Engine.transcribe): one user turn, the audio
+        then Qwen's task prompt, answered by the thinker alone (no talker), with no
+        conversation cache. The clip is encoded again: the conversation cache keeps the
+        thinker's KV and layer-0 inputs of the whole prompt, not the encoder's output per
+        item, so the turn's audio features cannot be picked out of it safely (context
+        trimming and truncation move its positions)."""
+        sampling = Sampling(
+            greedy=request.temperature <= 0.0,
+            thinker_temperature=request.temperature if request.temperature > 0.0 else 0.7,
+            min_tokens=request.min_tokens,
+            max_tokens=request.max_tokens,
+        )
+        conv = Conversation(instructions=request.context, sampling=sampling)
+        conv.add_user([request.audio, TextPart(request.task)])
+        job = StreamJob(self.resident, conv, audio=False, config=self.stream_config, background=True)
+        response = LocalResponse(job, conv, self.worker)
         if not self.worker.submit(job, response.deliver):
             response.fail_now(EngineError("overloaded", "the model worker's queue is full; try again shortly"))
         return response

@@ -23,6 +23,7 @@ cannot make anyone run dry. Order:
 6. the other responses waiting for their first packet (first come, first served);
 7. early prefill of turns still being spoken (a head start: never before a deadline);
 8. the rest, least slack first.
+9. background jobs (transcription; no live listener), first come first served.
 A first packet that has waited longer than `2 x guard_s` moves up to class 5 (the starving), ranked by
 how overdue it is: under overload, starving new responses would also keep them out of
 the batched steps that make room for everyone.
@@ -275,6 +276,8 @@ class ModelWorker:
             job = entry[0]
             if job.cancelled:
                 return (0, 0.0)
+            if job.background:
+                return (8, job.t_submitted)  # no live listener (transcription): after everyone
             if job.partial:
                 if job.conv.id in waited_on and holders[job.conv.id] is job:
                     return (1, float("-inf"))  # before the others of its conversation, whatever their rank

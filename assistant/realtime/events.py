@@ -76,6 +76,20 @@ class TurnDetection:
 
 
 @dataclass(frozen=True)
+class Transcription:
+    """`audio.input.transcription`: transcribe each committed user audio item with the
+    resident model (`model` is echoed; the server has one model). `language` is a checked
+    speech-input code (languages.py) or None (the language spoken)."""
+
+    model: str = ""
+    language: str | None = None
+    prompt: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"model": self.model, "language": self.language, "prompt": self.prompt}
+
+
+@dataclass(frozen=True)
 class SessionPatch:
     """The fields a `session.update` sets; `fields_set` says which were present
     (`turn_detection=None` in it means manual turns)."""
@@ -87,6 +101,8 @@ class SessionPatch:
     instructions: str | None = None
     output_modalities: tuple[str, ...] | None = None
     beta_shape: bool = False
+    transcription: Transcription | None = None  # in fields_set with None: transcription off
+    session_type: str | None = None  # "realtime" | "transcription"
 
 
 @dataclass(frozen=True)
@@ -346,13 +362,33 @@ def _modalities(f: _Fields, key: str) -> tuple[str, ...] | None:
     return ("audio",) if "audio" in values else ("text",)
 
 
+def _transcription(f: _Fields, key: str) -> Transcription | None:
+    from .. import languages
+
+    value = f.get(key, (dict,), "an object or null", nullable=True)
+    if value is None:
+        return None
+    t = _Fields(value, f._param(key), f.event_id)
+    language = t.str("language") or None
+    if language is not None:
+        try:
+            language = languages.speech_input(language)
+        except languages.UnsupportedLanguage as exc:
+            raise t.fail("language", str(exc), "unsupported_language") from None
+    return Transcription(t.str("model") or "", language, t.str("prompt") or "")
+
+
 def parse_session(obj: Any, event_id: str | None, defaults: TurnDetection) -> SessionPatch:
     s = _Fields(obj, "session", event_id)
     kind = s.str("type")
-    if kind not in (None, "realtime"):
-        raise s.fail("type", f"session type {kind!r} is not supported; use 'realtime'", "unsupported_feature")
+    if kind not in (None, "realtime", "transcription"):
+        raise s.fail(
+            "type", f"session type {kind!r} is not supported; use 'realtime' or 'transcription'", "unsupported_feature"
+        )
     beta = kind is None
     values: dict[str, Any] = {"beta_shape": beta}
+    if kind is not None:
+        values["session_type"] = kind
     audio = s.sub("audio")
     inp = audio.sub("input") if audio else None
     out = audio.sub("output") if audio else None
@@ -367,6 +403,9 @@ def parse_session(obj: Any, event_id: str | None, defaults: TurnDetection) -> Se
     for holder in (inp, s):
         if holder is not None and holder.has("turn_detection"):
             values["turn_detection"] = _turn_detection(holder, "turn_detection", defaults)
+    for holder, key in ((inp, "transcription"), (s, "input_audio_transcription")):
+        if holder is not None and holder.has(key):
+            values["transcription"] = _transcription(holder, key)
     voice = (out and out.get("voice", (str, dict), "a voice name")) or s.str("voice")
     if isinstance(voice, dict):
         voice = _Fields(voice, "session.audio.output.voice", event_id).str("id", required=True)

@@ -60,6 +60,7 @@ from .commands import (
     ResponseMetrics,
     Send,
     StartResponse,
+    TranscribeItem,
     TruncateTurn,
     VadWork,
 )
@@ -68,6 +69,7 @@ from .inputbuf import InputBuffer
 from .items import item_json, parts_from_content
 from .session_input import MIN_COMMIT_MS, InputSide
 from .session_response import ResponseSide, _Response
+from .session_transcribe import TranscribeSide
 from .vad import Endpointer, VadParams
 
 __all__ = [
@@ -81,6 +83,7 @@ __all__ = [
     "ResponseMetrics",
     "Send",
     "StartResponse",
+    "TranscribeItem",
     "TruncateTurn",
     "VadWork",
 ]
@@ -91,7 +94,7 @@ log = logging.getLogger("assistant.realtime")
 # ---------------------------------------------------------------------------- session
 
 
-class RealtimeSession(InputSide, ResponseSide):
+class RealtimeSession(InputSide, ResponseSide, TranscribeSide):
     def __init__(
         self,
         settings: Settings,
@@ -125,6 +128,10 @@ class RealtimeSession(InputSide, ResponseSide):
             silence_duration_ms=settings.vad_silence_ms,
         )
         self._default_td = self.turn_detection
+        # Input transcription (session_transcribe.py); a "transcription" session only transcribes.
+        self.session_type = "realtime"
+        self.transcription: ev.Transcription | None = None
+        self._transcripts: dict[str, tuple[int, list[str], bool]] = {}  # item -> (content index, text, done)
         self._resampler = StreamResampler(self.input_rate_hz, INPUT_SAMPLE_RATE)
         self._buf = InputBuffer(settings.max_input_audio_s * INPUT_SAMPLE_RATE)
         self._endpointer = Endpointer(self._vad_params())
@@ -241,6 +248,22 @@ class RealtimeSession(InputSide, ResponseSide):
     # ------------------------------------------------------------------ session config
 
     def session_json(self) -> dict[str, Any]:
+        transcription = self.transcription.to_json() if self.transcription else None
+        if self.session_type == "transcription":  # openai RealtimeTranscriptionSessionCreateRequest
+            return {
+                "type": "transcription",
+                "object": "realtime.transcription_session",
+                "id": self.id,
+                "audio": {
+                    "input": {
+                        "format": {"type": "audio/pcm", "rate": self.input_rate_hz},
+                        "transcription": transcription,
+                        "noise_reduction": None,
+                        "turn_detection": self.turn_detection.to_json() if self.turn_detection else None,
+                    }
+                },
+                "include": [],
+            }
         return {
             "type": "realtime",
             "object": "realtime.session",
@@ -252,7 +275,7 @@ class RealtimeSession(InputSide, ResponseSide):
                 "input": {
                     "format": {"type": "audio/pcm", "rate": self.input_rate_hz},
                     "turn_detection": self.turn_detection.to_json() if self.turn_detection else None,
-                    "transcription": None,
+                    "transcription": transcription,
                     "noise_reduction": None,
                 },
                 "output": {
@@ -288,14 +311,21 @@ class RealtimeSession(InputSide, ResponseSide):
             self._reset_vad()
         if patch.output_modalities is not None:
             self.output_modalities = patch.output_modalities
+        if patch.session_type is not None:
+            self.session_type = patch.session_type
+            if patch.session_type == "transcription" and "transcription" not in patch.fields_set:
+                self.transcription = self.transcription or ev.Transcription(self.model)
+        if "transcription" in patch.fields_set:
+            self.transcription = patch.transcription
         if voice is not None:
             self._edit(lambda: setattr(self.conversation, "voice", voice))
         if patch.instructions is not None:
             instructions = patch.instructions
             self._edit(lambda: setattr(self.conversation, "instructions", instructions))
         view = self.session_json()
-        view["audio"]["output"]["voice"] = voice or view["audio"]["output"]["voice"]
-        if patch.instructions is not None:
+        if self.session_type == "realtime":
+            view["audio"]["output"]["voice"] = voice or view["audio"]["output"]["voice"]
+        if patch.instructions is not None and self.session_type == "realtime":
             view["instructions"] = patch.instructions
         self._send("session.updated", session=view)
 
@@ -408,7 +438,11 @@ class RealtimeSession(InputSide, ResponseSide):
             if turn is None:
                 raise ev.ProtocolError("item_not_found", f"no item {event.item_id!r}", param="item_id")
             item = item_json(
-                turn, output=self._kinds.get(turn.id, "audio"), with_audio=True, input_rate_hz=self.input_rate_hz
+                turn,
+                output=self._kinds.get(turn.id, "audio"),
+                with_audio=True,
+                input_rate_hz=self.input_rate_hz,
+                transcript=self.transcript_of(turn.id),
             )
         self._send("conversation.item.retrieved", item=item)
 

@@ -34,6 +34,8 @@ class ResponseSide:
     # ------------------------------------------------------------------ responses
 
     def _response_create(self, event: ev.ResponseCreate) -> None:
+        if self.session_type == "transcription":
+            raise ev.ProtocolError("invalid_value", "a transcription session creates no responses", param="type")
         if self._active is not None:
             raise ev.ProtocolError(
                 "conversation_already_has_active_response",
