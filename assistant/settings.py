@@ -95,6 +95,7 @@ class Settings:
         25 * 1024 * 1024, "largest file /v1/audio/transcriptions and /translations take (HTTP 413 above)"
     )
     max_audio_piece_s: int = opt(30, "long uploads are cut at silences into pieces of at most this many seconds")
+    max_audio_requests: int = opt(4, "concurrent /v1/audio requests; more get HTTP 503")
     # Turn-taking
     vad_threshold: float = opt(0.5, "Silero speech probability threshold")
     vad_prefix_padding_ms: int = opt(300, "audio kept before detected speech")

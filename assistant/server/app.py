@@ -21,6 +21,7 @@ from fastapi import APIRouter, FastAPI, Request, WebSocket
 from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 
+from .. import languages
 from ..engine.api import Engine
 from ..settings import Settings
 from .auth import ClientSecrets, authorized, client_secrets_router, unauthorized
@@ -96,6 +97,7 @@ def create_app(
             "is_tiny": info.is_tiny,
             "sessions": app.state.sessions.total,
             "max_sessions": settings.max_sessions,
+            "languages": {"speech_input": list(languages.SPEECH_INPUT), "speech_output": list(languages.SPEECH_OUTPUT)},
         }
 
     @app.get("/metrics")

@@ -83,8 +83,14 @@ def build_app(settings: Settings, engine):
         metrics.observe_response(cmd.status, cmd.latency)
 
     calls = Calls(settings, engine, on_metrics=observe)
+    from ..rest.audio import audio_router
+
     return create_app(
-        settings, engine, routers=[webrtc_router(calls)], metrics=metrics, other_sessions=lambda: len(calls.calls)
+        settings,
+        engine,
+        routers=[webrtc_router(calls), audio_router(settings, engine)],
+        metrics=metrics,
+        other_sessions=lambda: len(calls.calls),
     )
 
 
