@@ -7,8 +7,9 @@ speech probabilities.
 Cutting policy (`Cutter`):
 - a piece starts `pad` before its first speech window (never before the previous piece's
   end), so silence between utterances is not transcribed;
-- it ends `pad` after its last speech window once `close_gap` of silence follows (one
-  utterance, or several close together, per piece);
+- it ends `pad` after its last speech window once `close_gap` (2 s) of silence follows;
+  utterances with shorter pauses between join one piece, as Whisper reads 30 s windows:
+  fewer, longer pieces give the model context and cost less per second of audio;
 - a piece that reaches `max_windows` is cut at the middle of its latest silence of at
   least `cut_gap` in its second half or, in speech without such a pause (music, noise),
   after its quietest window there; the rest goes on as the next piece.
@@ -48,7 +49,7 @@ class Cutter:
     max_windows: int
     threshold: float = 0.5
     pad: int = 10  # windows (320 ms)
-    close_gap: int = 31  # windows of silence that end a piece (~1 s)
+    close_gap: int = 62  # windows of silence that end a piece (~2 s)
     cut_gap: int = 9  # windows: a pause a long piece may be cut in (~0.3 s)
     pos: int = 0  # next window
     _buf: list[np.ndarray] = field(default_factory=list)  # whole windows from _buf_start on
