@@ -276,7 +276,7 @@ class ModelWorker:
             job = entry[0]
             if job.cancelled:
                 return (0, 0.0)
-            if job.background:
+            if getattr(job, "background", False):
                 return (8, job.t_submitted)  # no live listener (transcription): after everyone
             if job.partial:
                 if job.conv.id in waited_on and holders[job.conv.id] is job:
