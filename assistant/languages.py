@@ -83,10 +83,14 @@ def recognition_prompt(language: str | None) -> str:
     return f"Transcribe the {NAMES[language]} audio into text."
 
 
-def translation_prompt(source: str | None, target: str) -> str:
-    """Qwen's speech-to-text translation prompt (source None: whatever is spoken)."""
-    spoken = f"{NAMES[source]} speech" if source else "speech"
-    return f"Listen to the provided {spoken} and produce a translation in {NAMES[target]} text."
+def translation_prompt(source: str | None, target: str, *, spoken: bool = False) -> str:
+    """Qwen's speech-to-text translation prompt (source None: whatever is spoken). With
+    `spoken`, the answer is to be heard (the talker speaks the thinker's text), so the
+    prompt asks for the translation alone, in words to be spoken."""
+    heard = f"{NAMES[source]} speech" if source else "speech"
+    if spoken:
+        return f"Listen to the provided {heard} and say only its translation in {NAMES[target]}."
+    return f"Listen to the provided {heard} and produce a translation in {NAMES[target]} text."
 
 
 def context_instructions(prompt: str) -> str:

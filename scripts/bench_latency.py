@@ -33,6 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from assistant.bench import report  # noqa: E402
+from assistant.bench.transcription import TRANSCRIPT_TOKENS  # noqa: E402
+from assistant.bench.transcription import compare as transcription_compare  # noqa: E402
 
 DEFAULT_FIXTURES = "hello_en_us.wav,weather_en_gb_f3.wav,count_en_us_m3.wav,describe_en_scotland.wav"
 
@@ -62,6 +64,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--answer-tokens", type=int, default=None, help="text tokens per answer (min = max)")
     p.add_argument("--answer-frames", type=int, default=None, help="codec frames per answer (max; min where possible)")
     p.add_argument("--stagger-ms", type=int, default=300, help="users start this far apart")
+    p.add_argument(
+        "--input-transcription",
+        choices=("off", "on", "both"),
+        default="off",
+        help="Realtime input transcription of every turn; both: each level off, then on (issue #15's check)",
+    )
     p.add_argument("--no-prefill-probe", action="store_true", help="skip the 2 s vs 10 s prefill-token probe")
     p.add_argument("--engine-only", action="store_true", help="the engine in-process, beside stock generate()")
     p.add_argument("--reps", type=int, default=3, help="engine-only: repetitions (medians reported)")
@@ -109,14 +117,20 @@ def _plan(args, utterances) -> list:
     return [TurnPlan(utterances[i % len(utterances)], video=i >= turns - video) for i in range(turns)]
 
 
-async def _level(args, url, conc: int, plan, frames, bar) -> list[dict]:
+async def _level(args, url, conc: int, plan, frames, bar, transcription: bool = False) -> list[dict]:
     from assistant.bench.users import UserConfig, run_user
 
     def on_turn(record):
         bar.update(1)
 
     cfgs = [
-        UserConfig(url, args.turn_detection == "manual", args.api_key, start_delay_s=i * args.stagger_ms / 1000)
+        UserConfig(
+            url,
+            args.turn_detection == "manual",
+            args.api_key,
+            start_delay_s=i * args.stagger_ms / 1000,
+            transcription=transcription,
+        )
         for i in range(conc)
     ]
     results = await asyncio.gather(*(run_user(c, plan, frames, on_turn) for c in cfgs), return_exceptions=True)
@@ -134,7 +148,7 @@ async def _level(args, url, conc: int, plan, frames, bar) -> list[dict]:
             )
             continue
         records += [{"user": user, **r} for r in res]
-    return [{"concurrency": conc, **r} for r in records]
+    return [{"concurrency": conc, **r, **({"input_transcription": True} if transcription else {})} for r in records]
 
 
 PROBE_KEYS = ("prefill_tokens", "audio_ttfp_ms", "stage_preprocessing_ms", "error")
@@ -205,6 +219,8 @@ async def run_server_mode(args) -> dict:
             max_answer_tokens=tokens,
             min_answer_frames=frames_n,  # applied when the server has this setting
             max_answer_frames=frames_n,
+            transcription_min_tokens=TRANSCRIPT_TOKENS,
+            transcription_max_tokens=TRANSCRIPT_TOKENS,
         )
         where = "in-process" if args.in_process else "in a child process"
         print(f"starting the server {where} ({args.model})...", file=sys.stderr, flush=True)
@@ -214,13 +230,21 @@ async def run_server_mode(args) -> dict:
         server_info = {"url": url, "in_process": args.in_process, **_health(url)}
     t_started = time.monotonic()
     records: list[dict] = []
+    transcribed: list[dict] = []  # --input-transcription both: the turns with it on
     extra: dict = {}
     try:
+        modes = {"off": [False], "on": [True], "both": [False, True]}[args.input_transcription]
         for conc in levels:
-            t_level = time.monotonic()
-            with _progress(conc * len(plan), f"{conc} user(s)", args.quiet) as bar:
-                records += await _level(args, url, conc, plan, frames, bar)
-            extra.setdefault("level_runtime_s", {})[str(conc)] = round(time.monotonic() - t_level, 1)
+            for transcription in modes:
+                t_level = time.monotonic()
+                with _progress(conc * len(plan), f"{conc} user(s)", args.quiet) as bar:
+                    records += await _level(args, url, conc, plan, frames, bar, transcription)
+                key = f"{conc}+transcription" if transcription else str(conc)
+                extra.setdefault("level_runtime_s", {})[key] = round(time.monotonic() - t_level, 1)
+        if args.input_transcription == "both":
+            extra["input_transcription_on_vs_off"] = transcription_compare(records)
+            transcribed = [r for r in records if r.get("input_transcription")]
+            records = [r for r in records if not r.get("input_transcription")]  # the tables: transcription off
         extra["turn_trend"] = _turn_trend(records)
         if 1 in levels and 4 in levels:
             from assistant.bench.metrics import concurrency_ratio
@@ -257,6 +281,7 @@ async def run_server_mode(args) -> dict:
             "underrun_gap_ms": 100,
         },
         "records": records,
+        "records_input_transcription": transcribed,
         "summary": report.summarize_server(records),
         "extra": extra,
     }

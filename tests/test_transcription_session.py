@@ -99,3 +99,44 @@ def test_the_worker_ranks_a_transcription_after_everyone(monkeypatch):
         FakeJob("text_answer", slack_s=1.0, audio=False, _phase="text"),
     ]
     assert order_of(w, jobs)[-1] == "transcript"
+
+
+def test_interpreter_mode_answers_each_turn_with_its_translation_only():
+    s = session(type="realtime", audio={"input": {"turn_detection": None}}, interpreter={"target_language": "fr"})
+    assert s.session_json()["interpreter"] == {"target_language": "fr", "source_language": None}
+    commit(s)
+    (turn,) = s.conversation.turns
+    assert turn.parts[-1].text == "Listen to the provided speech and say only its translation in French."
+    # Written translation into a text language that Qwen does not speak.
+    update = {"output_modalities": ["text"], "interpreter": {"target_language": "sw", "source_language": "en"}}
+    s.receive_text(json.dumps({"type": "session.update", "session": update}))
+    commit(s)
+    assert s.conversation.turns[-1].parts[-1].text == (
+        "Listen to the provided English speech and produce a translation in Swahili text."
+    )
+
+
+def test_interpreter_languages_are_checked_against_qwens_lists():
+    s = session(type="realtime")
+    target, source = "session.interpreter.target_language", "session.interpreter.source_language"
+    for update, param, names in (
+        ({"target_language": "sw"}, target, "de, en, es, fr, it, ja, ko, pt, ru, zh"),  # written only
+        ({"target_language": "xx"}, target, "yue, zh, zu"),  # no such language
+        ({"target_language": "fr", "source_language": "sw"}, source, "th, tr, ur, vi, yue, zh"),  # not heard
+    ):
+        out = s.receive_text(json.dumps({"type": "session.update", "session": {"interpreter": update}}))
+        (error,) = sends(out)
+        assert error["type"] == "error" and error["error"]["param"] == param, error
+        assert error["error"]["code"] == "unsupported_language" and names in error["error"]["message"]
+    assert s.interpreter is None  # a refused update changes nothing
+
+
+def test_the_benchmark_compares_first_packets_with_transcription_on_and_off():
+    from assistant.bench.transcription import compare
+
+    def rec(conc, ms, on):
+        return {"concurrency": conc, "kind": "audio", "audio_ttfp_ms": ms, "error": None, "input_transcription": on}
+
+    rows = compare([rec(1, 100, False), rec(1, 110, True), rec(4, 200, False), rec(4, 300, True), rec(4, 1, None)])
+    assert rows["1/audio"]["p50_ratio"] == 1.1 and rows["4/audio"]["on_n"] == 1
+    assert rows["4/audio"]["off_p50_ms"] == 100.5  # None counts as off

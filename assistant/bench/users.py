@@ -74,6 +74,7 @@ class UserConfig:
     api_key: str | None = None
     vad_silence_ms: int | None = None
     start_delay_s: float = 0.0
+    transcription: bool = False  # Realtime input transcription on (bench/transcription.py)
 
 
 async def run_user(
@@ -93,6 +94,10 @@ async def run_user(
     records = []
     try:
         await link.handshake()
+        if cfg.transcription:
+            from .transcription import enable
+
+            await enable(link)
         for i, step in enumerate(plan):
             record = {"turn": i + 1, "kind": "video" if step.video else "audio", "fixture": step.utterance.name}
             try:

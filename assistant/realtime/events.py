@@ -90,6 +90,20 @@ class Transcription:
 
 
 @dataclass(frozen=True)
+class Interpreter:
+    """`session.interpreter` (this server's extension): every user audio turn is answered
+    only by its translation into `target_language`, spoken (a speech-output language) or
+    written (a text language), by Qwen's translation prompt after the turn's audio.
+    `source_language`: a speech-input code, or None for whatever is spoken."""
+
+    target_language: str
+    source_language: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"target_language": self.target_language, "source_language": self.source_language}
+
+
+@dataclass(frozen=True)
 class SessionPatch:
     """The fields a `session.update` sets; `fields_set` says which were present
     (`turn_detection=None` in it means manual turns)."""
@@ -103,6 +117,7 @@ class SessionPatch:
     beta_shape: bool = False
     transcription: Transcription | None = None  # in fields_set with None: transcription off
     session_type: str | None = None  # "realtime" | "transcription"
+    interpreter: Interpreter | None = None  # in fields_set with None: interpreter off
 
 
 @dataclass(frozen=True)
@@ -378,6 +393,25 @@ def _transcription(f: _Fields, key: str) -> Transcription | None:
     return Transcription(t.str("model") or "", language, t.str("prompt") or "")
 
 
+def _interpreter(f: _Fields, key: str) -> Interpreter | None:
+    from .. import languages
+
+    value = f.get(key, (dict,), "an object or null", nullable=True)
+    if value is None:
+        return None
+    t = _Fields(value, f._param(key), f.event_id)
+    target, source = t.str("target_language", required=True), t.str("source_language")
+    try:
+        target = languages.text(target)  # spoken targets are checked against the output modality (session.py)
+    except languages.UnsupportedLanguage as exc:
+        raise t.fail("target_language", str(exc), "unsupported_language") from None
+    try:
+        source = languages.speech_input(source) if source else None
+    except languages.UnsupportedLanguage as exc:
+        raise t.fail("source_language", str(exc), "unsupported_language") from None
+    return Interpreter(target, source)
+
+
 def parse_session(obj: Any, event_id: str | None, defaults: TurnDetection) -> SessionPatch:
     s = _Fields(obj, "session", event_id)
     kind = s.str("type")
@@ -403,6 +437,8 @@ def parse_session(obj: Any, event_id: str | None, defaults: TurnDetection) -> Se
     for holder in (inp, s):
         if holder is not None and holder.has("turn_detection"):
             values["turn_detection"] = _turn_detection(holder, "turn_detection", defaults)
+    if s.has("interpreter"):
+        values["interpreter"] = _interpreter(s, "interpreter")
     for holder, key in ((inp, "transcription"), (s, "input_audio_transcription")):
         if holder is not None and holder.has(key):
             values["transcription"] = _transcription(holder, key)

@@ -132,6 +132,7 @@ class RealtimeSession(InputSide, ResponseSide, TranscribeSide):
         self.session_type = "realtime"
         self.transcription: ev.Transcription | None = None
         self._transcripts: dict[str, tuple[int, list[str], bool]] = {}  # item -> (content index, text, done)
+        self.interpreter: ev.Interpreter | None = None  # interpreter mode (session_transcribe.py)
         self._resampler = StreamResampler(self.input_rate_hz, INPUT_SAMPLE_RATE)
         self._buf = InputBuffer(settings.max_input_audio_s * INPUT_SAMPLE_RATE)
         self._endpointer = Endpointer(self._vad_params())
@@ -284,6 +285,7 @@ class RealtimeSession(InputSide, ResponseSide, TranscribeSide):
                     "speed": 1.0,
                 },
             },
+            "interpreter": self.interpreter.to_json() if self.interpreter else None,  # this server's extension
             "tools": [],
             "tool_choice": "auto",
             "max_output_tokens": self.settings.max_answer_tokens,
@@ -300,6 +302,12 @@ class RealtimeSession(InputSide, ResponseSide, TranscribeSide):
                     f"unknown voice {patch.voice!r}; use one of {list(VOICES)}",
                     param="session.audio.output.voice",
                 )
+        self._check_interpreter(
+            patch.interpreter if "interpreter" in patch.fields_set else self.interpreter,
+            patch.output_modalities or self.output_modalities,
+        )
+        if "interpreter" in patch.fields_set:
+            self.interpreter = patch.interpreter
         if patch.beta_shape:
             self.enc.beta = True  # a beta-era client: answer with the beta event names
         if patch.input_rate_hz is not None and patch.input_rate_hz != self.input_rate_hz:

@@ -117,7 +117,7 @@ class InputSide:
         t = self.clock()
         previous = self._items[-1] if self._items else None
         self._send("input_audio_buffer.committed", previous_item_id=previous, item_id=item_id)
-        self._add_turn(Turn("user", parts, id=item_id), previous)
+        self._add_turn(Turn("user", self._interpreted(parts), id=item_id), previous)
         self._t_last_commit = t
         self._transcribe(item_id, parts)
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 from typing import Any
 
 from .. import languages
-from ..engine.api import AudioPart, Part, ResponseDone, TextDelta, TextJob, VideoPart
+from ..engine.api import AudioPart, Part, ResponseDone, TextDelta, TextJob, TextPart, VideoPart
+from . import events as ev
 from .commands import TranscribeItem
 
 
@@ -30,6 +31,32 @@ def audio_content_index(parts: list[Part]) -> int | None:
 
 
 class TranscribeSide:
+    # ------------------------------------------------------------------ interpreter mode
+
+    @staticmethod
+    def _check_interpreter(interpreter: ev.Interpreter | None, modalities: tuple[str, ...]) -> None:
+        """A spoken translation needs a speech-output language (Qwen speaks 10)."""
+        if interpreter is None or modalities != ("audio",):
+            return
+        if interpreter.target_language not in languages.SPEECH_OUTPUT:
+            raise ev.ProtocolError(
+                "unsupported_language",
+                f"spoken translation into {interpreter.target_language!r} is not available; speech output "
+                f"languages are {', '.join(languages.SPEECH_OUTPUT)} (or set output_modalities to ['text'])",
+                param="session.interpreter.target_language",
+            )
+
+    def _interpreted(self, parts: list[Part]) -> list[Part]:
+        """In interpreter mode a user audio turn carries Qwen's translation prompt after its
+        audio, so the answer is the turn's translation and nothing else."""
+        it = self.interpreter
+        if it is None or not any(isinstance(p, AudioPart) for p in parts):
+            return parts
+        spoken = self.output_modalities == ("audio",)
+        return [*parts, TextPart(languages.translation_prompt(it.source_language, it.target_language, spoken=spoken))]
+
+    # ------------------------------------------------------------------ input transcription
+
     def _transcribe(self, item_id: str, parts: list[Part]) -> None:
         """Called for each committed audio turn."""
         config = self.transcription
