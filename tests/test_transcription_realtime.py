@@ -9,6 +9,8 @@ the item, no responses in a transcription session, and refused languages.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from openai.types.realtime import (
     ConversationItemInputAudioTranscriptionCompletedEvent,
@@ -120,3 +122,23 @@ async def test_unsupported_language_is_refused_naming_the_supported_ones(server)
         assert error.code == "unsupported_language"
         assert error.param == "session.audio.input.transcription.language"
         assert "yue" in error.message and "en" in error.message
+
+
+def ws_url(server) -> str:
+    return server.url.replace("http://", "ws://") + "/v1/realtime"
+
+
+def test_talk_presets_transcriber_and_written_interpreter(server, fixtures_dir):
+    from test_talk_client import talk
+
+    wav = str(fixtures_dir / "hello_en_us.wav")
+    r = talk("--url", ws_url(server), "--input-wav", wav, "--fast", "--preset", "transcriber")
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"^you: \S", r.stdout, re.M) and "assistant:" not in r.stdout, r.stdout
+    r = talk(
+        "--url", ws_url(server), "--input-wav", wav, "--fast", "--preset", "interpreter", "--target-language", "sw"
+    )
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"^you: \S", r.stdout, re.M) and re.search(r"^assistant: \S", r.stdout, re.M), r.stdout
+    r = talk("--url", ws_url(server), "--input-wav", wav, "--preset", "interpreter", "--target-language", "xx")
+    assert r.returncode != 0 and "text language 'xx' is not supported" in r.stderr, r.stderr
