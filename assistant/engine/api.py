@@ -168,6 +168,9 @@ class TextJob:
     max_tokens: int = 448
     min_tokens: int = 0
     temperature: float = 0.0  # 0: greedy
+    # The live conversation the clip was committed to (a Realtime input transcription): the
+    # engine may take the clip's audio-encoder output from that conversation's cache.
+    conversation_id: str | None = None
 
 
 # ---------------------------------------------------------------------------- events

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ..settings import Settings, chunk_ramp
+from . import inputs
 from .api import (
     FRAME_MS,
     INPUT_SAMPLE_RATE,
@@ -177,11 +178,10 @@ class LocalEngine:
 
     def transcribe(self, request: TextJob) -> LocalResponse:
         """A text-only job with no listener (Engine.transcribe): one user turn, the audio
-        then Qwen's task prompt, answered by the thinker alone (no talker), with no
-        conversation cache. The clip is encoded again: the conversation cache keeps the
-        thinker's KV and layer-0 inputs of the whole prompt, not the encoder's output per
-        item, so the turn's audio features cannot be picked out of it safely (context
-        trimming and truncation move its positions)."""
+        then Qwen's task prompt, answered by the thinker alone (no talker), with no cache
+        of its own. A turn committed to a live conversation is not encoded again: its
+        encoder output is read from that conversation's cache when it holds the turn
+        (prefill.py `_reused_audio`), else the clip is encoded."""
         sampling = Sampling(
             greedy=request.temperature <= 0.0,
             thinker_temperature=request.temperature if request.temperature > 0.0 else 0.7,
@@ -191,6 +191,9 @@ class LocalEngine:
         conv = Conversation(instructions=request.context, sampling=sampling)
         conv.add_user([request.audio, TextPart(request.task)])
         job = StreamJob(self.resident, conv, audio=False, config=self.stream_config, background=True)
+        if request.conversation_id is not None:
+            key = inputs.turn_media_keys(Conversation(turns=[Turn("user", [request.audio])]))[0]
+            job.audio_from = (self.conv_cache, request.conversation_id, key)
         response = LocalResponse(job, conv, self.worker)
         if not self.worker.submit(job, response.deliver):
             response.fail_now(EngineError("overloaded", "the model worker's queue is full; try again shortly"))

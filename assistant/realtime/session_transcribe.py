@@ -71,6 +71,7 @@ class TranscribeSide:
             languages.context_instructions(config.prompt) if config.prompt else "",
             max_tokens=s.transcription_max_tokens,
             min_tokens=s.transcription_min_tokens,
+            conversation_id=self.conversation.id,  # the engine may reuse the turn's encoder output
         )
         if len(self._transcripts) > 2 * s.max_conversation_items:  # deleted items' transcripts
             self._transcripts = {k: v for k, v in self._transcripts.items() if k in self._items}
