@@ -395,3 +395,23 @@ async def test_input_transcription_completes_for_every_committed_item(server):
     finally:
         await client.close()
     await server.wait_all_closed()
+
+
+async def test_transcription_session_over_webrtc(server):
+    """session.type = transcription on a call: VAD segments are transcribed, nothing is answered."""
+    client = ClientPeer()
+    try:
+        await server.connect(client)
+        await client.wait_for("session.created")
+        client.send({"type": "session.update", "session": {"type": "transcription"}})
+        updated = await client.wait_for("session.updated")
+        assert updated["session"]["type"] == "transcription"
+        client.play(speech())
+        client.play_silence(1000)
+        committed = await client.wait_for("input_audio_buffer.committed", timeout_s=30)
+        completed = await client.wait_for("conversation.item.input_audio_transcription.completed", timeout_s=90)
+        assert completed["item_id"] == committed["item_id"]
+        assert not [t for t in client.types() if t.startswith("response.")]
+    finally:
+        await client.close()
+    await server.wait_all_closed()
