@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from fastapi import APIRouter, Request
@@ -38,6 +38,7 @@ from starlette.datastructures import UploadFile
 
 from .. import languages
 from ..engine.api import AudioPart, Engine, ResponseDone, TextDelta, TextJob
+from ..realtime.vad import SileroModel
 from ..server.auth import authorized, error_json, unauthorized
 from ..settings import Settings
 from . import audio_formats as fmt
@@ -127,6 +128,7 @@ class AudioApi:
     def __init__(self, settings: Settings, engine: Engine) -> None:
         self.settings, self.engine = settings, engine
         self.running = 0  # requests admitted (bounded by settings.max_audio_requests)
+        self._vads: list = []  # idle Silero models (one per running request at most): loading one costs ~0.1 s
 
     async def handle(self, request: Request, task: str) -> Response:
         s = self.settings
@@ -140,10 +142,11 @@ class AudioApi:
             return ApiError(413, "file_too_large", self._too_large()).response()
         if self.running >= s.max_audio_requests:
             return ApiError(
-                503, "server_busy", f"all {s.max_audio_requests} audio requests slots are in use; retry", "server_error"
+                503, "server_busy", f"all {s.max_audio_requests} audio request slots are in use; retry", "server_error"
             ).response()
         self.running += 1
         release = True
+        feed: _Prefetch | None = None
         try:
             try:
                 form = await request.form(max_files=1, max_fields=16)
@@ -158,11 +161,9 @@ class AudioApi:
                 raise ApiError(413, "file_too_large", self._too_large())
             if not params.upload.size:
                 raise ApiError(400, "empty_file", "the file is empty")
-            # Off the loop: the VAD model loads in ~0.1 s.
-            pieces = await asyncio.to_thread(
-                PieceStream, params.upload.file, max_s=s.max_audio_piece_s, threshold=s.vad_threshold
-            )
-            feed = _Prefetch(pieces)
+            vad = self._vads.pop() if self._vads else await asyncio.to_thread(SileroModel)  # off the loop
+            pieces = PieceStream(params.upload.file, vad, max_s=s.max_audio_piece_s, threshold=s.vad_threshold)
+            feed = _Prefetch(pieces, lambda: self._vads.append(vad))
             first = await feed.next()  # a file that is not audio fails here, before any status is sent
             if first is None and pieces.samples == 0:
                 raise ApiError(400, "empty_audio", "the file contains no audio samples")
@@ -178,6 +179,8 @@ class AudioApi:
         finally:
             if release:
                 self.running -= 1
+                if feed is not None:
+                    await feed.close()  # after an error before transcribing (else already closed)
 
     def _too_large(self) -> str:
         return f"the file is larger than the server's limit of {self.settings.max_audio_upload_bytes} bytes"
@@ -288,8 +291,9 @@ class _Prefetch:
     """Pieces from a blocking PieceStream, the next one decoding on a thread while the
     current one is transcribed (one in flight: memory holds two pieces at most)."""
 
-    def __init__(self, pieces: PieceStream) -> None:
-        self._pieces = pieces
+    def __init__(self, pieces: PieceStream, release: Callable[[], None]) -> None:
+        self._pieces, self._release = pieces, release
+        self._closed = False
         self._loop = asyncio.get_running_loop()
         self._next = self._start()
 
@@ -303,10 +307,14 @@ class _Prefetch:
 
     async def close(self) -> None:
         """Wait for the decode in flight (a thread cannot be interrupted), then close the file's decoder."""
+        if self._closed:
+            return
+        self._closed = True
         if self._next is not None:
             await asyncio.wait([self._next])
             self._next = None
         await self._loop.run_in_executor(None, self._pieces.close)
+        self._release()  # the VAD model is free for the next request
 
 
 def audio_router(settings: Settings, engine: Engine) -> APIRouter:

@@ -152,12 +152,12 @@ class PieceStream:
     """Iterate the pieces of an upload; blocking (decoding and the VAD): run `next()` off
     the event loop. `samples` counts what was decoded so far (the duration at the end)."""
 
-    def __init__(self, file: BinaryIO, *, max_s: float, threshold: float) -> None:
-        from ..realtime.vad import SileroModel
-
+    def __init__(self, file: BinaryIO, vad, *, max_s: float, threshold: float) -> None:
+        """`vad`: a realtime.vad.SileroModel this stream may use alone (its state is reset)."""
         self.samples = 0
         self._file = file
-        self._vad = SileroModel()
+        self._vad = vad
+        vad.reset()
         self._cutter = Cutter(max(2, int(max_s / WINDOW_S)), threshold)
         self._it = self._run()
 
