@@ -1,5 +1,6 @@
 """Issue #15's benchmark check: the first packet with Realtime input transcription on
-against off, in one run (`scripts/bench_latency.py --input-transcription both`).
+against off, in one run (`scripts/bench_latency.py --input-transcription both`: each
+concurrency level off, on, on, off, so that a load drifting during the run weighs on both).
 
 With it on, every committed turn is also transcribed by the resident model, as a
 background job the worker ranks after every response's work; the check is that spoken
