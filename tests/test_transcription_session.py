@@ -10,7 +10,7 @@ import numpy as np
 from test_batching import FakeJob, order_of
 
 from assistant import languages
-from assistant.engine.api import EngineError, ResponseDone, ResponseStats, TextDelta
+from assistant.engine.api import EngineError, ResponseDone, ResponseStats, TextDelta, TextJob
 from assistant.engine.worker import ModelWorker
 from assistant.realtime.session import RealtimeSession, Send, StartResponse, TranscribeItem
 from assistant.settings import Settings
@@ -140,3 +140,12 @@ def test_the_benchmark_compares_first_packets_with_transcription_on_and_off():
     rows = compare([rec(1, 100, False), rec(1, 110, True), rec(4, 200, False), rec(4, 300, True), rec(4, 1, None)])
     assert rows["1/audio"]["p50_ratio"] == 1.1 and rows["4/audio"]["on_n"] == 1
     assert rows["4/audio"]["off_p50_ms"] == 100.5  # None counts as off
+
+
+async def test_an_upstream_engine_refuses_transcripts_with_a_reason():
+    from assistant.engine.api import AudioPart
+    from assistant.engine.upstream import UpstreamEngine
+
+    engine = UpstreamEngine(Settings(upstream_url="ws://127.0.0.1:9/v1/realtime"))
+    events = [e async for e in engine.transcribe(TextJob(AudioPart(np.zeros(1600, np.float32)), "Transcribe."))]
+    assert len(events) == 1 and events[0].status == "failed" and events[0].error.code == "unsupported"
