@@ -116,6 +116,14 @@ class Settings:
         "idle conversations are evicted (LRU) and new sessions refused (0 = auto: on CUDA the memory free after "
         "warm-up less max(4 GiB, a tenth of the card), on CPU 2 GB)",
     )
+    # Transcription and translation (Realtime input transcription, /v1/audio/*)
+    transcription_max_tokens: int = opt(448, "upper bound on text tokens per transcribed turn or 30 s piece")
+    transcription_min_tokens: int = opt(0, "suppress the end of a transcript before this many tokens (tests)")
+    max_audio_upload_bytes: int = opt(
+        25 * 1024 * 1024, "largest file /v1/audio/transcriptions and /translations take (HTTP 413 above)"
+    )
+    max_audio_piece_s: int = opt(30, "long uploads are cut at silences into pieces of at most this many seconds")
+    max_audio_requests: int = opt(4, "concurrent /v1/audio requests; more get HTTP 503")
     # Turn-taking
     vad_threshold: float = opt(0.5, "Silero speech probability threshold")
     vad_prefix_padding_ms: int = opt(300, "audio kept before detected speech")

@@ -33,6 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from assistant.bench import report  # noqa: E402
+from assistant.bench.transcription import TRANSCRIPT_TOKENS  # noqa: E402
+from assistant.bench.transcription import compare as transcription_compare  # noqa: E402
 
 DEFAULT_FIXTURES = "hello_en_us.wav,weather_en_gb_f3.wav,count_en_us_m3.wav,describe_en_scotland.wav"
 # Answers of about 5 s of speech (issue #19): Qwen's recommended voice prompt asks for replies of
@@ -95,6 +97,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument(
         "--load-threshold", type=float, default=None, help="in-process server with --max-sessions auto (default 0.8)"
+    )
+    p.add_argument(
+        "--input-transcription",
+        choices=("off", "on", "both"),
+        default="off",
+        help="Realtime input transcription of every turn; both: each level off, on, on, off (issue #15's check)",
     )
     p.add_argument("--no-prefill-probe", action="store_true", help="skip the 2 s vs 10 s prefill-token probe")
     p.add_argument("--engine-only", action="store_true", help="the engine in-process, beside stock generate()")
@@ -166,13 +174,13 @@ def _plan(args, utterances) -> list:
     return [TurnPlan(utterances[i % len(utterances)], video=i >= turns - video) for i in range(turns)]
 
 
-async def _level(args, url, conc: int, plan, frames, bar) -> list[dict]:
+async def _level(args, url, conc: int, plan, frames, bar, transcription: bool = False) -> list[dict]:
     from assistant.bench.users import run_user
 
     def on_turn(record):
         bar.update(1)
 
-    cfgs = _user_configs(args, url, conc)
+    cfgs = _user_configs(args, url, conc, transcription)
     results = await asyncio.gather(*(run_user(c, plan, frames, on_turn) for c in cfgs), return_exceptions=True)
     records = []
     for user, res in enumerate(results):
@@ -190,10 +198,10 @@ async def _level(args, url, conc: int, plan, frames, bar) -> list[dict]:
             )
             continue
         records += [{"user": user, **r} for r in res]
-    return [{"concurrency": conc, **r} for r in records]
+    return [{"concurrency": conc, **r, **({"input_transcription": True} if transcription else {})} for r in records]
 
 
-def _user_configs(args, url: str, conc: int) -> list:
+def _user_configs(args, url: str, conc: int, transcription: bool = False) -> list:
     """When each user starts, and how long it pauses between turns, for --arrival."""
     import random
 
@@ -202,7 +210,9 @@ def _user_configs(args, url: str, conc: int) -> list:
     manual = args.turn_detection == "manual"
     if args.arrival == "burst":
         meet = Rendezvous(conc)
-        return [UserConfig(url, manual, args.api_key, rendezvous=meet) for _ in range(conc)]
+        return [
+            UserConfig(url, manual, args.api_key, transcription=transcription, rendezvous=meet) for _ in range(conc)
+        ]
     if args.arrival == "poisson":
         rng = random.Random(args.seed * 1000 + conc)
         starts, t = [], 0.0
@@ -210,10 +220,20 @@ def _user_configs(args, url: str, conc: int) -> list:
             starts.append(t)
             t += rng.expovariate(1000 / max(1, args.stagger_ms))
         return [
-            UserConfig(url, manual, args.api_key, start_delay_s=s, think_s=lambda: rng.expovariate(1 / POISSON_THINK_S))
+            UserConfig(
+                url,
+                manual,
+                args.api_key,
+                transcription=transcription,
+                start_delay_s=s,
+                think_s=lambda: rng.expovariate(1 / POISSON_THINK_S),
+            )
             for s in starts
         ]
-    return [UserConfig(url, manual, args.api_key, start_delay_s=i * args.stagger_ms / 1000) for i in range(conc)]
+    return [
+        UserConfig(url, manual, args.api_key, transcription=transcription, start_delay_s=i * args.stagger_ms / 1000)
+        for i in range(conc)
+    ]
 
 
 async def _with_chat(args, url, conc: int, plan, frames, without: list[dict], tokens: int) -> dict:
@@ -299,6 +319,8 @@ async def run_server_mode(args) -> dict:
             max_answer_tokens=tokens,
             min_answer_frames=frames_n,  # applied when the server has this setting
             max_answer_frames=frames_n,
+            transcription_min_tokens=TRANSCRIPT_TOKENS,
+            transcription_max_tokens=TRANSCRIPT_TOKENS,
         )
         where = "in-process" if args.in_process else "in a child process"
         print(f"starting the server {where} ({args.model})...", file=sys.stderr, flush=True)
@@ -308,17 +330,33 @@ async def run_server_mode(args) -> dict:
         server_info = {"url": url, "in_process": args.in_process, **_health(url)}
     t_started = time.monotonic()
     records: list[dict] = []
+    transcribed: list[dict] = []  # --input-transcription both: the turns with it on
     extra: dict = {}
     try:
+        # both: off, on, on, off (ABBA), so a machine load that drifts during the run weighs on both alike
+        modes = {"off": [False], "on": [True], "both": [False, True, True, False]}[args.input_transcription]
         for conc in levels:
-            t_level = time.monotonic()
-            with _progress(conc * len(plan), f"{conc} user(s)", args.quiet) as bar:
-                records += await _level(args, url, conc, plan, frames, bar)
-            extra.setdefault("level_runtime_s", {})[str(conc)] = round(time.monotonic() - t_level, 1)
+            for transcription in modes:
+                t_level = time.monotonic()
+                with _progress(conc * len(plan), f"{conc} user(s)", args.quiet) as bar:
+                    records += await _level(args, url, conc, plan, frames, bar, transcription)
+                key = f"{conc}+transcription" if transcription else str(conc)
+                runtimes = extra.setdefault("level_runtime_s", {})
+                runtimes[key] = round(runtimes.get(key, 0.0) + time.monotonic() - t_level, 1)
             if args.chat_traffic:
                 extra.setdefault("chat_alongside", {})[str(conc)] = await _with_chat(
-                    args, url, conc, plan, frames, [r for r in records if r["concurrency"] == conc], tokens
+                    args,
+                    url,
+                    conc,
+                    plan,
+                    frames,
+                    [r for r in records if r["concurrency"] == conc and not r.get("input_transcription")],
+                    tokens,
                 )
+        if args.input_transcription == "both":
+            extra["input_transcription_on_vs_off"] = transcription_compare(records)
+            transcribed = [r for r in records if r.get("input_transcription")]
+            records = [r for r in records if not r.get("input_transcription")]  # the tables: transcription off
         extra["turn_trend"] = _turn_trend(records)
         if 1 in levels and 4 in levels:
             from assistant.bench.metrics import concurrency_ratio
@@ -362,6 +400,7 @@ async def run_server_mode(args) -> dict:
             "underrun_gap_ms": 100,
         },
         "records": records,
+        "records_input_transcription": transcribed,
         "summary": report.summarize_server(records),
         "extra": extra,
     }

@@ -390,3 +390,30 @@ def test_second_session_is_told_server_busy(idle_server, mics, netns_addrs):
         assert second.get_attribute("#conn-state", "data-state") == "disconnected"
         browser.screenshot(second, "server_busy")
         disconnect(first, url)
+
+
+def test_interpreter_preset_answers_in_writing_beside_the_live_transcript(idle_server, mics, netns_addrs):
+    """The Task picker (web/presets.js): a written interpretation into Swahili (not one of Qwen's
+    spoken languages), with the user's own transcript in the list beside the translation."""
+    url = idle_server
+    with browser.chromium(mics["once"]) as page:
+        errors = browser.console_errors(page)
+        open_page(page, url)
+        page.select_option("#preset", "interpreter")
+        assert page.is_visible("#target-language")
+        page.select_option("#target-language", "sw")
+        assert page.evaluate("demo.preset()") == {"preset": "interpreter", "target": "sw", "used": True}
+        connect(page)
+        page.wait_for_function(
+            "demo.events().includes('conversation.item.input_audio_transcription.completed')"
+            " && demo.events().includes('response.done')",
+            timeout=90_000,
+        )
+        events = page.evaluate("demo.events()")
+        assert "response.output_text.delta" in events and "output_audio_buffer.started" not in events
+        user = page.inner_text("#transcript li.user .text")
+        assert user.strip() and not user.startswith("🎤"), user  # the transcript replaced the placeholder
+        assert page.inner_text("#transcript li.assistant .text").strip()
+        browser.screenshot(page, "interpreter_preset")
+        disconnect(page, url)
+        assert errors == []

@@ -54,7 +54,12 @@ def test_append_decodes_pcm16():
             "unsupported_feature",
             "response.conversation",
         ),
-        ('{"type": "session.update", "session": {"type": "transcription"}}', "unsupported_feature", "session.type"),
+        ('{"type": "session.update", "session": {"type": "translation"}}', "unsupported_feature", "session.type"),
+        (
+            '{"type": "session.update", "session": {"type": "realtime", "audio": {"input": {"transcription": {"language": "xx"}}}}}',
+            "unsupported_language",
+            "session.audio.input.transcription.language",
+        ),
         (
             '{"type": "session.update", "session": {"type": "realtime", "audio": {"input": {"turn_detection": {"type": "server_vad", "threshold": "high"}}}}}',
             "invalid_type",

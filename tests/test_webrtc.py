@@ -509,3 +509,44 @@ async def test_session_limits_end_a_call_as_they_end_a_websocket_session(server)
     finally:
         await client.close()
     await server.wait_all_closed()
+
+
+async def test_input_transcription_completes_for_every_committed_item(server):
+    """Each VAD-committed item of a WebRTC call gets its `.completed` transcript on the data channel."""
+    client = ClientPeer()
+    try:
+        await server.connect(client)
+        await client.wait_for("session.created")
+        update = {"type": "realtime", "audio": {"input": {"transcription": {"model": "qwen3-omni"}}}}
+        client.send({"type": "session.update", "session": update})
+        updated = await client.wait_for("session.updated")
+        assert updated["session"]["audio"]["input"]["transcription"]["model"] == "qwen3-omni"
+        client.play(speech())
+        committed = await client.wait_for("input_audio_buffer.committed", timeout_s=30)
+        completed = await client.wait_for("conversation.item.input_audio_transcription.completed", timeout_s=90)
+        assert completed["item_id"] == committed["item_id"]
+        assert completed["usage"]["type"] == "tokens" and completed["usage"]["input_tokens"] > 0
+        await client.wait_for("response.done", timeout_s=90)
+    finally:
+        await client.close()
+    await server.wait_all_closed()
+
+
+async def test_transcription_session_over_webrtc(server):
+    """session.type = transcription on a call: VAD segments are transcribed, nothing is answered."""
+    client = ClientPeer()
+    try:
+        await server.connect(client)
+        await client.wait_for("session.created")
+        client.send({"type": "session.update", "session": {"type": "transcription"}})
+        updated = await client.wait_for("session.updated")
+        assert updated["session"]["type"] == "transcription"
+        client.play(speech())
+        client.play_silence(1000)
+        committed = await client.wait_for("input_audio_buffer.committed", timeout_s=30)
+        completed = await client.wait_for("conversation.item.input_audio_transcription.completed", timeout_s=90)
+        assert completed["item_id"] == committed["item_id"]
+        assert not [t for t in client.types() if t.startswith("response.")]
+    finally:
+        await client.close()
+    await server.wait_all_closed()

@@ -26,6 +26,7 @@ const MAX_TURNS_SHOWN = 16;
 const EVENT_LOG_LIMIT = 500;
 
 const $ = (id) => document.getElementById(id);
+import { applyPreset, mountPresets, presetAnswers, presetState } from "./presets.js";
 
 const S = {
   health: null,
@@ -347,7 +348,7 @@ function sendSessionUpdate() {
   // An empty box keeps the server's default instructions, unless the user just cleared them.
   if (instructions || S.lastInstructions) session.instructions = instructions;
   S.lastInstructions = instructions;
-  send({ type: "session.update", session });
+  send({ type: "session.update", session: applyPreset(session) });
 }
 
 function interruptAssistant() {
@@ -398,7 +399,7 @@ function pttUp() {
     S.pendingEndOfSpeech = { at: releasedAt, from: "push-to-talk release" };
     addUserSpeech(null, heldMs / 1000);
     send({ type: "input_audio_buffer.commit" });
-    send({ type: "response.create" });
+    if (presetAnswers()) send({ type: "response.create" });
   }, PTT_TAIL_MS);
   applyMicGate();
 }
@@ -799,6 +800,7 @@ function renderControls() {
 }
 
 function bindControls() {
+  mountPresets({ anchor: $("mode"), instructions: $("instructions"), camera: $("camera"), onChange: sendSessionUpdate });
   $("connect").addEventListener("click", () => (S.connected ? disconnect() : connect()));
   for (const radio of document.querySelectorAll('input[name="mode"]')) {
     radio.addEventListener("change", () => {
@@ -841,6 +843,7 @@ window.demo = Object.freeze({
   turns: () => S.turns.map((t) => ({ ...t })),
   events: () => S.eventLog.map((e) => e.type),
   state: () => ({ connected: S.connected, mode: S.mode, playing: S.playing, responseActive: S.responseActive }),
+  preset: presetState,
   levels: () => ({ mic: S.micAnalyser ? rms(S.micAnalyser) : 0, out: S.outAnalyser ? rms(S.outAnalyser) : 0 }),
 });
 

@@ -105,6 +105,7 @@ class UserConfig:
     start_delay_s: float = 0.0
     rendezvous: Rendezvous | None = None  # burst arrivals: wait for every user before each turn
     think_s: Callable[[], float] = lambda: THINK_S  # pause after the answer's playback (poisson: random)
+    transcription: bool = False  # Realtime input transcription on (bench/transcription.py)
 
 
 async def run_user(
@@ -132,6 +133,10 @@ async def _run_user(cfg: UserConfig, plan: list[TurnPlan], frames, on_turn) -> l
     records = []
     try:
         await link.handshake()
+        if cfg.transcription:
+            from .transcription import enable
+
+            await enable(link)
         for i, step in enumerate(plan):
             record = {"turn": i + 1, "kind": "video" if step.video else "audio", "fixture": step.utterance.name}
             try:

@@ -22,6 +22,7 @@ import base64
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import presets
 from ..bench.metrics import first_audible_offset_ms, playout
 
 OUTPUT_RATE_HZ = 24_000
@@ -160,10 +161,14 @@ class ClientCore:
         voice: str | None = None,
         instructions: str | None = None,
         vad: dict[str, Any] | None = None,
+        preset: dict[str, Any] | None = None,
     ) -> None:
         self.input_rate_hz = input_rate_hz
         self.manual = manual
         self.voice, self.instructions, self.vad = voice, instructions, vad
+        self.preset = preset  # a task preset's session fields (assistant/presets.py), under our own
+        # A transcription session answers nothing: a turn is committed, not answered.
+        self.answers = not preset or preset.get("type") != "transcription"
         self.session_id: str | None = None
         self.turns: list[TurnMetrics] = []
         self.active_response: str | None = None  # created and not yet done
@@ -181,8 +186,13 @@ class ClientCore:
         if self.voice:
             audio["output"]["voice"] = self.voice
         session: dict[str, Any] = {"type": "realtime", "output_modalities": ["audio"], "audio": audio}
+        if self.preset:
+            session = presets.merge(session, self.preset)
         if self.instructions is not None:
             session["instructions"] = self.instructions
+        if session.get("type") == "transcription":  # its schema has no output side
+            session.pop("output_modalities", None)
+            session["audio"].pop("output", None)
         return {"type": "session.update", "session": session}
 
     def append_audio(self, pcm16: bytes) -> dict[str, Any]:
@@ -232,7 +242,8 @@ class ClientCore:
         turn = self.start_turn()
         turn.t_speech_end = t
         turn.t_commit = t
-        return [{"type": "input_audio_buffer.commit"}, {"type": "response.create"}]
+        commit = [{"type": "input_audio_buffer.commit"}]
+        return [*commit, {"type": "response.create"}] if self.answers else commit
 
     def speech_ended(self, t: float) -> TurnMetrics:
         """Server VAD turns: the user's speech ended at `t` (known to the caller, e.g. from
@@ -305,6 +316,8 @@ class ClientCore:
         return [Transcript("assistant", ev.get("delta") or "", False)]
 
     _on_response_audio_transcript_delta = _on_response_output_audio_transcript_delta
+    _on_response_output_text_delta = _on_response_output_audio_transcript_delta  # text-only answers (interpreter)
+    _on_response_text_delta = _on_response_output_audio_transcript_delta
 
     def _on_conversation_item_input_audio_transcription_completed(self, ev, t):
         return [Transcript("user", ev.get("transcript") or "", True)]

@@ -64,7 +64,7 @@ class Printer:
     def __call__(self, effect: Effect) -> None:
         if isinstance(effect, Transcript):
             if effect.role == "user" and effect.text:
-                self._line(f"you: {effect.text}")
+                self._line(f"you: {effect.text.strip()}")
             elif effect.role == "assistant" and effect.text:
                 text = effect.text
                 if not self._open:
@@ -95,6 +95,22 @@ class Printer:
 # ---------------------------------------------------------------------------- headless
 
 
+def preset_session(args) -> dict | None:
+    """--preset (and --target-language) as session fields; ClientError when they do not fit."""
+    from .. import languages, presets
+
+    if args.preset is None:
+        if args.target_language:
+            raise ClientError("--target-language is for --preset interpreter")
+        return None
+    if args.target_language and args.preset != "interpreter":
+        raise ClientError("--target-language is for --preset interpreter")
+    try:
+        return presets.session(args.preset, target_language=args.target_language)
+    except (ValueError, languages.UnsupportedLanguage) as exc:
+        raise ClientError(str(exc)) from None
+
+
 async def _open(args, core: ClientCore, on_effect) -> tuple[Link, asyncio.Task]:
     ws = await connect(args.url, args.api_key, args.connect_timeout_s)
     link = Link(ws, core, on_effect)
@@ -116,14 +132,21 @@ async def run_headless(args) -> int:
     except (OSError, ValueError, EOFError) as exc:
         raise ClientError(f"cannot read {path}: {exc}") from None
     pcm16 = float_to_pcm16(resample(audio, rate, 24_000))
-    core = ClientCore(manual=not args.vad, voice=args.voice, instructions=args.instructions)
+    core = ClientCore(
+        manual=not args.vad, voice=args.voice, instructions=args.instructions, preset=preset_session(args)
+    )
     printer = Printer()
-    done: asyncio.Queue[TurnMetrics] = asyncio.Queue()
+    done: asyncio.Queue[TurnMetrics | None] = asyncio.Queue()
+    heard = asyncio.Event()  # the user's transcript (presets turn input transcription on)
 
     def on_effect(effect: Effect) -> None:
         printer(effect)
         if isinstance(effect, TurnReport):
             done.put_nowait(effect.turn)
+        elif isinstance(effect, Transcript) and effect.role == "user" and effect.final:
+            heard.set()
+            if not core.answers:
+                done.put_nowait(None)  # a transcriber's turn ends with its transcript
 
     link, reader = await _open(args, core, on_effect)
     try:
@@ -136,6 +159,13 @@ async def run_headless(args) -> int:
             turn = await asyncio.wait_for(done.get(), args.response_timeout_s)
         except TimeoutError:
             raise ClientError(f"no response.done within {args.response_timeout_s} s") from None
+        if turn is None:
+            return 0
+        if core.preset is not None:  # the transcript runs after the answer: wait for it too
+            try:
+                await asyncio.wait_for(heard.wait(), args.response_timeout_s)
+            except TimeoutError:
+                raise ClientError(f"no transcript of the turn within {args.response_timeout_s} s") from None
         printer.turn(turn)
         if args.output_wav:
             pcm = np.frombuffer(bytes(turn.audio), dtype="<i2").astype(np.float32) / 32768.0
@@ -206,7 +236,7 @@ async def run_interactive(args) -> int:
     from .buffers import HoldDetector, PreRoll
 
     key = " " if args.key == "space" else args.key
-    core = ClientCore(manual=True, voice=args.voice, instructions=args.instructions)
+    core = ClientCore(manual=True, voice=args.voice, instructions=args.instructions, preset=preset_session(args))
     printer = Printer()
     detector = HoldDetector(toggle=args.toggle)
     preroll = PreRoll(args.pre_roll_ms, 24_000)

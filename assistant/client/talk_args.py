@@ -15,6 +15,18 @@ def add_talk_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--voice", default=None, help="Ethan, Chelsie or Aiden (default: the server's)")
     parser.add_argument("--instructions", default=None, help="system instructions for the session")
+    parser.add_argument(
+        "--preset",
+        choices=("assistant", "interpreter", "transcriber", "camera"),
+        default=None,
+        help="a task in one step (instructions, output, input transcription): a voice assistant, an interpreter "
+        "(--target-language), a transcriber (text only, nothing answered) or camera help; --instructions wins",
+    )
+    parser.add_argument(
+        "--target-language",
+        default=None,
+        help="the interpreter's target: spoken for de en es fr it ja ko pt ru zh, written for other language codes",
+    )
     talk = parser.add_argument_group("talking")
     talk.add_argument("--key", default="space", help="the push-to-talk key: 'space' or one character")
     talk.add_argument("--toggle", action="store_true", help="tap the key to start and again to stop talking")

@@ -161,6 +161,22 @@ class Conversation:
         return True
 
 
+@dataclass
+class TextJob:
+    """One audio clip with a task prompt after it (Qwen's own, languages.py), answered in
+    text: `Engine.transcribe`. `context` becomes a system message."""
+
+    audio: AudioPart
+    task: str
+    context: str = ""
+    max_tokens: int = 448
+    min_tokens: int = 0
+    temperature: float = 0.0  # 0: greedy
+    # The live conversation the clip was committed to (a Realtime input transcription): the
+    # engine may take the clip's audio-encoder output from that conversation's cache.
+    conversation_id: str | None = None
+
+
 # ---------------------------------------------------------------------------- events
 
 
@@ -334,6 +350,12 @@ class Engine(Protocol):
         """A head start, fire and forget: `parts` is the user turn being spoken so far
         (not yet in the conversation). The engine may prefill what of it is final, so that
         the response after the commit has less left to do; False when it does nothing."""
+
+    def transcribe(self, request: TextJob) -> Response:
+        """A background text-only job on the resident model (transcription, translation):
+        `TextDelta*` then `ResponseDone`, no audio, no talker. It has no live listener,
+        so the worker runs it after every response's work (worker.py). Raises nothing:
+        failures arrive as the final event."""
 
     def forget(self, conversation: Conversation) -> None:
         """The conversation is over: release what the engine keeps for it."""

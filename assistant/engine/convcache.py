@@ -100,6 +100,10 @@ class ConversationCache:
         entry = self._entries.get(conv_id)
         return entry.ids.count(token) if entry is not None else 0
 
+    def peek(self, conv_id: str) -> CachedPrefix | None:
+        """The entry, left in place (read within one worker step only: a response may check it out next)."""
+        return self._entries.get(conv_id)
+
     def checkout(self, conv_id: str) -> CachedPrefix | None:
         entry = self._entries.pop(conv_id, None)
         if entry is None:

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ..settings import Settings, chunk_ramp
+from . import inputs
 from .api import (
     FRAME_MS,
     INPUT_SAMPLE_RATE,
@@ -20,6 +21,7 @@ from .api import (
     ImagePart,
     Part,
     Sampling,
+    TextJob,
     TextPart,
     Turn,
     VideoPart,
@@ -293,6 +295,29 @@ class LocalEngine:
         except ValueError as exc:  # refuse before any work: a bad setting, not an engine fault
             response.fail_now(EngineError("invalid_input", str(exc)))
             return response
+        if not self.worker.submit(job, response.deliver):
+            response.fail_now(EngineError("overloaded", "the model worker's queue is full; try again shortly"))
+        return response
+
+    def transcribe(self, request: TextJob) -> LocalResponse:
+        """A text-only job with no listener (Engine.transcribe): one user turn, the audio
+        then Qwen's task prompt, answered by the thinker alone (no talker), with no cache
+        of its own. A turn committed to a live conversation is not encoded again: its
+        encoder output is read from that conversation's cache when it holds the turn
+        (prefill.py `_reused_audio`), else the clip is encoded."""
+        sampling = Sampling(
+            greedy=request.temperature <= 0.0,
+            thinker_temperature=request.temperature if request.temperature > 0.0 else 0.7,
+            min_tokens=request.min_tokens,
+            max_tokens=request.max_tokens,
+        )
+        conv = Conversation(instructions=request.context, sampling=sampling)
+        conv.add_user([request.audio, TextPart(request.task)])
+        job = StreamJob(self.resident, conv, audio=False, config=self.stream_config, background=True)
+        if request.conversation_id is not None:
+            key = inputs.turn_media_keys(Conversation(turns=[Turn("user", [request.audio])]))[0]
+            job.audio_from = (self.conv_cache, request.conversation_id, key)
+        response = LocalResponse(job, conv, self.worker)
         if not self.worker.submit(job, response.deliver):
             response.fail_now(EngineError("overloaded", "the model worker's queue is full; try again shortly"))
         return response

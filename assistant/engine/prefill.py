@@ -366,6 +366,26 @@ class ThinkerPrefill:
         prefix.keep(n)
         return prefix
 
+    def _reused_audio(self, ids: torch.Tensor) -> torch.Tensor | None:
+        """[N, D]: the audio-encoder output of this prompt's one clip, taken from the layer-0
+        inputs a live conversation's cache keeps (`audio_from` = (cache, conversation id,
+        the clip's media digest)), or None when the cache does not hold that clip (checked
+        out, evicted, trimmed). A transcription of a committed turn then encodes nothing:
+        the response's prefill scattered the encoder output into those positions, and
+        whole windows are encoded alone, so it is what encoding the clip again would give."""
+        cache, conv_id, key = self.audio_from
+        entry = cache.peek(conv_id)
+        audio_id = self.res.cfg.thinker_config.audio_token_id
+        n = int((ids == audio_id).sum())
+        start = next((pos for pos, k in (entry.media if entry else []) if k == key), None)
+        if start is None or audio_id not in entry.ids[start:]:
+            return None
+        a = entry.ids.index(audio_id, start)
+        if entry.ids[a : a + n + 1].count(audio_id) != n or a + n >= len(entry.ids):
+            return None  # not one span of the same length (a different layout): encode
+        self.reused_audio_tokens = n
+        return entry.embed[0, a : a + n]
+
     def _encode(self, ids: torch.Tensor, t: dict) -> tuple[torch.Tensor, dict | None]:
         """Run the audio and vision encoders on the tail's media (Table 2's preprocessing)
         and scatter audio into the token embeddings; vision outputs go to the thinker as
@@ -373,7 +393,11 @@ class ThinkerPrefill:
         res = self.res
         embeds = res.embed(ids)  # [1, L, D]
         if "input_features" in t:
-            feats = res.thinker.get_audio_features(t["input_features"], t["feature_attention_mask"]).last_hidden_state
+            feats = self._reused_audio(ids) if getattr(self, "audio_from", None) else None
+            if feats is None:
+                feats = res.thinker.get_audio_features(
+                    t["input_features"], t["feature_attention_mask"]
+                ).last_hidden_state
             mask = (ids == res.cfg.thinker_config.audio_token_id).unsqueeze(-1).expand_as(embeds)
             embeds = embeds.masked_scatter(mask, feats.to(embeds.dtype))
         mm = {}

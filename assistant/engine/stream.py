@@ -127,6 +127,7 @@ class StreamJob(ThinkerPrefill):
         cache: ConversationCache | None = None,
         partial: bool = False,
         listener: bool = True,
+        background: bool = False,
     ) -> None:
         self.res, self.audio, self.config = res, audio, config or StreamConfig()
         # No one plays this response as it is made (a Chat Completions request): its playback
@@ -135,6 +136,9 @@ class StreamJob(ThinkerPrefill):
         self.background = not listener
         self.cache = cache
         self.partial = partial  # incremental prefill of a turn still being spoken: no response
+        # No live listener (a transcription): no first packet to wait for, and the worker's
+        # scheduler ranks it after every other job (ModelWorker._pick).
+        self.background = background
         # A snapshot: the session may edit the live conversation while this runs.
         self.conv = Conversation(
             voice=conv.voice, instructions=conv.instructions, sampling=conv.sampling, turns=list(conv.turns), id=conv.id
@@ -198,6 +202,8 @@ class StreamJob(ThinkerPrefill):
 
     @property
     def first_packet_pending(self) -> bool:
+        if self.background:
+            return False
         first = self.stats.t_first_audio if self.audio else self.stats.t_thinker_first_token
         return first is None and not self.done
 

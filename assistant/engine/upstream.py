@@ -50,6 +50,7 @@ from .api import (
     Event,
     ImagePart,
     ResponseDone,
+    ResponseStats,
     TextPart,
     Turn,
     VideoPart,
@@ -251,6 +252,11 @@ class UpstreamEngine:
         # `listener` ranks work on a local model's worker; the upstream schedules its own.
         return UpstreamResponse(self, conversation, t_committed, audio)
 
+    def transcribe(self, request) -> _Failed:
+        """Not through the protocol: an OpenAI-Realtime upstream transcribes only inside its
+        own sessions, with its own model, so the request fails with a reason."""
+        return _Failed(EngineError("unsupported", "transcription needs a local model; this server uses an upstream"))
+
     def prefill(self, conversation: Conversation, parts: list) -> bool:
         """No head start through the protocol: the upstream receives the turn at commit."""
         return False
@@ -284,6 +290,19 @@ class UpstreamEngine:
                 )
             )
         return turn
+
+
+class _Failed:
+    """A response that fails at once (a request the upstream cannot serve)."""
+
+    def __init__(self, error: EngineError) -> None:
+        self.id, self._error = new_id("resp"), error
+
+    def cancel(self) -> None:
+        pass
+
+    async def __aiter__(self):
+        yield ResponseDone("failed", None, ResponseStats(t_done=now()), self._error)
 
 
 class UpstreamResponse:

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ..engine.api import Conversation, Part
+from ..engine.api import Conversation, Part, TextJob
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,15 @@ class PrefillTurn:
 
 
 @dataclass(frozen=True)
+class TranscribeItem:
+    """Run `Engine.transcribe(job)` and feed its events to `session.on_transcription_event(item_id, ...)`;
+    cancel it with the session (it has no other cancellation: a transcript is short)."""
+
+    item_id: str
+    job: TextJob
+
+
+@dataclass(frozen=True)
 class PlayAudio:
     response_id: str
     item_id: str
@@ -80,6 +89,7 @@ Output = (
     | CancelResponse
     | TruncateTurn
     | PrefillTurn
+    | TranscribeItem
     | PlayAudio
     | ClearPlayback
     | ResponseMetrics

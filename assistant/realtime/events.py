@@ -78,6 +78,34 @@ class TurnDetection:
 
 
 @dataclass(frozen=True)
+class Transcription:
+    """`audio.input.transcription`: transcribe each committed user audio item with the
+    resident model (`model` is echoed; the server has one model). `language` is a checked
+    speech-input code (languages.py) or None (the language spoken)."""
+
+    model: str = ""
+    language: str | None = None
+    prompt: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"model": self.model, "language": self.language, "prompt": self.prompt}
+
+
+@dataclass(frozen=True)
+class Interpreter:
+    """`session.interpreter` (this server's extension): every user audio turn is answered
+    only by its translation into `target_language`, spoken (a speech-output language) or
+    written (a text language), by Qwen's translation prompt after the turn's audio.
+    `source_language`: a speech-input code, or None for whatever is spoken."""
+
+    target_language: str
+    source_language: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"target_language": self.target_language, "source_language": self.source_language}
+
+
+@dataclass(frozen=True)
 class SessionPatch:
     """The fields a `session.update` sets; `fields_set` says which were present
     (`turn_detection=None` in it means manual turns)."""
@@ -91,6 +119,9 @@ class SessionPatch:
     max_output_tokens: int | Literal["inf"] | None = None
     model: str | None = None
     beta_shape: bool = False
+    transcription: Transcription | None = None  # in fields_set with None: transcription off
+    session_type: str | None = None  # "realtime" | "transcription"
+    interpreter: Interpreter | None = None  # in fields_set with None: interpreter off
 
 
 @dataclass(frozen=True)
@@ -374,16 +405,53 @@ def _voice(f: _Fields, key: str) -> str | None:
     return voice
 
 
+def _transcription(f: _Fields, key: str) -> Transcription | None:
+    from .. import languages
+
+    value = f.get(key, (dict,), "an object or null", nullable=True)
+    if value is None:
+        return None
+    t = _Fields(value, f._param(key), f.event_id)
+    language = t.str("language") or None
+    if language is not None:
+        try:
+            language = languages.speech_input(language)
+        except languages.UnsupportedLanguage as exc:
+            raise t.fail("language", str(exc), "unsupported_language") from None
+    return Transcription(t.str("model") or "", language, t.str("prompt") or "")
+
+
+def _interpreter(f: _Fields, key: str) -> Interpreter | None:
+    from .. import languages
+
+    value = f.get(key, (dict,), "an object or null", nullable=True)
+    if value is None:
+        return None
+    t = _Fields(value, f._param(key), f.event_id)
+    target, source = t.str("target_language", required=True), t.str("source_language")
+    try:
+        target = languages.text(target)  # spoken targets are checked against the output modality (session.py)
+    except languages.UnsupportedLanguage as exc:
+        raise t.fail("target_language", str(exc), "unsupported_language") from None
+    try:
+        source = languages.speech_input(source) if source else None
+    except languages.UnsupportedLanguage as exc:
+        raise t.fail("source_language", str(exc), "unsupported_language") from None
+    return Interpreter(target, source)
+
+
 def parse_session(obj: Any, event_id: str | None, defaults: TurnDetection) -> SessionPatch:
     s = _Fields(obj, "session", event_id)
     kind = s.str("type")
-    if kind == "transcription" and (refused := fieldtable.refusal(fieldtable.TRANSCRIPTION_SESSION, "session")):
-        raise s.fail("type", f"session type 'transcription' is not supported: {refused.why}", "unsupported_feature")
-    if kind not in (None, "realtime"):
-        raise s.fail("type", f"session type {kind!r} is not supported; use 'realtime'", "unsupported_feature")
-    _check_fields(s, fieldtable.SESSION)
+    if kind not in (None, "realtime", "transcription"):
+        raise s.fail(
+            "type", f"session type {kind!r} is not supported; use 'realtime' or 'transcription'", "unsupported_feature"
+        )
+    _check_fields(s, fieldtable.TRANSCRIPTION_SESSION if kind == "transcription" else fieldtable.SESSION)
     beta = kind is None
     values: dict[str, Any] = {"beta_shape": beta}
+    if kind is not None:
+        values["session_type"] = kind
     audio = s.sub("audio")
     inp = audio.sub("input") if audio else None
     out = audio.sub("output") if audio else None
@@ -398,6 +466,11 @@ def parse_session(obj: Any, event_id: str | None, defaults: TurnDetection) -> Se
     for holder in (inp, s):
         if holder is not None and holder.has("turn_detection"):
             values["turn_detection"] = _turn_detection(holder, "turn_detection", defaults)
+    if s.has("interpreter"):
+        values["interpreter"] = _interpreter(s, "interpreter")
+    for holder, key in ((inp, "transcription"), (s, "input_audio_transcription")):
+        if holder is not None and holder.has(key):
+            values["transcription"] = _transcription(holder, key)
     voice = (out and _voice(out, "voice")) or s.str("voice")
     if voice is not None:
         values["voice"] = voice

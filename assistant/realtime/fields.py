@@ -77,6 +77,19 @@ def _audio_format(root: str, what: str) -> dict[str, Field]:
     }
 
 
+def _transcription(root: str) -> dict[str, Field]:
+    """Input audio transcription (issue #15): Qwen3-Omni itself, the resident model, transcribes."""
+    return {
+        root: honored("each committed audio item is transcribed by the resident model (input_audio_transcription.*)"),
+        f"{root}.model": honored("echoed; whatever it names, the resident Qwen3-Omni transcribes (no second model)"),
+        f"{root}.language": honored("Qwen's recognition prompt for this language (one of the 19 speech inputs)"),
+        f"{root}.prompt": honored("a system message for the transcription job"),
+        f"{root}.delay": refused("no delay control: a transcript starts after its item is committed"),
+        f"{root}.keywords": refused("no keyword boosting"),
+        f"{root}.languages": refused("one language per session: use language"),
+    }
+
+
 def _common_refusals(root: str) -> dict[str, Field]:
     """Fields that session and response objects share and that this server does not do."""
     return {
@@ -92,6 +105,10 @@ def _common_refusals(root: str) -> dict[str, Field]:
 
 SESSION: dict[str, Field] = {
     "session.type": honored("'realtime'; 'transcription' sessions: see TRANSCRIPTION_SESSION"),
+    # This server's extension (not in the SDK): answer each turn with its translation only.
+    "session.interpreter": honored("interpreter mode: each user turn is answered by its translation"),
+    "session.interpreter.target_language": honored("spoken: one of the 10 speech outputs; text: any text language"),
+    "session.interpreter.source_language": honored("the speech's language, when known (19 speech inputs)"),
     "session.model": honored("must name the model this server loaded (it serves one)"),
     "session.instructions": honored("system prompt of later responses"),
     "session.output_modalities": honored('["audio"] (speech + transcript) or ["text"]'),
@@ -100,7 +117,7 @@ SESSION: dict[str, Field] = {
     "session.audio.input": honored("microphone side"),
     **_audio_format("session.audio.input.format", "input PCM16 at 24 or 16 kHz"),
     **_turn_detection("session.audio.input"),
-    "session.audio.input.transcription": refused("no input audio transcription events yet"),
+    **_transcription("session.audio.input.transcription"),
     "session.audio.input.noise_reduction": refused("no input noise reduction"),
     "session.audio.output": honored("speech side"),
     **_audio_format("session.audio.output.format", "output PCM16 at 24 kHz"),
@@ -120,7 +137,7 @@ SESSION: dict[str, Field] = {
     "session.output_audio_format": honored("beta: pcm16 (24 kHz)"),
     **_turn_detection("session", ga=False),
     "session.max_response_output_tokens": honored("beta spelling of max_output_tokens"),
-    "session.input_audio_transcription": refused("no input audio transcription events yet"),
+    **_transcription("session.input_audio_transcription"),
     "session.input_audio_noise_reduction": refused("no input noise reduction"),
     "session.speed": refused("speech is spoken at its natural rate only", 1, 1.0),
     "session.temperature": refused("sampling is set by the server's flags (GA removed this field)"),
@@ -129,8 +146,18 @@ SESSION: dict[str, Field] = {
 
 # `session.type: "transcription"`: the whole session kind.
 TRANSCRIPTION_SESSION: dict[str, Field] = {
-    "session": refused("transcription sessions (session.type 'transcription') are not supported yet"),
+    "session.type": honored("'transcription': VAD segments are transcribed, no responses are created"),
+    "session.audio": honored("input audio"),
+    "session.audio.input": honored("microphone side"),
+    **_audio_format("session.audio.input.format", "input PCM16 at 24 or 16 kHz"),
+    **_turn_detection("session.audio.input"),
+    **_transcription("session.audio.input.transcription"),
+    "session.audio.input.noise_reduction": refused("no input noise reduction"),
+    "session.include": refused("no input transcription logprobs", []),
 }
+
+# Fields of this server's own, beyond the SDK's models (tests/test_fields.py knows them).
+EXTENSIONS = frozenset(p for p in SESSION if p.startswith("session.interpreter"))
 
 # ---------------------------------------------------------------------------- response.create
 

@@ -15,14 +15,14 @@ from .images import decode_image
 OutputKind = Literal["audio", "text"]
 
 
-def _user_content(part: Part, with_audio: bool, rate_hz: int) -> list[dict[str, Any]]:
+def _user_content(part: Part, with_audio: bool, rate_hz: int, transcript: str | None) -> list[dict[str, Any]]:
     if isinstance(part, TextPart):
         return [{"type": "input_text", "text": part.text}]
     if isinstance(part, AudioPart):
         audio = None
         if with_audio:  # conversation.item.retrieve returns the audio, at the client's rate
             audio = b64(float_to_pcm16(resample(part.pcm, part.sample_rate, rate_hz)))
-        return [{"type": "input_audio", "audio": audio, "transcript": None}]
+        return [{"type": "input_audio", "audio": audio, "transcript": transcript}]
     if isinstance(part, ImagePart):
         return [{"type": "input_image", "image_url": None}]
     if isinstance(part, VideoPart):  # one entry per frame, as a client would have sent them
@@ -37,9 +37,10 @@ def item_json(
     output: OutputKind = "audio",
     with_audio: bool = False,
     input_rate_hz: int = 24_000,
+    transcript: str | None = None,
 ) -> dict[str, Any]:
     """The GA item object for a turn (assistant items: `output_audio` with its
-    transcript, or `output_text`)."""
+    transcript, or `output_text`; user audio: with its input transcript, once done)."""
     if turn.role == "assistant":
         text = turn.text_content()
         content = [
@@ -48,7 +49,7 @@ def item_json(
     elif turn.role == "system":
         content = [{"type": "input_text", "text": turn.text_content()}]
     else:
-        content = [c for p in turn.parts for c in _user_content(p, with_audio, input_rate_hz)]
+        content = [c for p in turn.parts for c in _user_content(p, with_audio, input_rate_hz, transcript)]
     return {
         "id": turn.id,
         "object": "realtime.item",

@@ -59,6 +59,7 @@ from .commands import (
     ResponseMetrics,
     Send,
     StartResponse,
+    TranscribeItem,
     TruncateTurn,
     VadWork,
 )
@@ -67,6 +68,7 @@ from .inputbuf import InputBuffer
 from .items import item_json, parts_from_content
 from .session_input import MIN_COMMIT_MS, InputSide
 from .session_response import ResponseSide, _Response, resolve_voice
+from .session_transcribe import TranscribeSide
 from .vad import Endpointer, VadParams
 
 __all__ = [
@@ -80,6 +82,7 @@ __all__ = [
     "ResponseMetrics",
     "Send",
     "StartResponse",
+    "TranscribeItem",
     "TruncateTurn",
     "VadWork",
 ]
@@ -90,7 +93,7 @@ log = logging.getLogger("assistant.realtime")
 # ---------------------------------------------------------------------------- session
 
 
-class RealtimeSession(InputSide, ResponseSide):
+class RealtimeSession(InputSide, ResponseSide, TranscribeSide):
     def __init__(
         self,
         settings: Settings,
@@ -128,6 +131,11 @@ class RealtimeSession(InputSide, ResponseSide):
             silence_duration_ms=settings.vad_silence_ms,
         )
         self._default_td = self.turn_detection
+        # Input transcription (session_transcribe.py); a "transcription" session only transcribes.
+        self.session_type = "realtime"
+        self.transcription: ev.Transcription | None = None
+        self._transcripts: dict[str, tuple[int, list[str], bool]] = {}  # item -> (content index, text, done)
+        self.interpreter: ev.Interpreter | None = None  # interpreter mode (session_transcribe.py)
         self._resampler = StreamResampler(self.input_rate_hz, INPUT_SAMPLE_RATE)
         self._buf = InputBuffer(settings.max_input_audio_s * INPUT_SAMPLE_RATE)
         self._endpointer = Endpointer(self._vad_params())
@@ -258,6 +266,22 @@ class RealtimeSession(InputSide, ResponseSide):
         return None
 
     def session_json(self) -> dict[str, Any]:
+        transcription = self.transcription.to_json() if self.transcription else None
+        if self.session_type == "transcription":  # openai RealtimeTranscriptionSessionCreateRequest
+            return {
+                "type": "transcription",
+                "object": "realtime.transcription_session",
+                "id": self.id,
+                "audio": {
+                    "input": {
+                        "format": {"type": "audio/pcm", "rate": self.input_rate_hz},
+                        "transcription": transcription,
+                        "noise_reduction": None,
+                        "turn_detection": self.turn_detection.to_json() if self.turn_detection else None,
+                    }
+                },
+                "include": [],
+            }
         return {
             "type": "realtime",
             "object": "realtime.session",
@@ -269,7 +293,7 @@ class RealtimeSession(InputSide, ResponseSide):
                 "input": {
                     "format": {"type": "audio/pcm", "rate": self.input_rate_hz},
                     "turn_detection": self.turn_detection.to_json() if self.turn_detection else None,
-                    "transcription": None,
+                    "transcription": transcription,
                     "noise_reduction": None,
                 },
                 "output": {
@@ -278,6 +302,7 @@ class RealtimeSession(InputSide, ResponseSide):
                     "speed": 1.0,
                 },
             },
+            "interpreter": self.interpreter.to_json() if self.interpreter else None,  # this server's extension
             "tools": [],
             "tool_choice": "auto",
             "max_output_tokens": self.max_output_tokens,
@@ -296,10 +321,16 @@ class RealtimeSession(InputSide, ResponseSide):
                 f"this server serves one model, {self.model!r}, not {patch.model!r}",
                 param="session.model",
             )
+        self._check_interpreter(
+            patch.interpreter if "interpreter" in patch.fields_set else self.interpreter,
+            patch.output_modalities or self.output_modalities,
+        )
         if patch.max_output_tokens is not None:
             cap = self.settings.max_answer_tokens
             requested = patch.max_output_tokens
             self.max_output_tokens = cap if requested == "inf" else min(int(requested), cap)
+        if "interpreter" in patch.fields_set:
+            self.interpreter = patch.interpreter
         if patch.beta_shape:
             self.enc.beta = True  # a beta-era client: answer with the beta event names
         if patch.input_rate_hz is not None and patch.input_rate_hz != self.input_rate_hz:
@@ -312,14 +343,21 @@ class RealtimeSession(InputSide, ResponseSide):
         if patch.output_modalities is not None:
             self._check_audio_output(patch.output_modalities, "session.output_modalities")
             self.output_modalities = patch.output_modalities
+        if patch.session_type is not None:
+            self.session_type = patch.session_type
+            if patch.session_type == "transcription" and "transcription" not in patch.fields_set:
+                self.transcription = self.transcription or ev.Transcription(self.model)
+        if "transcription" in patch.fields_set:
+            self.transcription = patch.transcription
         if voice is not None:
             self._edit(lambda: setattr(self.conversation, "voice", voice))
         if patch.instructions is not None:
             instructions = patch.instructions
             self._edit(lambda: setattr(self.conversation, "instructions", instructions))
         view = self.session_json()
-        view["audio"]["output"]["voice"] = voice or view["audio"]["output"]["voice"]
-        if patch.instructions is not None:
+        if self.session_type == "realtime":
+            view["audio"]["output"]["voice"] = voice or view["audio"]["output"]["voice"]
+        if patch.instructions is not None and self.session_type == "realtime":
             view["instructions"] = patch.instructions
         self._send("session.updated", session=view)
 
@@ -441,7 +479,11 @@ class RealtimeSession(InputSide, ResponseSide):
             if turn is None:
                 raise ev.ProtocolError("item_not_found", f"no item {event.item_id!r}", param="item_id")
             item = item_json(
-                turn, output=self._kinds.get(turn.id, "audio"), with_audio=True, input_rate_hz=self.input_rate_hz
+                turn,
+                output=self._kinds.get(turn.id, "audio"),
+                with_audio=True,
+                input_rate_hz=self.input_rate_hz,
+                transcript=self.transcript_of(turn.id),
             )
         self._send("conversation.item.retrieved", item=item)
 

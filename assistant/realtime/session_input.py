@@ -71,8 +71,8 @@ class InputSide:
         Built by `turn_parts` from the same frame choices as the commit, so a camera
         turn's offered frames are exactly the committed ones."""
         start = self._turn_start()
-        if start is None or self._buf.end <= start:
-            return
+        if start is None or self._buf.end <= start or self.session_type != "realtime":
+            return  # a transcription session has no response to give a head start
         if self._buf.end - max(self._prefill_offered, start) < PREFILL_EVERY_SAMPLES:
             return
         self._prefill_offered = self._buf.end
@@ -117,8 +117,9 @@ class InputSide:
         t = self.clock()
         previous = self._items[-1] if self._items else None
         self._send("input_audio_buffer.committed", previous_item_id=previous, item_id=item_id)
-        self._add_turn(Turn("user", parts, id=item_id), previous)
+        self._add_turn(Turn("user", self._interpreted(parts), id=item_id), previous)
         self._t_last_commit = t
+        self._transcribe(item_id, parts)
 
     # ------------------------------------------------------------------ VAD
 
@@ -193,7 +194,7 @@ class InputSide:
         audio = self._buf.take(start, end)
         self._speech = self._camera = None
         self._commit(item_id, turn_parts(camera, audio))
-        if td.create_response:
+        if td.create_response and self.session_type == "realtime":  # a transcription session never answers
             if self._active is None:
                 self._create_response(self._t_last_commit)
             else:

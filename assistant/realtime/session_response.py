@@ -43,6 +43,9 @@ class ResponseSide:
     # ------------------------------------------------------------------ responses
 
     def _response_create(self, event: ev.ResponseCreate) -> None:
+        if self.session_type == "transcription":
+            raise ev.ProtocolError("invalid_value", "a transcription session creates no responses", param="type")
+        self._check_interpreter(self.interpreter, event.output_modalities or self.output_modalities)
         if self._active is not None:
             raise ev.ProtocolError(
                 "conversation_already_has_active_response",

@@ -21,6 +21,7 @@ from fastapi import APIRouter, FastAPI, Request, WebSocket
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
+from .. import languages
 from ..engine.api import Engine
 from ..engine.capacity import LoadReport
 from ..settings import Settings
@@ -166,6 +167,7 @@ def create_app(
             "max_sessions": settings.max_sessions,
             "memory": memory_figures(engine),
             **_load_fields(app.state.sessions),
+            "languages": {"speech_input": list(languages.SPEECH_INPUT), "speech_output": list(languages.SPEECH_OUTPUT)},
         }
         # Draining: 503, so that a load balancer's health check takes this server out of rotation.
         return JSONResponse(body, status_code=503 if app.state.drain.draining else 200)

@@ -154,10 +154,17 @@ def build_app(settings: Settings, engine):
         metrics.observe_response(cmd.status, cmd.latency)
 
     calls = Calls(settings, engine, on_metrics=observe)
+    from ..rest.audio import audio_router
+
     return create_app(
         settings,
         engine,
-        routers=[webrtc_router(calls), ice_router(ice, authorize), chat_router(settings, engine)],
+        routers=[
+            webrtc_router(calls),
+            ice_router(ice, authorize),
+            chat_router(settings, engine),
+            audio_router(settings, engine),
+        ],
         metrics=metrics,
         other_sessions=lambda: len(calls.calls),
     )

@@ -61,6 +61,7 @@ from ..realtime.session import (
     ResponseMetrics,
     Send,
     StartResponse,
+    TranscribeItem,
     TruncateTurn,
 )
 from ..realtime.vad import SileroModel
@@ -193,6 +194,8 @@ class Call:
                     response.cancel()
             elif isinstance(out, PrefillTurn):
                 self.calls.engine.prefill(out.conversation, out.parts)
+            elif isinstance(out, TranscribeItem):
+                self._start_transcript(out)
             elif isinstance(out, TruncateTurn):
                 self._truncate(out)
             elif isinstance(out, ResponseMetrics):
@@ -211,6 +214,23 @@ class Call:
         response = self.calls.engine.respond(out.conversation, t_committed=out.t_committed, audio=out.audio)
         self._responses[out.response_id] = response
         self.tasks.spawn(self._pump(out.response_id, response), f"response-{out.response_id}")
+
+    def _start_transcript(self, out: TranscribeItem) -> None:
+        key = f"transcribe-{out.item_id}"
+        response = self.calls.engine.transcribe(out.job)
+        self._responses[key] = response
+        self.tasks.spawn(self._pump_transcript(key, out.item_id, response), key)
+
+    async def _pump_transcript(self, key: str, item_id: str, response: EngineResponse) -> None:
+        done = False
+        try:
+            async for event in response:
+                self.dispatch(self.session.on_transcription_event(item_id, event))
+                done = isinstance(event, ResponseDone)
+        finally:
+            self._responses.pop(key, None)
+            if not done:
+                response.cancel()  # the call is closing: stop the engine's job too
 
     async def _pump(self, response_id: str, response: EngineResponse) -> None:
         """Feed one engine response's events to the session (its audio reaches the track

@@ -44,6 +44,7 @@ from ..realtime.session import (
     ResponseMetrics,
     Send,
     StartResponse,
+    TranscribeItem,
     TruncateTurn,
 )
 from ..realtime.vad import SileroModel
@@ -201,6 +202,10 @@ class WsConnection:
                     response.cancel()
             elif isinstance(out, PrefillTurn):
                 self.engine.prefill(out.conversation, out.parts)
+            elif isinstance(out, TranscribeItem):
+                key = f"transcribe-{out.item_id}"  # cancelled with the responses at shutdown
+                self.responses[key] = self.engine.transcribe(out.job)
+                self._spawn(self._pump_transcript(key, out.item_id, self.responses[key]), f"ws-{key}")
             elif isinstance(out, TruncateTurn):
                 self._truncate(out)
             elif isinstance(out, ResponseMetrics):
@@ -256,6 +261,13 @@ class WsConnection:
                 self.dispatch(self.session.on_engine_event(response_id, event))
         finally:
             self.responses.pop(response_id, None)
+
+    async def _pump_transcript(self, key: str, item_id: str, response: Any) -> None:
+        try:
+            async for event in response:
+                self.dispatch(self.session.on_transcription_event(item_id, event))
+        finally:
+            self.responses.pop(key, None)
 
     async def _limits(self) -> None:
         while True:
