@@ -275,7 +275,7 @@ class ModelWorker:
             job = entry[0]
             if job.cancelled:
                 return (0, 0.0)
-            if job.partial or job.no_listener:  # no listener (Chat Completions): ranked as a head start
+            if job.partial or getattr(job, "no_listener", False):  # Chat Completions: ranked as a head start
                 if job.conv.id in waited_on and holders[job.conv.id] is job:
                     return (1, float("-inf"))  # before the others of its conversation, whatever their rank
                 return (3, job.t_submitted) if fits(job) and not first_waiting else (6, job.t_submitted)
