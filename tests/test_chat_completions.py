@@ -248,3 +248,38 @@ def test_the_variant_comes_from_the_override_the_name_or_the_config(tmp_path):
     assert variant_of("Qwen/Qwen3-Omni-30B-A3B-Thinking", silent, "captioner") == "captioner"
     with pytest.raises(ValueError, match="model-variant"):
         variant_of("x", silent, "reasoner")
+
+
+def test_a_response_without_listener_ranks_below_first_packets_and_guards(monkeypatch):
+    """The scheduler's rank for a chat completion (StreamJob(listener=False): background): after live
+    first packets and responses short of their guard, before listeners with audio ahead;
+    and its own playback never limits the slack others may borrow."""
+    from types import SimpleNamespace
+
+    import assistant.engine.worker as worker_mod
+    from assistant.engine.stream import StreamJob
+    from assistant.engine.worker import ModelWorker
+
+    class Job(SimpleNamespace):
+        def playback_slack_s(self, t, frame_cost_s):
+            return StreamJob.playback_slack_s(self, t, frame_cost_s) if self.background else self.slack_s
+
+    def job(name, slack_s=None, t=0.0, background=False):
+        stats = SimpleNamespace(t_first_audio=None if slack_s is None else 0.0)
+        return Job(name=name, slack_s=slack_s, t_submitted=t, background=background, cancelled=False, done=False,
+                   audio=True, partial=False, _phase="frame", visual=False, conv=SimpleNamespace(id=name),
+                   stats=stats, first_packet_pending=slack_s is None)  # fmt: skip
+
+    monkeypatch.setattr(worker_mod, "now", lambda: 100.0)
+    w = ModelWorker(4, guard_s=0.16)
+    w.step_cost_s = dict.fromkeys(w.step_cost_s, 1.0)  # nothing fits in anyone's slack
+    jobs = [job("ahead", 1.0), job("chat", None, 98.0, True), job("guard", 0.1), job("first", None, 99.9)]
+    w._active = [(j, None) for j in jobs]
+    order = []
+    while w._active:
+        picked = w._pick()[0]
+        order.append(picked.name)
+        w._active = [e for e in w._active if e[0] is not picked]
+    assert order == ["guard", "first", "chat", "ahead"]
+    w._active = [(job("chat", 0.0, 98.0, True), None), (job("ahead", 1.0), None)]
+    assert w._spare_s(100.0) == 1.0 - worker_mod.STEAL_MARGIN_S  # the chat response's slack is not counted
