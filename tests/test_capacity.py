@@ -21,6 +21,8 @@ def test_load_model_interpolates_measured_batch_sizes():
     for phase, rows, s in (("frame", 1, 0.010), ("advance", 1, 0.010), ("frame", 4, 0.016), ("advance", 4, 0.016)):
         m.observe(phase, rows, s)
     m.observe("prefill", 1, 5.0)  # not a decode step: not a load
+    assert not m.measured  # live steps alone are not a calibration
+    m.calibrated = True
     assert m.measured
     assert m.load(1) == pytest.approx(0.020 / FRAME_S)  # 0.25
     assert m.step_s("frame", 2) == pytest.approx(0.012)  # between the measured sizes
@@ -31,6 +33,7 @@ def test_load_model_interpolates_measured_batch_sizes():
     m.observe("frame", 4, 0.116)  # a slower measure moves the moving average, not replaces it
     assert m.step_s("frame", 4) == pytest.approx(0.016 + 0.2 * 0.1)
     one = LoadModel()
+    one.calibrated = True
     one.observe("frame", 1, 0.02)
     one.observe("advance", 1, 0.02)
     assert one.load(3) == pytest.approx(3 * one.load(1))  # one size known: no batching gain assumed

@@ -50,6 +50,7 @@ def server(tiny_dir):
         image_fps=0,  # every image is decoded: the bad ones must each get their error
         max_image_pixels=1_000_000,
         log_level="debug",  # the no-secrets-in-logs test reads everything
+        max_sessions=8,  # not admission by load: sessions in quick succession overlap for a moment
     )
     with ServerThread(settings) as running:
         yield running

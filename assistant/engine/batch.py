@@ -130,20 +130,22 @@ def step_jobs(jobs) -> dict[object, list[Event]]:
 def _prefill(jobs) -> dict[object, list[Event]]:
     """First packets of commits that arrived together (issue #19): each response's
     processor, cached prefix and audio encoder as alone, then one thinker forward over all
-    their new tokens. Audio-only turns: the worker runs camera and image turns alone (their
-    vision features and DeepStack rows are per prompt)."""
+    their new tokens. Audio-only tails: the worker runs camera and image turns alone, and a
+    tail that still holds vision (an earlier camera turn the cache no longer covers) runs
+    its forward alone here (vision features and DeepStack rows are per prompt)."""
     events: dict[object, list[Event]] = {}
     live, inputs = [], []
     for job in jobs:
         try:
-            _, embeds, mm, _, pos = job._prefill_inputs()
+            prepared = job._prefill_inputs()
+            if prepared[2] is not None:  # vision in the tail (an earlier camera turn the cache lost): alone
+                events[job] = job._prefill_forward(*prepared)
+                continue
         except STEP_ERRORS as exc:  # this response fails alone
             events[job] = job._finish("failed", step_error(exc))
             continue
-        if mm is not None:
-            raise ValueError("batched prefill takes audio-only turns")
         live.append(job)
-        inputs.append((embeds, pos))
+        inputs.append((prepared[1], prepared[4]))
     if not live:
         return events
     res = live[0].res

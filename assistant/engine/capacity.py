@@ -54,6 +54,7 @@ class LoadModel:
     def __init__(self, max_batch: int = 8) -> None:
         self.max_batch = max(1, max_batch)
         self.cost_s: dict[tuple[str, int], float] = {}
+        self.calibrated = False  # set by the engine's warm-up measurement (engine/local.py)
 
     def observe(self, phase: str, rows: int, seconds: float) -> None:
         """A decode step of `rows` responses took `seconds`."""
@@ -65,7 +66,9 @@ class LoadModel:
 
     @property
     def measured(self) -> bool:
-        return all(any(p == phase for p, _ in self.cost_s) for phase in DECODE_PHASES)
+        """Calibrated at warm-up, with both decode phases timed. Live steps alone do not
+        count: a server without warm-up has seen one batch size at most, by chance."""
+        return self.calibrated and all(any(p == phase for p, _ in self.cost_s) for phase in DECODE_PHASES)
 
     def step_s(self, phase: str, rows: int) -> float:
         """Estimated time of one `phase` step of `rows` responses: measured, else linear

@@ -250,6 +250,7 @@ class LocalEngine:
             finally:
                 for conv in convs:
                     self.forget(conv)
+        self.worker.load_model.calibrated = True
 
     def load_report(self, sessions: int, threshold: float) -> LoadReport:
         """Live load and capacity (capacity.py) for admission, /health and /metrics."""

@@ -53,8 +53,11 @@ class ThinkerPrefill:
     """The prefill steps of StreamJob (a mixin: the state lives on the job)."""
 
     def _prefill(self) -> list[Event]:
+        return self._prefill_forward(*self._prefill_inputs())
+
+    def _prefill_forward(self, tail_ids, embeds, mm_outputs, tail, pos) -> list[Event]:
+        """The thinker's forward over the tail (what `_prefill_inputs` returns), alone."""
         res = self.res
-        tail_ids, embeds, mm_outputs, tail, pos = self._prefill_inputs()
         # The thinker's own forward (transformers 5.24) takes no logits_to_keep and runs
         # lm_head over every prompt position: on the tiny model that was 250 ms of a
         # 470-token video prefill (a [P, 152k] product), on the real one P x 152k floats of

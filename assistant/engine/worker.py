@@ -21,8 +21,8 @@ has a deadline:
   conversation waits for (it holds the conversation's cached prefix, and the other needs
   what it computes): -inf. Both steps are short and free what others wait for.
 A speaking response whose slack is at least `guard_s` has nothing due yet (another step
-only adds to its buffer): it is *released*, and competes by its deadline, once its slack
-falls under the guard. Unreleased jobs run only when nothing released is left.
+only adds to its buffer): it is *released*, to compete by its deadline, only once its
+slack falls under the guard. Unreleased jobs run only when nothing released is left.
 Step costs let a step jump the order when it cannot make anyone late: the spare is the
 least slack of the speaking responses less STEAL_MARGIN_S, and a first packet's step, or a
 background step (when no first packet waits), whose estimated cost (a moving average per
@@ -38,10 +38,9 @@ outgrown by long answers or a burst):
   waited longest is stepped next, round after round, and the shortfall spreads evenly
   over the listeners instead of piling on one;
 - below capacity nobody underruns while the total real-time factor stays below 1.
-Slack counts whole chunks because audio leaves in
-chunks (the ramp 1, 2, 4, ... frames): frames computed but not yet emitted are not
-audible yet. Early prefill runs in steps of a few tens of ms (prefill.py), so a commit
-arriving meanwhile waits for one of them at most.
+Slack counts whole chunks because audio leaves in chunks (the ramp 1, 2, 4, ... frames):
+frames computed but not yet emitted are not audible yet. Early prefill runs in steps of a
+few tens of ms (prefill.py), so a commit arriving meanwhile waits for one of them at most.
 
 Batching: when the chosen response is at a decode step (code predictor or talker and
 thinker advance), every other response at the same step joins it, up to `max_batch`,
