@@ -84,7 +84,10 @@ def test_a_transcription_session_commits_without_responses():
     assert error["type"] == "error" and "transcription session" in error["error"]["message"]
 
 
-def test_the_worker_ranks_a_transcription_after_everyone(monkeypatch):
+def test_the_worker_ranks_a_transcription_below_first_packets_and_guards(monkeypatch):
+    """Issue #15: a transcription job (background: no listener) never goes before a new
+    turn's first packet or a response short of its playback guard. Under the one rule
+    (earliest deadline first, worker.py) it may go before listeners with audio to spare."""
     import assistant.engine.worker as worker_mod
 
     monkeypatch.setattr(worker_mod, "now", lambda: 100.0)
@@ -97,8 +100,10 @@ def test_the_worker_ranks_a_transcription_after_everyone(monkeypatch):
         FakeJob("new", t_submitted=99.9),
         FakeJob("head_start", t_submitted=99.0, partial=True),
         FakeJob("text_answer", slack_s=1.0, audio=False, _phase="text"),
+        FakeJob("short", slack_s=0.05),
     ]
-    assert order_of(w, jobs)[-1] == "transcript"
+    order = order_of(w, jobs)
+    assert order.index("transcript") > max(order.index("new"), order.index("short")), order
 
 
 def test_interpreter_mode_answers_each_turn_with_its_translation_only():

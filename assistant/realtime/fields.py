@@ -77,17 +77,20 @@ def _audio_format(root: str, what: str) -> dict[str, Field]:
     }
 
 
-def _transcription(root: str) -> dict[str, Field]:
-    """Input audio transcription (issue #15): Qwen3-Omni itself, the resident model, transcribes."""
-    return {
+def _transcription(root: str, *, ga: bool = True) -> dict[str, Field]:
+    """Input audio transcription (issue #15): Qwen3-Omni itself, the resident model, transcribes.
+    The beta shape has model, language and prompt only."""
+    entries = {
         root: honored("each committed audio item is transcribed by the resident model (input_audio_transcription.*)"),
         f"{root}.model": honored("echoed; whatever it names, the resident Qwen3-Omni transcribes (no second model)"),
         f"{root}.language": honored("Qwen's recognition prompt for this language (one of the 19 speech inputs)"),
         f"{root}.prompt": honored("a system message for the transcription job"),
-        f"{root}.delay": refused("no delay control: a transcript starts after its item is committed"),
-        f"{root}.keywords": refused("no keyword boosting"),
-        f"{root}.languages": refused("one language per session: use language"),
     }
+    if ga:
+        entries[f"{root}.delay"] = refused("no delay control: a transcript starts after its item is committed")
+        entries[f"{root}.keywords"] = refused("no keyword boosting")
+        entries[f"{root}.languages"] = refused("one language per session: use language")
+    return entries
 
 
 def _common_refusals(root: str) -> dict[str, Field]:
@@ -137,7 +140,7 @@ SESSION: dict[str, Field] = {
     "session.output_audio_format": honored("beta: pcm16 (24 kHz)"),
     **_turn_detection("session", ga=False),
     "session.max_response_output_tokens": honored("beta spelling of max_output_tokens"),
-    **_transcription("session.input_audio_transcription"),
+    **_transcription("session.input_audio_transcription", ga=False),
     "session.input_audio_noise_reduction": refused("no input noise reduction"),
     "session.speed": refused("speech is spoken at its natural rate only", 1, 1.0),
     "session.temperature": refused("sampling is set by the server's flags (GA removed this field)"),
