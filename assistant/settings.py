@@ -66,6 +66,9 @@ class Settings:
     caption_piece_s: float = opt(
         30.0, "Captioner: longer clips are captioned in pieces of at most this, cut at silences"
     )
+    max_chat_responses: int = opt(
+        1, "Chat Completions answered at once; more wait their turn (live sessions keep the model first)"
+    )
     # Upstream (scale-out): serve every conversation from a remote OpenAI-Realtime server instead of a local model
     upstream_url: str = opt(
         "",

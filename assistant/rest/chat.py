@@ -33,11 +33,14 @@ from ..engine.api import (
     AudioPart,
     Conversation,
     Engine,
+    EngineError,
     ReasoningDelta,
     ResponseDone,
+    ResponseStats,
     Sampling,
     TextDelta,
     new_id,
+    now,
 )
 from ..server.auth import authorized, error_json, unauthorized
 from ..settings import Settings
@@ -104,6 +107,11 @@ class ChatCompletions:
     def __init__(self, settings: Settings, engine: Engine) -> None:
         self.settings, self.engine = settings, engine
         self._formats = tuple(available_output_formats())
+        # Bound on chat responses in the worker at once: each one's prefill is a step no live
+        # first packet can interrupt. More requests wait here, in arrival order (asyncio.Semaphore
+        # is FIFO), at most `engine_queue_size` of them; past that a request gets 503 at once.
+        self._lane = asyncio.Semaphore(max(1, settings.max_chat_responses))
+        self.waiting = 0
 
     def limits(self) -> Limits:
         s, info = self.settings, self.engine.info
@@ -175,6 +183,22 @@ class ChatCompletions:
         """Every engine event of the request's responses, one after another; a separator
         TextDelta between a Captioner's pieces. Closing the iterator cancels the response
         that runs (the client went away)."""
+        if self._lane.locked() and self.waiting >= self.settings.engine_queue_size:
+            stats = ResponseStats(t_done=now())
+            yield ResponseDone("failed", None, stats, EngineError("overloaded", "too many chat completions waiting"))
+            return
+        self.waiting += 1
+        try:
+            await self._lane.acquire()
+        finally:
+            self.waiting -= 1
+        try:
+            async for event in self._events(convs, audio):
+                yield event
+        finally:
+            self._lane.release()
+
+    async def _events(self, convs: list[Conversation], audio: bool) -> AsyncIterator[object]:
         for k, conv in enumerate(convs):
             response = self.engine.respond(conv, audio=audio, listener=False)
             finished = False
