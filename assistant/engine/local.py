@@ -39,6 +39,7 @@ def load_resident(
     attn_implementation: str = "sdpa",
     audio_window_s: int | None = None,
     cuda_graphs: bool = True,
+    talker_cuda_graph: bool = False,
 ) -> Resident:
     """Load model and processor with exactly the calls used for the published checkpoint."""
     from transformers import Qwen3OmniMoeForConditionalGeneration, Qwen3OmniMoeProcessor
@@ -52,7 +53,7 @@ def load_resident(
     ).eval()
     patch_loaded_model(model)
     processor = Qwen3OmniMoeProcessor.from_pretrained(path)
-    return Resident(model, processor, device, dtype, audio_window_s, cuda_graphs)
+    return Resident(model, processor, device, dtype, audio_window_s, cuda_graphs, talker_cuda_graph)
 
 
 class LocalEngine:
@@ -100,6 +101,7 @@ class LocalEngine:
             self.settings.attn_implementation,
             self.settings.audio_window_s or None,
             self.settings.cuda_graphs,
+            self.settings.talker_cuda_graph,
         )
         self.info = EngineInfo(
             "local", resolved.path_or_id, str(device), str(dtype).removeprefix("torch."), resolved.is_tiny
