@@ -24,6 +24,9 @@ from assistant.engine.resident import Resident
 from assistant.engine.stream import StreamJob
 
 FRAMES = 3
+# Measured on the 2-core CI box: see the module's printout. The build and two turns take a few minutes of
+# one core under load, so this module gets its own budget rather than the suite's 300 s per test.
+pytestmark = pytest.mark.timeout(900)
 SAMPLING = Sampling(greedy=True, min_tokens=3, max_tokens=3, min_frames=FRAMES, max_frames=FRAMES)
 
 
@@ -61,7 +64,7 @@ def stream(res: Resident, parts: list, what: str) -> tuple[StreamJob, list]:
 def assert_spoke(job: StreamJob, events: list) -> None:
     assert job.stats.frames == FRAMES
     pcm = np.frombuffer(b"".join(e.pcm16 for e in events if isinstance(e, AudioChunk)), dtype="<i2")
-    assert len(pcm) == FRAMES * 1920  # the whole answer, its look-ahead flushed at the end
+    assert len(pcm) == FRAMES * 1920 - 555  # every frame, less the last look-ahead (as stock)
     assert any(isinstance(e, TextDelta) for e in events) or len(job._tokens) == SAMPLING.max_tokens
     codes = torch.stack(job._vocoder.frames, -1)  # [16, frames]
     assert codes.shape == (16, FRAMES) and int(codes.max()) < 2048
