@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from engine_dtypes import DEVICE, DTYPES, assert_kv_close, assert_same_answer
+from engine_dtypes import DEVICE, DTYPES, assert_kv_close, assert_same_answer, assert_state_close
 
 from assistant.engine import inputs as inputs_mod
 from assistant.engine.api import AudioChunk, AudioPart, Conversation, ResponseDone, Sampling, TextPart, Turn
@@ -209,3 +209,31 @@ def test_media_replaced_by_other_media_of_the_same_length_is_not_reused(resident
         conv.add_user([TextPart("Once more.")])
     job_c, _, _ = respond(resident, cached, cache)
     assert job_c.stats.prefill_tokens < job_p.stats.prefill_tokens / 2
+
+
+def test_bf16_bounds_tell_rounding_from_a_wrong_prefix(resident, load_wav):
+    """The bounds that stand in for token equality in bfloat16 (engine_dtypes.py) pass the same
+    prompt's KV from a cached prefix, and fail it shifted by one position or from another clip."""
+    if resident.dtype != torch.bfloat16:
+        pytest.skip("the bf16 bounds")
+    cache = ConversationCache(capacity=4)
+    cached, plain, other = (Conversation(sampling=SAMPLING) for _ in range(3))
+    for conv, clip in ((cached, CLIPS[0]), (plain, CLIPS[0]), (other, CLIPS[2])):
+        conv.add_user([AudioPart(load_wav(clip), 16000)])
+    respond(resident, cached, cache)
+    respond(resident, plain, None)
+    same_history(cached, plain)
+    for conv in (cached, plain):
+        conv.add_user([AudioPart(load_wav(CLIPS[1]), 16000)])
+    job_c, codes_c, _ = respond(resident, cached, cache)
+    job_p, codes_p, _ = respond(resident, plain, None)
+    assert_same_answer(job_c, codes_c, job_p, codes_p)  # rounding only
+    n = job_p._prompt_ids.shape[1]
+    shifted = [layer.keys[..., 1 : n + 1, :] for layer in job_c._thinker_cache.layers]
+    with pytest.raises(AssertionError):
+        for mine, full in zip(shifted, job_p._thinker_cache.layers, strict=True):
+            assert_state_close(mine, full.keys[..., :n, :], torch.bfloat16, "shifted keys")
+    job_o, _, _ = respond(resident, other, None)
+    m = min(n, job_o._prompt_ids.shape[1])
+    with pytest.raises(AssertionError):
+        assert_kv_close(job_o._thinker_cache, job_p._thinker_cache, m, torch.bfloat16, "another clip")
