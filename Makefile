@@ -35,7 +35,7 @@ define apt_ensure
 	fi
 endef
 
-.PHONY: help run test lint format bench fixtures tiny system-deps venv clean
+.PHONY: help run test lint format bench fixtures tiny system-deps venv clean gpu-check gpu-wheels
 
 help:
 	@echo "make run        create .venv, install, start the server (prints the URL to open); ARGS='--model tiny' etc."
@@ -45,6 +45,8 @@ help:
 	@echo "make bench      latency benchmark (scripts/bench_latency.py)"
 	@echo "make fixtures   regenerate tests/fixtures (needs espeak-ng)"
 	@echo "make tiny       build or refresh the cached tiny random-weight checkpoint that --model auto uses"
+	@echo "make gpu-wheels fetch the wheels the bare GPU machine lacks into .whl/ (scripts/gpu_wheels.txt)"
+	@echo "make gpu-check  on a CUDA machine: every GPU path in one run (scripts/gpu_check.sh; ARGS=--dry-run on CPU)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -86,6 +88,13 @@ fixtures: $(STAMP)
 
 tiny: $(STAMP)
 	$(BIN)/python -m assistant.modelres tiny $(ARGS)
+
+# GPU check (issue 17). gpu-check needs no venv: the GPU machine brings torch and installs the rest from .whl/.
+gpu-wheels:
+	scripts/gpu_check.sh --prepare-wheels
+
+gpu-check:
+	scripts/gpu_check.sh $(ARGS)
 
 clean:
 	rm -rf .pytest_cache .ruff_cache build dist

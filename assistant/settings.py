@@ -57,6 +57,10 @@ class Settings:
         True,
         "on CUDA, replay the code predictor and Code2Wav from CUDA graphs (--no-cuda-graphs: eager); CPU ignores it",
     )
+    # Talker CUDA graph (issue 17): off until a GPU run shows equality and a speed-up (scripts/gpu_check.sh)
+    talker_cuda_graph: bool = opt(
+        False, "on CUDA, replay the talker's solo decode step from a CUDA graph over a static KV; CPU ignores it"
+    )
     cache_dir: str = opt("", "where the tiny checkpoint is built ('' = the user cache directory)")
     warmup: bool = opt(True, "run one short response before accepting traffic")
     # Checkpoint variants (Instruct, Thinking, Captioner) and Chat Completions

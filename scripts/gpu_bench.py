@@ -25,6 +25,7 @@ import asyncio
 import json
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -34,7 +35,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from assistant import tiny  # noqa: E402
+from assistant import realdim, tiny  # noqa: E402
 from assistant.engine.api import AudioPart, Sampling, VideoPart  # noqa: E402
 from assistant.engine.local import LocalEngine  # noqa: E402
 from assistant.engine.resident import Resident  # noqa: E402
@@ -52,61 +53,17 @@ QWEN = {
 STAGES = ["preprocessing", "thinker_ttft", "talker_ttft", "code_predictor", "codec"]
 
 
-def real_config():
-    """Qwen3-Omni-30B-A3B-Instruct's architecture (config values from the reference)."""
-    from transformers import Qwen3OmniMoeConfig
-
-    cfg = tiny.tiny_config().to_dict()
-    mrope = {"rope_type": "default", "mrope_section": [24, 20, 20], "interleaved": True, "rope_theta": 1e6}
-    th = cfg["thinker_config"]
-    th["audio_config"].update(
-        encoder_layers=32, encoder_attention_heads=20, encoder_ffn_dim=5120, d_model=1280, output_dim=2048,
-        downsample_hidden_size=480,
-    )  # fmt: skip
-    th["vision_config"].update(
-        depth=27, hidden_size=1152, intermediate_size=4304, num_heads=16, out_hidden_size=2048,
-        deepstack_visual_indexes=[8, 16, 24],
-    )  # fmt: skip
-    th["text_config"].update(
-        hidden_size=2048, intermediate_size=768, num_hidden_layers=48, num_attention_heads=32, num_key_value_heads=4,
-        head_dim=128, moe_intermediate_size=768, num_experts=128, num_experts_per_tok=8, rope_parameters=mrope,
-    )  # fmt: skip
-    tk = cfg["talker_config"]
-    tk["text_config"].update(
-        hidden_size=1024, intermediate_size=2048, num_hidden_layers=20, num_attention_heads=16, num_key_value_heads=2,
-        head_dim=128, moe_intermediate_size=384, shared_expert_intermediate_size=768, num_experts=128,
-        num_experts_per_tok=6, rope_parameters=dict(mrope),
-    )  # fmt: skip
-    tk["code_predictor_config"].update(
-        hidden_size=1024, intermediate_size=3072, num_hidden_layers=5, num_attention_heads=16, num_key_value_heads=8,
-        head_dim=128,
-    )  # fmt: skip
-    tk.update(thinker_hidden_size=2048, accept_hidden_layer=24)
-    cfg["code2wav_config"].update(
-        hidden_size=1024, intermediate_size=3072, num_hidden_layers=8, num_attention_heads=16, num_key_value_heads=16,
-        decoder_dim=1536,
-    )  # fmt: skip
-    return Qwen3OmniMoeConfig(**{k: cfg[k] for k in ("thinker_config", "talker_config", "code2wav_config")})
-
-
 def build_resident(
     size: str, device: torch.device, dtype: torch.dtype, window_s: int, cuda_graphs: bool = True
 ) -> Resident:
-    from transformers import Qwen3OmniMoeForConditionalGeneration, Qwen3OmniMoeProcessor
+    from transformers import Qwen3OmniMoeProcessor
 
-    from assistant.compat import patch_loaded_model
-
-    proc_dir = Path(tiny.build(Path("/tmp") / "assistant-gpu-bench-processor"))
-    processor = Qwen3OmniMoeProcessor.from_pretrained(proc_dir)
-    if size == "real":  # the real checkpoint's pixel budgets
-        processor.image_processor.min_pixels, processor.image_processor.max_pixels = 4 * 32 * 32, 16384 * 32 * 32
-        processor.video_processor.size = {"shortest_edge": 128 * 32 * 32, "longest_edge": 768 * 32 * 32}
-    config = real_config() if size == "real" else tiny.tiny_config()
-    torch.manual_seed(0)
+    proc_dir = Path(tiny.build(Path(tempfile.gettempdir()) / "assistant-gpu-bench-processor"))
+    # The real checkpoint's pixel budgets at full size; the tiny ones keep the CPU run short.
+    processor = realdim.real_processor(proc_dir) if size == "real" else Qwen3OmniMoeProcessor.from_pretrained(proc_dir)
+    config = realdim.real_config() if size == "real" else tiny.tiny_config()
     t0 = time.perf_counter()
-    with torch.device(device):
-        model = Qwen3OmniMoeForConditionalGeneration._from_config(config, dtype=dtype).eval()
-    patch_loaded_model(model)
+    model = realdim.build_model(config, device, dtype)
     params = sum(p.numel() for p in model.parameters())
     print(f"built {size} model: {params / 1e9:.2f} B parameters on {device} in {time.perf_counter() - t0:.0f} s")
     return Resident(model, processor, device, dtype, window_s, cuda_graphs)

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from engine_dtypes import DEVICE, DTYPES
 from transformers import DynamicCache
 
 from assistant.engine import batch
@@ -18,9 +19,9 @@ from assistant.engine.worker import ModelWorker
 CLIPS = ["hello_en_us.wav", "weather_en_gb_f3.wav", "count_en_us_m3.wav", "describe_en_scotland.wav"]
 
 
-@pytest.fixture(scope="module")
-def resident(tiny_dir):
-    return load_resident(str(tiny_dir), torch.device("cpu"), torch.float32, "sdpa")
+@pytest.fixture(scope="module", params=DTYPES)
+def resident(tiny_dir, request):
+    return load_resident(str(tiny_dir), DEVICE, request.param, "sdpa")
 
 
 def _job(resident, load_wav, clip: str, frames: int) -> StreamJob:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from engine_dtypes import DEVICE, DTYPES, assert_same_answer
 from PIL import Image
 
 from assistant.engine.api import INPUT_SAMPLE_RATE, AudioPart, Conversation, Sampling, TextPart, VideoPart
@@ -23,9 +24,9 @@ WINDOW_S = 2
 SAMPLING = Sampling(greedy=True, min_tokens=4, max_tokens=6, min_frames=6, max_frames=6)
 
 
-@pytest.fixture(scope="module")
-def engine(tiny_dir):
-    resident = load_resident(str(tiny_dir), torch.device("cpu"), torch.float32, "sdpa", audio_window_s=WINDOW_S)
+@pytest.fixture(scope="module", params=DTYPES)
+def engine(tiny_dir, request):
+    resident = load_resident(str(tiny_dir), DEVICE, request.param, "sdpa", audio_window_s=WINDOW_S)
     settings = from_sources(env={}, model=str(tiny_dir), warmup=False, audio_window_s=WINDOW_S)
     return LocalEngine(settings, resident)  # worker not started: the test runs its jobs itself
 
@@ -96,8 +97,7 @@ def test_camera_turn_prefilled_while_spoken_equals_offline(engine, load_wav, fix
         conv.add_user(live_turn(frames, pcm))
     job_s, codes_s = answer(engine, streamed, engine.conv_cache)
     job_o, codes_o = answer(engine, offline, None)
-    assert job_s._tokens == job_o._tokens
-    assert torch.equal(codes_s, codes_o)
+    assert_same_answer(job_s, codes_s, job_o, codes_o)
     after, total = job_s.stats.prefill_tokens, job_o.stats.prefill_tokens
     talker_after, talker_total = job_s.stats.talker_prefill_tokens, job_o.stats.talker_prefill_tokens
     print(
@@ -182,8 +182,7 @@ def test_session_offers_and_commit_reuse_the_camera_prefill(engine, load_wav, fi
     engine.conv_cache.forget(offline.id)
     job_s, codes_s = answer(engine, session.conversation, engine.conv_cache)
     job_o, codes_o = answer(engine, offline, None)
-    assert job_s._tokens == job_o._tokens
-    assert torch.equal(codes_s, codes_o)
+    assert_same_answer(job_s, codes_s, job_o, codes_o)
     after, total = job_s.stats.prefill_tokens, job_o.stats.prefill_tokens
     print(f"session camera turn: {offered} tokens prefilled while spoken, {after} after commit vs {total} offline")
     per_grid = job_o._t["video_grid_thw"][0, 1:].prod().item() // 4
@@ -226,8 +225,7 @@ def test_earlier_videos_are_gridded_without_pixels_and_equal_the_full_path(engin
             assert offset > 0 and torch.equal(dry["pixel_values_videos"], full["pixel_values_videos"][offset:])
         job_c, codes_c = answer(engine, cached, cache)
         job_p, codes_p = answer(engine, plain, None)
-        assert job_c._tokens == job_p._tokens, f"turn {turn + 1}"
-        assert torch.equal(codes_c, codes_p), f"turn {turn + 1}"
+        assert_same_answer(job_c, codes_c, job_p, codes_p, what=f"turn {turn + 1}")
         if turn == 1:
             assert job_c.stats.prefill_tokens < 0.6 * job_p.stats.prefill_tokens  # only the new turn (the cache)
         if turn == 2:  # reuse stopped before turn 1's video: it was encoded again, from real pixels
@@ -255,7 +253,7 @@ def test_capped_camera_turn_is_prefilled_past_its_last_grid_once_complete(engine
         conv.add_user(turn(len(pcm) / INPUT_SAMPLE_RATE))
     job_s, codes_s = answer(engine, streamed, engine.conv_cache)
     job_o, codes_o = answer(engine, offline, None)
-    assert job_s._tokens == job_o._tokens and torch.equal(codes_s, codes_o)
+    assert_same_answer(job_s, codes_s, job_o, codes_o)
     if complete:
         assert job_s.stats.prefill_tokens <= 2 * 13 + 12  # at most one window of audio and the closing tokens
     else:
@@ -302,6 +300,6 @@ def test_a_turn_that_lost_its_frames_is_prefilled_again_from_there(engine, fixtu
             conv.add_user(_camera_turn(frames[turn:] + frames[:turn], pcm))
         job_c, codes_c = answer(engine, cached, cache)
         job_p, codes_p = answer(engine, plain, None)
-        assert job_c._tokens == job_p._tokens and torch.equal(codes_c, codes_p), f"turn {turn + 1}"
+        assert_same_answer(job_c, codes_c, job_p, codes_p, what=f"turn {turn + 1}")
     # The first exchange came from the cache; everything from the changed turn on was prefilled.
     assert 0.3 * job_p.stats.prefill_tokens < job_c.stats.prefill_tokens < job_p.stats.prefill_tokens

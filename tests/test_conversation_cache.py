@@ -3,11 +3,13 @@ what a full prefill gives, and a barge-in truncation crops the cache consistentl
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 import pytest
 import torch
+from engine_dtypes import DEVICE, DTYPES, assert_kv_close, assert_same_answer, assert_state_close
 
 from assistant.engine import inputs as inputs_mod
 from assistant.engine.api import AudioChunk, AudioPart, Conversation, ResponseDone, Sampling, TextPart, Turn
@@ -19,9 +21,9 @@ SAMPLING = Sampling(greedy=True, min_tokens=5, max_tokens=8, min_frames=9, max_f
 CLIPS = ["hello_en_us.wav", "weather_en_gb_f3.wav", "count_en_us_m3.wav"]
 
 
-@pytest.fixture(scope="module")
-def resident(tiny_dir):
-    return load_resident(str(tiny_dir), torch.device("cpu"), torch.float32, "sdpa")
+@pytest.fixture(scope="module", params=DTYPES)
+def resident(tiny_dir, request):
+    return load_resident(str(tiny_dir), DEVICE, request.param, "sdpa")
 
 
 def respond(resident, conv, cache):
@@ -44,9 +46,13 @@ def assert_same_talker_user_kv(cached_job, plain_job):
     kept = cached_job._talker_cache
     users = plain_job.stats.talker_prefill_tokens - 9  # the full talker prompt minus the assistant prefix
     assert kept.get_seq_length() == users
-    for mine, full in zip(kept.layers, plain_job._talker_cache.layers, strict=True):
-        torch.testing.assert_close(mine.keys, full.keys[..., :users, :], rtol=1e-4, atol=1e-4)
-        torch.testing.assert_close(mine.values, full.values[..., :users, :], rtol=1e-4, atol=1e-4)
+    assert_kv_close(kept, plain_job._talker_cache, users, cached_job.res.dtype, "talker user KV")
+
+
+def same_history(cached, plain):
+    """Both conversations continue from the cached one's answer, so that their next prompts are the
+    same ids whatever the dtype (in float32 the answers are equal anyway)."""
+    plain.turns[-1] = dataclasses.replace(cached.turns[-1])
 
 
 def test_common_prefix():
@@ -64,10 +70,9 @@ def test_cached_turns_equal_full_prefill_and_prefill_only_the_tail(resident, loa
             conv.add_user([AudioPart(load_wav(clip), 16000)])
         job_c, codes_c, audio_c = respond(resident, cached, cache)
         job_p, codes_p, audio_p = respond(resident, plain, None)
-        assert job_c._tokens == job_p._tokens, f"turn {i + 1}: text differs with the cache"
-        assert torch.equal(codes_c, codes_p), f"turn {i + 1}: codec frames differ with the cache"
-        assert audio_c == audio_p
+        assert_same_answer(job_c, codes_c, job_p, codes_p, audio_c, audio_p, f"turn {i + 1}")
         assert_same_talker_user_kv(job_c, job_p)
+        same_history(cached, plain)
         prompt = inputs_mod.prepare(resident.processor, cached).input_ids.shape[1]
         prefill.append((job_c.stats.prefill_tokens, job_p.stats.prefill_tokens, prompt))
         talker.append((job_c.stats.talker_prefill_tokens, job_p.stats.talker_prefill_tokens))
@@ -90,6 +95,7 @@ def test_truncation_crops_the_cache_consistently(resident, load_wav):
         conv.add_user([AudioPart(load_wav(CLIPS[0]), 16000)])
     respond(resident, cached, cache)
     respond(resident, plain, None)
+    same_history(cached, plain)
     for conv in (cached, plain):  # the listener heard 250 ms: 4 frames, so 4 text tokens
         turn = conv.turns[-1]
         heard = math.ceil(250 / 80)
@@ -98,7 +104,7 @@ def test_truncation_crops_the_cache_consistently(resident, load_wav):
         conv.add_user([TextPart("Go on.")])
     job_c, codes_c, _ = respond(resident, cached, cache)
     job_p, codes_p, _ = respond(resident, plain, None)
-    assert job_c._tokens == job_p._tokens and torch.equal(codes_c, codes_p)
+    assert_same_answer(job_c, codes_c, job_p, codes_p)
     assert job_c.stats.prefill_tokens < job_p.stats.prefill_tokens
     assert job_c.stats.talker_prefill_tokens < job_p.stats.talker_prefill_tokens
     assert_same_talker_user_kv(job_c, job_p)
@@ -120,7 +126,7 @@ def test_talker_reuse_stops_where_a_role_changes(resident, load_wav):
     job_c, codes_c, _ = respond(resident, cached, cache)
     job_p, codes_p, _ = respond(resident, plain, None)
     assert job_c.stats.prefill_tokens < job_p.stats.prefill_tokens  # the thinker reused through `<|im_start|>`
-    assert job_c._tokens == job_p._tokens and torch.equal(codes_c, codes_p)
+    assert_same_answer(job_c, codes_c, job_p, codes_p)
     assert_same_talker_user_kv(job_c, job_p)
     assert 9 < job_c.stats.talker_prefill_tokens < job_p.stats.talker_prefill_tokens
 
@@ -139,7 +145,7 @@ def test_an_evicted_conversation_prefills_its_whole_talker_prompt(resident, load
     job_p, codes_p, _ = respond(resident, plain, None)
     assert job_c.stats.prefill_tokens == job_p.stats.prefill_tokens
     assert job_c.stats.talker_prefill_tokens == job_p.stats.talker_prefill_tokens
-    assert job_c._tokens == job_p._tokens and torch.equal(codes_c, codes_p)
+    assert_same_answer(job_c, codes_c, job_p, codes_p)
 
 
 def test_eviction_is_least_recently_used():
@@ -197,9 +203,37 @@ def test_media_replaced_by_other_media_of_the_same_length_is_not_reused(resident
     job_c, codes_c, _ = respond(resident, cached, cache)
     job_p, codes_p, _ = respond(resident, plain, None)
     assert job_c.stats.prefill_tokens == job_p.stats.prefill_tokens  # nothing of the old clip reused
-    assert job_c._tokens == job_p._tokens and torch.equal(codes_c, codes_p)
+    assert_same_answer(job_c, codes_c, job_p, codes_p)
     # An unchanged media turn is still reused on the next turn.
     for conv in (cached, plain):
         conv.add_user([TextPart("Once more.")])
     job_c, _, _ = respond(resident, cached, cache)
     assert job_c.stats.prefill_tokens < job_p.stats.prefill_tokens / 2
+
+
+def test_bf16_bounds_tell_rounding_from_a_wrong_prefix(resident, load_wav):
+    """The bounds that stand in for token equality in bfloat16 (engine_dtypes.py) pass the same
+    prompt's KV from a cached prefix, and fail it shifted by one position or from another clip."""
+    if resident.dtype != torch.bfloat16:
+        pytest.skip("the bf16 bounds")
+    cache = ConversationCache(capacity=4)
+    cached, plain, other = (Conversation(sampling=SAMPLING) for _ in range(3))
+    for conv, clip in ((cached, CLIPS[0]), (plain, CLIPS[0]), (other, CLIPS[2])):
+        conv.add_user([AudioPart(load_wav(clip), 16000)])
+    respond(resident, cached, cache)
+    respond(resident, plain, None)
+    same_history(cached, plain)
+    for conv in (cached, plain):
+        conv.add_user([AudioPart(load_wav(CLIPS[1]), 16000)])
+    job_c, codes_c, _ = respond(resident, cached, cache)
+    job_p, codes_p, _ = respond(resident, plain, None)
+    assert_same_answer(job_c, codes_c, job_p, codes_p)  # rounding only
+    n = job_p._prompt_ids.shape[1]
+    shifted = [layer.keys[..., 1 : n + 1, :] for layer in job_c._thinker_cache.layers]
+    with pytest.raises(AssertionError):
+        for mine, full in zip(shifted, job_p._thinker_cache.layers, strict=True):
+            assert_state_close(mine, full.keys[..., :n, :], torch.bfloat16, "shifted keys")
+    job_o, _, _ = respond(resident, other, None)
+    m = min(n, job_o._prompt_ids.shape[1])
+    with pytest.raises(AssertionError):
+        assert_kv_close(job_o._thinker_cache, job_p._thinker_cache, m, torch.bfloat16, "another clip")

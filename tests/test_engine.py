@@ -20,10 +20,12 @@ from assistant.engine.local import LocalEngine
 from assistant.settings import from_sources
 
 
-@pytest.fixture(scope="module")
-async def engine(tiny_dir):
-    eng = LocalEngine(from_sources(env={}, model=str(tiny_dir), warmup=True))
+@pytest.fixture(scope="module", params=["float32", "bfloat16"])
+async def engine(tiny_dir, request):
+    """The server's engine as `--dtype` builds it (bfloat16: the checkpoint's and CUDA's dtype)."""
+    eng = LocalEngine(from_sources(env={}, model=str(tiny_dir), warmup=True, dtype=request.param))
     await eng.start()
+    assert str(eng.resident.dtype) == f"torch.{request.param}" and eng.info.dtype == request.param
     yield eng
     await eng.close()
 

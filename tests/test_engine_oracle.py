@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from engine_dtypes import DEVICE, DTYPES
 from PIL import Image
 
 from assistant.engine import inputs as inputs_mod
@@ -33,9 +34,10 @@ from assistant.engine.stream import StreamConfig, StreamJob
 GREEDY = Sampling(greedy=True, min_tokens=4, max_tokens=8, min_frames=10, max_frames=14)
 
 
-@pytest.fixture(scope="module")
-def resident(tiny_dir):
-    return load_resident(str(tiny_dir), torch.device("cpu"), torch.float32, "sdpa")
+@pytest.fixture(scope="module", params=DTYPES)
+def resident(tiny_dir, request):
+    """The engine in each dtype; stock generate() runs on the same modules, so it is compared in that dtype too."""
+    return load_resident(str(tiny_dir), DEVICE, request.param, "sdpa")
 
 
 def frames_fixture(fixtures_dir, count=4):
@@ -78,7 +80,7 @@ def run_stock(resident, conv):
     finally:
         model.code2wav.chunked_decode = original
     generated = ids[0, prepared.input_ids.shape[1] :].tolist()
-    return generated, captured["codes"][0], wav.reshape(-1).float().numpy()
+    return generated, captured["codes"][0], wav.reshape(-1).float().cpu().numpy()
 
 
 def assert_matches_stock(resident, conv):
@@ -163,8 +165,8 @@ def test_waveform_equals_code2wav_under_the_same_schedule(resident, load_wav):
             end = start * FRAME_SAMPLES + wav.shape[0]
             expected.append(wav[emitted - start * FRAME_SAMPLES :])
             emitted, done_frames, chunk = end, n, chunk + 1
-        reference = torch.cat(expected).numpy()
-        one_shot = c2w(codes).reshape(-1).numpy()
+        reference = torch.cat(expected).float().cpu().numpy()
+        one_shot = c2w(codes).reshape(-1).float().cpu().numpy()
     ours = audio.astype(np.float32) / 32767.0
     assert len(ours) == len(reference) == len(one_shot)
     assert np.max(np.abs(ours - reference)) <= 1.0 / 32767 + 1e-6  # PCM16 rounding only

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from engine_dtypes import DEVICE, DTYPES, assert_same_answer
 
 from assistant.engine.api import INPUT_SAMPLE_RATE, AudioChunk, AudioPart, Conversation, Sampling, TextPart, Turn
 from assistant.engine.convcache import ConversationCache
@@ -20,9 +21,9 @@ WINDOW_S = 2
 SAMPLING = Sampling(greedy=True, min_tokens=4, max_tokens=6, min_frames=8, max_frames=8)
 
 
-@pytest.fixture(scope="module")
-def resident(tiny_dir):
-    return load_resident(str(tiny_dir), torch.device("cpu"), torch.float32, "sdpa", audio_window_s=WINDOW_S)
+@pytest.fixture(scope="module", params=DTYPES)
+def resident(tiny_dir, request):
+    return load_resident(str(tiny_dir), DEVICE, request.param, "sdpa", audio_window_s=WINDOW_S)
 
 
 def run(job):
@@ -70,8 +71,7 @@ def test_incremental_prefill_equals_offline_and_leaves_only_the_tail(resident, l
         conv.add_user([AudioPart(pcm, INPUT_SAMPLE_RATE)])
     job_s, codes_s, audio_s = answer(resident, streamed, cache)
     job_o, codes_o, audio_o = answer(resident, offline, None)
-    assert job_s._tokens == job_o._tokens
-    assert torch.equal(codes_s, codes_o) and audio_s == audio_o
+    assert_same_answer(job_s, codes_s, job_o, codes_o, audio_s, audio_o, clip)
     # The first exchange's talker KV survived the partial prefills, which added the turn so far
     # to it: at commit the talker prefills the same tail as the thinker, plus its 9-position prefix.
     assert job_s.stats.talker_prefill_tokens < job_o.stats.talker_prefill_tokens
@@ -151,7 +151,7 @@ def test_a_commit_shorter_than_the_offers_keeps_its_whole_windows(resident, load
         conv.add_user([AudioPart(committed, INPUT_SAMPLE_RATE)])
     job_s, codes_s, audio_s = answer(resident, streamed, cache)
     job_o, codes_o, audio_o = answer(resident, offline, None)
-    assert job_s._tokens == job_o._tokens and torch.equal(codes_s, codes_o) and audio_s == audio_o
+    assert_same_answer(job_s, codes_s, job_o, codes_o, audio_s, audio_o)
     per_window = resident.audio_window_tokens
     span = job_o._prompt_ids[0].tolist().index(resident.audio_start_id) + 1  # first audio token
     reused = job_o.stats.prefill_tokens - job_s.stats.prefill_tokens

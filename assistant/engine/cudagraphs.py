@@ -20,16 +20,11 @@ one warning with the traceback, and the call (and all later ones) runs the eager
 which is the code the CPU runs. Replay errors are not caught: on CUDA they are sticky
 context errors that the eager path could not survive either.
 
-Not graphed yet: the talker decode step (stream.py `_advance`) still runs eagerly with a
-DynamicCache. Capturing it needs (1) a preallocated KV of fixed length written at a
-position held in a device tensor, with the attention over the whole buffer under a
-length mask (transformers' StaticCache, or our own as in predictor.py); (2) the MoE
-experts without host syncs: the pinned release's eager experts loop over the hit experts
-(`nonzero`/`.tolist()`), its "batched_mm" implementation (transformers/integrations/moe.py)
-gathers the chosen experts' weights per token and is sync-free, but rounds differently
-from the eager loop, so greedy CUDA output would no longer match stock token for token;
-(3) rope positions and the text input as static buffers. That is a change of numerics
-that needs a GPU to validate, so it is left for a session that has one.
+The talker decode step (stream.py `_advance`, batch 1) has a graph too, off by default
+(`--talker-cuda-graph`): `GraphedTalkerStep` replays talker_step.py's static-KV, sync-free
+step. Unlike the two above it changes kernels (attention over a masked fixed-length
+buffer), so it stays off until a GPU run shows equality with the stock step and a
+speed-up (scripts/gpu_check.sh, step b). Batched talker steps (batch.py) stay eager.
 
 Status: the CUDA path has NOT been run on a GPU yet (written without one). The CPU tests
 drive every buffer and bookkeeping path through `CallReplay`, and
@@ -45,6 +40,7 @@ from collections.abc import Callable
 import torch
 
 from .predictor import FastCodePredictor
+from .talker_step import MAX_LEN, StaticTalkerStep
 
 log = logging.getLogger("assistant.engine")
 
@@ -278,3 +274,44 @@ class GraphedCode2Wav:
         static_codes.copy_(codes)  # [1, Q, T]
         replay()
         return wav.clone()  # [1, 1, T * 1920 - 555]; the next replay overwrites `wav`
+
+
+class GraphedTalkerStep:
+    """One talker decode position at batch 1 from one graph of `StaticTalkerStep.compute`
+    (captured lazily at the first step). `step` returns None where this path does not
+    apply (a context past `max_len`, a capture error): the caller then runs stock."""
+
+    def __init__(self, talker, max_len: int = MAX_LEN, backend=None) -> None:
+        self.static = StaticTalkerStep(talker, max_len)
+        self.backend = backend or CudaGraphBackend()
+        self.fallback = _Fallback("talker step")
+        self._graph: tuple[Callable[[], None], Outputs] | None = None
+        self.replays = 0
+
+    def _capture(self) -> tuple[Callable[[], None], Outputs] | None:
+        if self._graph is None and self.fallback.error is None:
+            try:
+                self._graph = self.backend.capture(self.static.compute, self.backend.new_pool())
+            except Exception as exc:  # noqa: BLE001 - any capture failure means: stay eager (stock)
+                self.fallback.disable(exc)
+        return self._graph
+
+    @torch.no_grad()
+    def step(self, cache, embeds: torch.Tensor, position: torch.Tensor, *, graph: bool = True):
+        """cache: the response's talker DynamicCache; embeds [1, 1, D]; position [3, 1, 1].
+        Returns (logits [1, V], last hidden [1, 1, D]) and appends the new key/value to
+        `cache`, or None. `graph=False` runs the same static step eagerly (for comparisons)."""
+        if not self.static.load(cache, embeds, position):
+            return None
+        if graph:
+            captured = self._capture()
+            if captured is None:
+                return None
+            replay, (logits, hidden) = captured
+            replay()
+            self.replays += 1
+            logits, hidden = logits.clone(), hidden.clone()  # the next replay overwrites them
+        else:
+            logits, hidden = self.static.compute()
+        self.static.commit(cache)
+        return logits, hidden

@@ -46,6 +46,7 @@ def load_resident(
     attn_implementation: str = "sdpa",
     audio_window_s: int | None = None,
     cuda_graphs: bool = True,
+    talker_cuda_graph: bool = False,
 ) -> Resident:
     """Load model and processor with exactly the calls used for the published checkpoint."""
     from transformers import Qwen3OmniMoeForConditionalGeneration, Qwen3OmniMoeProcessor
@@ -59,7 +60,7 @@ def load_resident(
     ).eval()
     patch_loaded_model(model)
     processor = Qwen3OmniMoeProcessor.from_pretrained(path)
-    return Resident(model, processor, device, dtype, audio_window_s, cuda_graphs)
+    return Resident(model, processor, device, dtype, audio_window_s, cuda_graphs, talker_cuda_graph)
 
 
 def variant_of(path_or_id: str, model, asked: str = "auto") -> str:
@@ -189,6 +190,7 @@ class LocalEngine:
             self.settings.attn_implementation,
             self.settings.audio_window_s or None,
             self.settings.cuda_graphs,
+            self.settings.talker_cuda_graph,
         )
         variant = variant_of(resolved.path_or_id, resident.model, self.settings.model_variant)
         self.info = EngineInfo(

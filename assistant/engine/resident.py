@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .cudagraphs import GraphedCode2Wav, GraphedCodePredictor, decode_lengths
+from .cudagraphs import GraphedCode2Wav, GraphedCodePredictor, GraphedTalkerStep, decode_lengths
 from .predictor import FastCodePredictor
 
 
@@ -24,6 +24,7 @@ class Resident:
         dtype: torch.dtype,
         audio_window_s: int | None = None,
         cuda_graphs: bool = True,
+        talker_cuda_graph: bool = False,
     ) -> None:
         self.model, self.processor, self.device, self.dtype = model, processor, device, dtype
         self.audio_window_tokens = self.audio_window_frames = 0
@@ -69,6 +70,8 @@ class Resident:
         self.reasons = False  # set by the engine for a Thinking checkpoint: split reasoning from the answer
         self.thinker_defaults: dict = {}  # sampling the checkpoint's generation_config.json sets (engine)
         self._graphed: tuple[GraphedCodePredictor, GraphedCode2Wav] | None = None
+        self.talker_graph: GraphedTalkerStep | None = None  # the talker's decode step at batch 1, off by default
+        self._talker_graph: GraphedTalkerStep | None = None
         if not self.has_talker:
             self.cuda_graphs, self.predictor, self.vocoder = False, None, None
             return
@@ -80,6 +83,7 @@ class Resident:
         )
         self._eager_predictor = FastCodePredictor(self.talker.code_predictor)
         self.use_cuda_graphs(cuda_graphs)
+        self.use_talker_graph(talker_cuda_graph)
         with torch.no_grad():
             special = torch.tensor([[cfg.tts_bos_token_id, cfg.tts_eos_token_id, cfg.tts_pad_token_id]], device=device)
             self.tts_bos, self.tts_eos, self.tts_pad = self.talker.text_projection(self.embed(special)).chunk(3, dim=1)
@@ -93,6 +97,14 @@ class Resident:
             self._graphed = (GraphedCodePredictor(self._eager_predictor), GraphedCode2Wav(self.code2wav))
         self.predictor = self._graphed[0] if self.cuda_graphs else self._eager_predictor
         self.vocoder = self._graphed[1] if self.cuda_graphs else self.code2wav
+
+    def use_talker_graph(self, on: bool) -> None:
+        """Graph the talker's solo decode step (cudagraphs.py GraphedTalkerStep, captured at
+        its first step; kept when switched off and on). CUDA only: the CPU ignores it, as it
+        does --cuda-graphs."""
+        if on and self.device.type == "cuda" and self._talker_graph is None:
+            self._talker_graph = GraphedTalkerStep(self.talker)
+        self.talker_graph = self._talker_graph if on and self.device.type == "cuda" else None
 
     def capture_graphs(self, chunk_ramp: list[int], left_context: int) -> None:
         """Capture ahead of traffic: the predictor at batch 1 and Code2Wav at the window

@@ -483,15 +483,20 @@ class StreamJob(ThinkerPrefill):
         events: list[Event] = []
         while self._needs_text():
             events += self._thinker_step()
-        out = res.talker(
-            inputs_embeds=self._codec_sum + self._next_text_input(),
-            position_ids=self._talker_next_position(),
-            cache=self._talker_cache,
-            use_cache=True,
-            output_hidden_states=True,
-            generation_step=self._frames,  # only echoed back by the module; text comes from our queue
-        )
-        self._after_talker(out)
+        embeds, position = self._codec_sum + self._next_text_input(), self._talker_next_position()
+        graphed = res.talker_graph.step(self._talker_cache, embeds, position) if res.talker_graph else None
+        if graphed is not None:  # --talker-cuda-graph (cudagraphs.py GraphedTalkerStep): logits [1, V], [1, 1, D]
+            self._after_talker_row(graphed[0][0], graphed[1])
+        else:
+            out = res.talker(
+                inputs_embeds=embeds,
+                position_ids=position,
+                cache=self._talker_cache,
+                use_cache=True,
+                output_hidden_states=True,
+                generation_step=self._frames,  # only echoed back by the module; text comes from our queue
+            )
+            self._after_talker(out)
         self._end_advance()
         return events
 
