@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ..settings import Settings, chunk_ramp
+from . import toolcall
 from .api import (
     FRAME_MS,
     INPUT_SAMPLE_RATE,
@@ -101,6 +102,9 @@ class LocalEngine:
             self.settings.audio_window_s or None,
             self.settings.cuda_graphs,
         )
+        # Tool calls' grammar reads the vocabulary through llguidance: built now (seconds for
+        # Qwen's 151k entries), not in the first constrained step.
+        toolcall.ll_tokenizer(resident.processor.tokenizer, resident.thinker.config.text_config.vocab_size)
         self.info = EngineInfo(
             "local", resolved.path_or_id, str(device), str(dtype).removeprefix("torch."), resolved.is_tiny
         )

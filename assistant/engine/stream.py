@@ -51,6 +51,7 @@ from .prefill import ThinkerPrefill
 from .resident import Resident
 from .rope import rope_index
 from .sampling import Picker
+from .toolcall import ToolConstraint
 
 # What a step may raise that fails its response(s) but not the worker (batch.py too).
 STEP_ERRORS = (ValueError, RuntimeError, IndexError, torch.OutOfMemoryError)
@@ -128,7 +129,13 @@ class StreamJob(ThinkerPrefill):
         self.partial = partial  # incremental prefill of a turn still being spoken: no response
         # A snapshot: the session may edit the live conversation while this runs.
         self.conv = Conversation(
-            voice=conv.voice, instructions=conv.instructions, sampling=conv.sampling, turns=list(conv.turns), id=conv.id
+            voice=conv.voice,
+            instructions=conv.instructions,
+            sampling=conv.sampling,
+            turns=list(conv.turns),
+            id=conv.id,
+            tools=conv.tools,
+            tool_choice=conv.tool_choice,
         )
         self.sampling: Sampling = conv.sampling
         self.stats = ResponseStats(t_committed=t_committed)
@@ -144,6 +151,11 @@ class StreamJob(ThinkerPrefill):
         self._text = ""
         self._thinker_done = False
         self._text_queue: deque[torch.Tensor] = deque()  # talker text inputs, each [1, 1, D]
+        # Tool calls (toolcall.py): the constraint is built on the worker thread at the first
+        # token; from the token that opens a call on, nothing more is speech.
+        self._tools: ToolConstraint | None = None
+        self._call_at: int | None = None  # index in _tokens of the first `<tool_call>`
+        self._tts_eos_queued = False
         self._frames = 0
         # On the logits' device: multinomial refuses a CPU generator for CUDA probabilities.
         gen = torch.Generator(device=res.device)
@@ -216,24 +228,35 @@ class StreamJob(ThinkerPrefill):
 
     def _accept_token(self, logits: torch.Tensor) -> list[Event]:
         res = self.res
+        tools = self._tool_constraint()
+        if tools is not None:
+            logits = tools.mask(logits)  # [V]
+            if tools.in_calls:
+                self._thinker_picker.min_new = 0  # the grammar says where the turn may end
         token = self._thinker_picker.pick(logits)
         self._tokens.append(token)
         eos = token == res.cfg.im_end_token_id
         self._thinker_done = eos or len(self._tokens) >= self.sampling.max_tokens
-        if self.audio:
+        call_events = tools.accept(token) if tools is not None else []
+        opened = self._call_at is None and tools is not None and tools.in_calls
+        if opened:
+            self._call_at = len(self._tokens) - 1
+        if self.audio and not self._tts_eos_queued:
             # The talker reads the layer-0 embedding of generated tokens 1..n-2, then
             # tts_eos, then tts_pad: stock builds its text inputs from the thinker's
             # hidden states, which never contain the last generated token (EOS, or the
             # token that hit max_tokens) because it is never fed back. t0 enters through
-            # the talker's assistant prefix instead.
-            if self._thinker_done:
+            # the talker's assistant prefix instead. A call is never spoken: its opening
+            # token ends the talker's text like EOS does, and nothing after it is fed.
+            if self._thinker_done or opened:
                 self._text_queue.append(res.tts_eos)
+                self._tts_eos_queued = True
             elif len(self._tokens) > 1:
                 emb = res.talker.text_projection(res.embed(torch.tensor([[token]], device=res.device)))  # [1, 1, D]
                 self._text_queue.append(emb)
         self.stats.text_tokens = len(self._tokens)
-        if eos:
-            return []
+        if eos or self._call_at is not None:
+            return call_events
         text = res.processor.tokenizer.decode(self._spoken_tokens(), skip_special_tokens=True)
         delta, self._text = text[len(self._text) :], text
         if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the next token
@@ -243,7 +266,14 @@ class StreamJob(ThinkerPrefill):
 
     def _spoken_tokens(self) -> list[int]:
         eos = self.res.cfg.im_end_token_id
-        return [t for t in self._tokens if t != eos]
+        return [t for t in self._tokens[: self._call_at] if t != eos]
+
+    def _tool_constraint(self) -> ToolConstraint | None:
+        if self._tools is None and self.conv.tools:
+            tok = self.res.processor.tokenizer
+            vocab = self.res.thinker.config.text_config.vocab_size
+            self._tools = ToolConstraint(tok, vocab, self.conv.tools, self.conv.tool_choice)
+        return self._tools
 
     def _text_only_step(self) -> list[Event]:
         if self._thinker_done:
@@ -368,8 +398,18 @@ class StreamJob(ThinkerPrefill):
     def _frame_end_check(self) -> list[Event] | None:
         """The response's end (codec EOS or max_frames) instead of another frame, or None."""
         if self._code0 == self.res.tcfg.codec_eos_token_id or self._frames >= self.sampling.max_frames:
+            if self._call_at is not None and not self._thinker_done:
+                return self._end_speech()
             return self._finish("completed")
         return None
+
+    def _end_speech(self) -> list[Event]:
+        """The talker ended its utterance before a call: the rest of the audio goes out,
+        then the thinker decodes the calls alone (the "text" phase)."""
+        tail = self._vocoder.decode(final=True)
+        self._vocoder_flushed = True
+        self._phase = "text"
+        return [self._audio_event(tail)] if tail is not None and len(tail) else []
 
     def _frame_finish(self, codes: torch.Tensor, codec_sum: torch.Tensor, *, inline_advance: bool) -> list[Event]:
         """codes [16] of this frame; codec_sum [1, 1, D], the talker's next codec input.
@@ -405,7 +445,7 @@ class StreamJob(ThinkerPrefill):
         return events
 
     def _needs_text(self) -> bool:
-        return not self._text_queue and not self._thinker_done
+        return not self._text_queue and not self._thinker_done and not self._tts_eos_queued
 
     def _next_text_input(self) -> torch.Tensor:
         """[1, 1, D]: the next generated token's projected embedding, tts_eos, then tts_pad."""
@@ -485,17 +525,24 @@ class StreamJob(ThinkerPrefill):
 
     def _finish(self, status: str, error: EngineError | None = None) -> list[Event]:
         events: list[Event] = []
-        if status == "completed" and self.audio and getattr(self, "_vocoder", None) is not None:
+        flushed = getattr(self, "_vocoder_flushed", False)
+        if status == "completed" and self.audio and getattr(self, "_vocoder", None) is not None and not flushed:
             tail = self._vocoder.decode(final=True)
             if tail is not None and len(tail):
                 events.append(self._audio_event(tail))
+        if self._tools is not None:
+            events += self._tools.finish()  # a call still open ends incomplete, its arguments so far
         self.done = True
         self._store_cache(status)
         self.stats.frames = self._frames
         self.stats.t_done = now()
         turn = None
         if status != "failed":  # a failed answer leaves no trace in the history
-            spoken = self._spoken_tokens()
-            turn = Turn("assistant", [], id=self.item_id, token_ids=spoken, frames=self._frames, text=self._text)
+            eos = self.res.cfg.im_end_token_id
+            ids = [t for t in self._tokens if t != eos]  # calls included: the next prompt splices them back
+            calls = list(self._tools.calls) if self._tools is not None else []
+            turn = Turn(
+                "assistant", [], id=self.item_id, token_ids=ids, frames=self._frames, text=self._text, tool_calls=calls
+            )
         events.append(ResponseDone(status, turn, self.stats, error))  # type: ignore[arg-type]
         return events
