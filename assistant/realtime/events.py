@@ -87,6 +87,9 @@ class SessionPatch:
     instructions: str | None = None
     output_modalities: tuple[str, ...] | None = None
     beta_shape: bool = False
+    # tool calling: the raw JSON, checked against the session's tools in realtime/tools.py
+    tools: Any = None
+    tool_choice: Any = None
 
 
 @dataclass(frozen=True)
@@ -99,9 +102,14 @@ class ContentIn:
 
 @dataclass(frozen=True)
 class ItemIn:
-    role: Literal["user", "assistant", "system"]
+    role: Literal["user", "assistant", "system", "tool"]
     content: tuple[ContentIn, ...]
     id: str | None = None
+    type: Literal["message", "function_call", "function_call_output"] = "message"
+    call_id: str | None = None  # function_call and function_call_output
+    name: str | None = None  # function_call
+    arguments: str | None = None  # function_call
+    output: str | None = None  # function_call_output
 
 
 @dataclass(frozen=True)
@@ -163,6 +171,8 @@ class ResponseCreate(ClientEvent):
     output_modalities: tuple[str, ...] | None = None
     instructions: str | None = None
     max_output_tokens: int | None = None
+    tools: Any = None  # raw JSON; None: the session's (realtime/tools.py)
+    tool_choice: Any = None
 
 
 @dataclass(frozen=True)
@@ -377,6 +387,10 @@ def parse_session(obj: Any, event_id: str | None, defaults: TurnDetection) -> Se
     mods = _modalities(s, "output_modalities") or _modalities(s, "modalities")
     if mods is not None:
         values["output_modalities"] = mods
+    if s.has("tools"):
+        values["tools"] = s.list("tools") or []
+    if s.has("tool_choice"):
+        values["tool_choice"] = s.get("tool_choice", (str, dict), "a string or an object")
     names = frozenset(k for k in values if k != "beta_shape")
     return SessionPatch(fields_set=names, **values)
 
@@ -406,8 +420,15 @@ def _content(c: _Fields, role: str, index: int) -> ContentIn:
 def parse_item(obj: Any, event_id: str | None) -> ItemIn:
     it = _Fields(obj, "item", event_id)
     kind = it.str("type") or "message"
+    if kind == "function_call":  # a client replaying history
+        call_id, name = it.str("call_id", required=True), it.str("name", required=True)
+        args = it.str("arguments") or "{}"
+        return ItemIn("assistant", (), it.str("id"), "function_call", call_id=call_id, name=name, arguments=args)
+    if kind == "function_call_output":
+        call_id, output = it.str("call_id", required=True), it.str("output", required=True)
+        return ItemIn("tool", (), it.str("id"), "function_call_output", call_id=call_id, output=output)
     if kind != "message":
-        raise it.fail("type", f"item type {kind!r} is not supported (no tools yet)", "unsupported_feature")
+        raise it.fail("type", f"item type {kind!r} is not supported", "unsupported_feature")
     role = it.str("role", required=True)
     if role not in ("user", "assistant", "system"):
         raise it.fail("role", "role must be user, assistant or system")
@@ -487,7 +508,9 @@ def _response_create(f, kind, eid, _):
     if isinstance(max_tokens, str) and max_tokens != "inf" or isinstance(max_tokens, int) and max_tokens < 1:
         raise r.fail("max_output_tokens", "max_output_tokens must be a positive integer or 'inf'")
     limit = max_tokens if isinstance(max_tokens, int) else None
-    return ResponseCreate(kind, eid, mods, r.str("instructions"), limit)
+    tools = r.list("tools")
+    choice = r.get("tool_choice", (str, dict), "a string or an object")
+    return ResponseCreate(kind, eid, mods, r.str("instructions"), limit, tools, choice)
 
 
 def _simple(cls):
