@@ -212,10 +212,15 @@ class StreamJob(ThinkerPrefill):
     # ------------------------------------------------------------------ thinker
 
     def _thinker_step(self) -> list[Event]:
+        """Feed the generated tokens not yet in the cache (one, or a call's forced run) and
+        pick the next."""
         res = self.res
-        tok = torch.tensor([[self._tokens[-1]]], device=res.device)
+        past = self._thinker_cache.get_seq_length()
+        new = self._tokens[past - self._prompt_ids.shape[1] :]  # [k]: k > 1 only after forced tokens
+        tok = torch.tensor([new], device=res.device)  # [1, k]
+        pos = torch.arange(past, past + len(new), device=res.device) + self._thinker_deltas  # [1, k]
         out = res.thinker(
-            input_ids=tok, position_ids=self._thinker_next_position(), cache=self._thinker_cache, use_cache=True
+            input_ids=tok, position_ids=pos.view(1, 1, -1).expand(3, 1, -1), cache=self._thinker_cache, use_cache=True
         )
         return self._accept_token(out.logits[0, -1])
 
@@ -254,6 +259,8 @@ class StreamJob(ThinkerPrefill):
             elif len(self._tokens) > 1:
                 emb = res.talker.text_projection(res.embed(torch.tensor([[token]], device=res.device)))  # [1, 1, D]
                 self._text_queue.append(emb)
+        if self._call_at is not None and not self._thinker_done:
+            call_events += self._forced_tokens(tools)
         self.stats.text_tokens = len(self._tokens)
         if eos or self._call_at is not None:
             return call_events
@@ -263,6 +270,19 @@ class StreamJob(ThinkerPrefill):
             self._text = text[: -len(delta)] if delta else text
             return []
         return [TextDelta(delta, token)] if delta else []
+
+    def _forced_tokens(self, tools: ToolConstraint) -> list[Event]:
+        """Tokens the grammar allows alone (a call's keys, its closing braces) are taken
+        without a pick and fed in one forward with the next step: a call costs a forward
+        per free choice, not per token. The picks they skip would have had one candidate."""
+        forced = tools.forced()[: self.sampling.max_tokens - len(self._tokens)]
+        events: list[Event] = []
+        for token in forced:
+            self._tokens.append(token)
+            self._thinker_picker.history.append(token)
+            events += tools.accept(token)
+        self._thinker_done = len(self._tokens) >= self.sampling.max_tokens
+        return events
 
     def _spoken_tokens(self) -> list[int]:
         eos = self.res.cfg.im_end_token_id

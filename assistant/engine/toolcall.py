@@ -228,6 +228,10 @@ class ToolConstraint:
         incomplete, with the arguments decoded so far."""
         return self._close(complete=False) if self._open is not None else []
 
+    def forced(self) -> list[int]:
+        """The tokens the grammar now allows one way only (empty outside calls)."""
+        return list(self._matcher.compute_ff_tokens()) if self._matcher is not None else []
+
     @property
     def open_call(self) -> bool:
         return self._open is not None
