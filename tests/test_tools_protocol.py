@@ -190,3 +190,21 @@ def test_without_tools_the_message_item_goes_out_at_once():
         "conversation.item.added",
         "response.content_part.added",
     ]
+
+
+def test_cancelled_call_ends_cancelled_with_partial_arguments():
+    h = Harness()
+    with_tools(h, choice="required")
+    h.send(type="response.create")
+    start = h.cmds(s.StartResponse)[-1]
+    h.engine(start.response_id, ToolCallStarted(0, "lookup"), ToolCallDelta(0, '{"que'))
+    h.send(type="response.cancel")
+    assert h.cmds(s.CancelResponse)[-1].response_id == start.response_id
+    n = len(h.events)
+    h.engine(
+        start.response_id, ToolCallDelta(0, 'ry"'), ToolCallDone(0, "lookup", '{"query"', False), done("cancelled")
+    )
+    assert "response.function_call_arguments.delta" not in h.types(n)  # nothing new after the cancel...
+    assert h.last("response.function_call_arguments.done")["arguments"] == '{"query"'  # ...but .done has it all
+    resp = h.last("response.done")["response"]
+    assert resp["status"] == "cancelled" and resp["output"][0]["status"] == "incomplete"
