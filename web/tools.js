@@ -126,10 +126,15 @@ export class PageTools {
   }
 
   onEvent(ev) {
-    if (ev.type === "response.function_call_arguments.done") {
-      const result = runTool(ev.name, ev.arguments);
-      this.addRow("tool", `🔧 ${ev.name}(${ev.arguments}) → ${JSON.stringify(result)}`);
-      this.pending.push({ type: "function_call_output", call_id: ev.call_id, output: JSON.stringify(result) });
+    const item = ev.item || {};
+    if (ev.type === "response.output_item.done" && item.type === "function_call") {
+      if (item.status !== "completed") {
+        this.addRow("tool", `🔧 ${item.name}(${item.arguments}) cut off: not run`);
+        return;
+      }
+      const result = runTool(item.name, item.arguments);
+      this.addRow("tool", `🔧 ${item.name}(${item.arguments}) → ${JSON.stringify(result)}`);
+      this.pending.push({ type: "function_call_output", call_id: item.call_id, output: JSON.stringify(result) });
     } else if (ev.type === "response.done" && this.pending.length) {
       const status = (ev.response || {}).status;
       const outputs = this.pending;
