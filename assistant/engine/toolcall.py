@@ -34,6 +34,7 @@ CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
 # llguidance's JSON options: the separators json.dumps (and the chat template's tojson)
 # writes, and no free whitespace, which a random-weight model would otherwise fill forever.
 JSON_FORMAT = {"whitespace_flexible": False, "key_separator": ": ", "item_separator": ", "}
+_NEG_INF = torch.tensor(-float("inf"))
 _HEAD = re.compile(r'\A\n\{"name": "([A-Za-z0-9_-]+)", "arguments": ')
 
 
@@ -154,8 +155,8 @@ class ToolConstraint:
             # Unpacked on the host with numpy: llguidance.torch compiles its masking kernel on
             # first use (40 s on this CPU), and a 19 KB bitmask unpacks in ~0.1 ms.
             bits = np.unpackbits(self._mask[0].view(np.uint8), bitorder="little")[: logits.shape[-1]]
-            allowed = torch.from_numpy(bits.astype(bool)).to(logits.device)  # [V]
-            return logits.float().masked_fill(~allowed, -float("inf"))
+            allowed = torch.from_numpy(bits.view(np.bool_)).to(logits.device)  # [V]
+            return torch.where(allowed, logits.float(), _NEG_INF.to(logits.device))
         if self.forbid_open:
             out = logits.clone()
             out[self.open_id] = -float("inf")
