@@ -147,7 +147,7 @@ def server(tiny_dir):
         port=0,
         max_sessions=1,
         min_answer_tokens=12,
-        max_answer_tokens=24,
+        max_answer_tokens=80,  # a page tool's call takes ~60 tokens with the tiny near-character-level BPE
         min_answer_frames=30,
         max_answer_frames=40,
         log_level="warning",
@@ -415,5 +415,33 @@ def test_interpreter_preset_answers_in_writing_beside_the_live_transcript(idle_s
         assert user.strip() and not user.startswith("🎤"), user  # the transcript replaced the placeholder
         assert page.inner_text("#transcript li.assistant .text").strip()
         browser.screenshot(page, "interpreter_preset")
+        disconnect(page, url)
+        assert errors == []
+
+
+def test_page_tools_run_in_the_page_and_the_answer_is_spoken(idle_server, mics, netns_addrs):
+    """With the page's tools on and calls required, the spoken turn is answered by a call that
+    the page runs; its result goes back and the answer is spoken. Call and result are in the
+    transcript."""
+    url = idle_server
+    with browser.chromium(mics["once"]) as page:
+        errors = browser.console_errors(page)
+        open_page(page, url)
+        page.check(".tools .tools-on")
+        page.select_option(".tools .tools-choice", "required")
+        connect(page)
+        page.wait_for_selector("#transcript li.tool", timeout=90_000)
+        row = page.inner_text("#transcript li.tool .text")
+        assert re.match(r"🔧 (local_time|convert_units|search_guide)\(\{.*\}\) → \{", row), row
+        page.wait_for_function(
+            "demo.turns().filter(t => t.status === 'completed').length >= 2"
+            " && demo.events().includes('output_audio_buffer.stopped')",
+            timeout=90_000,
+        )
+        events = page.evaluate("demo.events()")
+        assert "response.function_call_arguments.done" in events
+        calls_done = events.index("response.function_call_arguments.done")
+        assert "output_audio_buffer.started" in events[calls_done:]  # the answer after the result was played
+        browser.screenshot(page, "page_tools")
         disconnect(page, url)
         assert errors == []

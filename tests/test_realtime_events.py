@@ -48,7 +48,17 @@ def test_append_decodes_pcm16():
             "audio_end_ms",
         ),
         ('{"type": "conversation.item.truncate", "item_id": "i", "audio_end_ms": -1}', "invalid_value", "audio_end_ms"),
-        ('{"type": "conversation.item.create", "item": {"type": "function_call"}}', "unsupported_feature", "item.type"),
+        ('{"type": "conversation.item.create", "item": {"type": "mcp_call"}}', "unsupported_feature", "item.type"),
+        (
+            '{"type": "conversation.item.create", "item": {"type": "function_call", "name": "f"}}',
+            "missing_required_parameter",
+            "item.call_id",
+        ),
+        (
+            '{"type": "conversation.item.create", "item": {"type": "function_call_output", "call_id": "c"}}',
+            "missing_required_parameter",
+            "item.output",
+        ),
         (
             '{"type": "response.create", "response": {"conversation": "none"}}',
             "unsupported_feature",

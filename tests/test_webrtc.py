@@ -8,6 +8,7 @@ Figures (connect time, first audio, barge-in stop) are printed; run with -rP to 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 import time
@@ -78,7 +79,7 @@ async def server(netns_addrs, tiny_dir):
         warmup=False,
         max_sessions=MAX_SESSIONS,
         min_answer_tokens=4,
-        max_answer_tokens=40,
+        max_answer_tokens=80,  # a tool call with the tiny near-character-level BPE takes ~60 tokens
         min_answer_frames=200,  # random weights may end an answer at any frame: fix the length
         # 16 s of speech (noise: random weights), made in about 5 s on the 2-core CPU: long enough that a
         # response is still being generated when a vanished peer is detected (PEER_TIMEOUT_S + polling).
@@ -547,6 +548,65 @@ async def test_transcription_session_over_webrtc(server):
         completed = await client.wait_for("conversation.item.input_audio_transcription.completed", timeout_s=90)
         assert completed["item_id"] == committed["item_id"]
         assert not [t for t in client.types() if t.startswith("response.")]
+    finally:
+        await client.close()
+    await server.wait_all_closed()
+
+
+async def test_tool_call_round_trip_over_the_data_channel(server):
+    """A named tool's call arrives on `oai-events` as function_call events and is never
+    played; its function_call_output is answered with speech on the track."""
+    tool = {
+        "type": "function",
+        "name": "local_time",
+        "description": "The local time in a time zone",
+        "parameters": {
+            "type": "object",
+            "properties": {"zone": {"type": "string", "enum": ["UTC", "CET", "JST"]}, "h24": {"type": "boolean"}},
+            "required": ["zone", "h24"],
+            "additionalProperties": False,
+        },
+    }
+    client = ClientPeer()
+    try:
+        await server.connect(client)
+        client.send(
+            {
+                "type": "session.update",
+                "session": {
+                    "type": "realtime",
+                    "audio": {"input": {"turn_detection": None}},
+                    "tools": [tool],
+                    "tool_choice": {"type": "function", "name": "local_time"},
+                },
+            }
+        )
+        await client.wait_for("session.updated")
+        text = {"type": "input_text", "text": "What time is it in Tokyo?"}
+        client.send(
+            {"type": "conversation.item.create", "item": {"type": "message", "role": "user", "content": [text]}}
+        )
+        n = len(client.events)
+        client.send({"type": "response.create"})
+        done = await client.wait_for("response.done", timeout_s=60, after=n)
+        assert done["response"]["status"] == "completed"
+        (call,) = done["response"]["output"]
+        assert call["type"] == "function_call" and call["name"] == "local_time"
+        args = json.loads(call["arguments"])
+        assert args["zone"] in ("UTC", "CET", "JST") and isinstance(args["h24"], bool) and len(args) == 2
+        seen = client.types()[n:]
+        assert seen.index("response.function_call_arguments.done") < seen.index("response.output_item.done")
+        assert "output_audio_buffer.started" not in seen  # nothing of the call was played
+        out = {"type": "function_call_output", "call_id": call["call_id"], "output": '{"time": "19:04"}'}
+        client.send({"type": "conversation.item.create", "item": out})
+        m = len(client.events)
+        client.send({"type": "response.create", "response": {"tool_choice": "none"}})
+        done = await client.wait_for("response.done", timeout_s=90, after=m)
+        assert done["response"]["status"] == "completed"
+        assert [o["type"] for o in done["response"]["output"]] == ["message"]
+        await client.wait_for("output_audio_buffer.started", after=m)
+        await client.wait_for("output_audio_buffer.stopped", timeout_s=30, after=m)
+        assert client.received.loud_frames() > 20
     finally:
         await client.close()
     await server.wait_all_closed()

@@ -3,6 +3,7 @@
 // outside this server. Server text is only ever inserted with textContent.
 
 import { iceServersFromServer } from "./deploy.js";
+import { PageTools } from "./tools.js";
 
 // Qwen3-Omni technical report (arXiv 2509.17765), Table 2: theoretical first-packet latency at
 // concurrency 1, audio-only and with video input.
@@ -348,6 +349,7 @@ function sendSessionUpdate() {
   // An empty box keeps the server's default instructions, unless the user just cleared them.
   if (instructions || S.lastInstructions) session.instructions = instructions;
   S.lastInstructions = instructions;
+  Object.assign(session, pageTools.sessionFields()); // tools.js: the page's own tools, when switched on
   send({ type: "session.update", session: applyPreset(session) });
 }
 
@@ -425,6 +427,7 @@ function onServerEvent(data) {
   }
   if (S.eventLog.length >= EVENT_LOG_LIMIT) S.eventLog.shift();
   S.eventLog.push({ type: ev.type, t: performance.now() });
+  pageTools.onEvent(ev); // tools.js: runs the page's tools and answers their calls
   const handler = HANDLERS[ev.type];
   if (handler) handler(ev);
 }
@@ -845,6 +848,17 @@ window.demo = Object.freeze({
   state: () => ({ connected: S.connected, mode: S.mode, playing: S.playing, responseActive: S.responseActive }),
   preset: presetState,
   levels: () => ({ mic: S.micAnalyser ? rms(S.micAnalyser) : 0, out: S.outAnalyser ? rms(S.outAnalyser) : 0 }),
+});
+
+const pageTools = new PageTools({
+  send,
+  addRow: (role, text) => {
+    const li = newItem(role);
+    li.querySelector(".who").textContent = "Tool";
+    setItemText(li, text);
+  },
+  onChange: sendSessionUpdate,
+  container: document.querySelector(".controls"),
 });
 
 bindControls();

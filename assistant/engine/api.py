@@ -7,6 +7,9 @@ of events:
     TextDelta*  AudioChunk*  ResponseDone        (text and audio deltas interleave;
                                                  a Thinking checkpoint's ReasoningDelta* come first)
 
+With tools, calls follow the spoken text: ToolCallStarted, ToolCallDelta*, ToolCallDone
+per call, before ResponseDone (toolcall.py).
+
 `ResponseDone` is always the last event, also when the response was cancelled or failed;
 errors never vanish inside a worker thread, they arrive as `ResponseDone(status="failed",
 error=EngineError(...))`.
@@ -110,7 +113,29 @@ class VideoPart:
 
 
 Part = TextPart | AudioPart | ImagePart | VideoPart
-Role = Literal["system", "user", "assistant"]
+Role = Literal["system", "user", "assistant", "tool"]
+
+
+# Tool calling (toolcall.py): declared tools, the model's calls and their results.
+@dataclass(frozen=True)
+class Tool:
+    name: str  # ^[a-zA-Z0-9_-]{1,64}$ (checked by the protocol layer)
+    description: str = ""
+    parameters: dict = field(default_factory=lambda: {"type": "object", "properties": {}})  # JSON Schema
+
+
+@dataclass(frozen=True)
+class ToolChoice:
+    mode: Literal["auto", "none", "required", "function"] = "auto"
+    name: str | None = None  # mode "function": the one tool to call
+
+
+@dataclass
+class ToolCall:
+    name: str
+    arguments: str  # JSON text as generated (partial when incomplete)
+    call_id: str = ""  # the session's id for it
+    complete: bool = True
 
 
 @dataclass
@@ -123,6 +148,8 @@ class Turn:
     token_ids: list[int] = field(default_factory=list)
     frames: int = 0
     text: str = ""
+    tool_calls: list[ToolCall] = field(default_factory=list)  # assistant turns: calls after the text
+    call_id: str = ""  # role "tool": the call whose result this turn holds (text part: the output)
 
     def text_content(self) -> str:
         return self.text or "".join(p.text for p in self.parts if isinstance(p, TextPart))
@@ -139,6 +166,8 @@ class Conversation:
     sampling: Sampling = field(default_factory=Sampling)
     turns: list[Turn] = field(default_factory=list)
     id: str = field(default_factory=lambda: new_id("conv"))
+    tools: tuple[Tool, ...] = ()
+    tool_choice: ToolChoice = field(default_factory=ToolChoice)
 
     def add_user(self, parts: list[Part], item_id: str | None = None) -> Turn:
         turn = Turn("user", list(parts), id=item_id or new_id("item"))
@@ -285,7 +314,29 @@ class ResponseDone:
     error: EngineError | None = None
 
 
-Event = TextDelta | ReasoningDelta | AudioChunk | ResponseDone
+@dataclass
+class ToolCallStarted:
+    """The model opened call `index` (0-based in this response) of tool `name`."""
+
+    index: int
+    name: str
+
+
+@dataclass
+class ToolCallDelta:
+    index: int
+    delta: str  # more of the arguments' JSON text
+
+
+@dataclass
+class ToolCallDone:
+    index: int
+    name: str
+    arguments: str  # the whole JSON text; partial when `complete` is False (cut off or cancelled)
+    complete: bool
+
+
+Event = TextDelta | ReasoningDelta | AudioChunk | ToolCallStarted | ToolCallDelta | ToolCallDone | ResponseDone
 
 
 # ---------------------------------------------------------------------------- engine

@@ -135,7 +135,16 @@ def messages(conv: Conversation) -> tuple[list[dict], Media]:
     for i, turn in enumerate(conv.turns):
         media.turn = i
         if turn.role == "assistant":
-            msgs.append({"role": "assistant", "content": [{"type": "text", "text": turn.text_content()}]})
+            msg = {"role": "assistant", "content": [{"type": "text", "text": turn.text_content()}]}
+            if turn.tool_calls:  # rendered by the template in the checkpoint's own call format
+                msg["tool_calls"] = [
+                    {"type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                    for c in turn.tool_calls
+                ]
+            msgs.append(msg)
+            continue
+        if turn.role == "tool":  # a call's result; the template wraps consecutive ones in one user turn
+            msgs.append({"role": "tool", "content": turn.text_content()})
             continue
         msgs.append({"role": turn.role, "content": _user_content(turn.parts, media)})
     if any(media.interleaved) and not all(media.interleaved):
@@ -143,6 +152,15 @@ def messages(conv: Conversation) -> tuple[list[dict], Media]:
         # (modeling_qwen3_omni_moe.py): with it set, a plain video span is not recognised.
         raise ValueError("a conversation cannot mix camera+microphone turns with plain video turns")
     return msgs, media
+
+
+def tool_schemas(conv: Conversation) -> list[dict]:
+    """The declared tools as chat templates take them (`tools=`, OpenAI's nested form).
+    With tool_choice "none" they stay in the prompt, as OpenAI keeps them in context."""
+    return [
+        {"type": "function", "function": {"name": t.name, "description": t.description, "parameters": t.parameters}}
+        for t in conv.tools
+    ]
 
 
 def prepare(processor, conv: Conversation, pixels_from_turn: int = 0, cached_video_tokens: int = 0) -> Prepared:
@@ -156,7 +174,9 @@ def prepare(processor, conv: Conversation, pixels_from_turn: int = 0, cached_vid
     `video_pixel_offset` then says how many leading patch rows are missing
     (resident.media_after, which asks for every pixel again if the cache turns out shorter)."""
     msgs, media = messages(conv)
-    text = processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+    text = processor.apply_chat_template(
+        msgs, tools=tool_schemas(conv) or None, add_generation_prompt=True, tokenize=False
+    )
     kwargs: dict = {}
     if media.audios:
         kwargs["audio"] = media.audios

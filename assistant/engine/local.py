@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..settings import Settings, chunk_ramp
-from . import inputs
+from . import inputs, toolcall
 from .api import (
     FRAME_MS,
     INPUT_SAMPLE_RATE,
@@ -193,6 +193,9 @@ class LocalEngine:
             self.settings.talker_cuda_graph,
         )
         variant = variant_of(resolved.path_or_id, resident.model, self.settings.model_variant)
+        # Tool calls' grammar reads the vocabulary through llguidance: built now (seconds for
+        # Qwen's 151k entries), not in the first constrained step.
+        toolcall.ll_tokenizer(resident.processor.tokenizer, resident.thinker.config.text_config.vocab_size)
         self.info = EngineInfo(
             "local", resolved.path_or_id, str(device), str(dtype).removeprefix("torch."), resolved.is_tiny, variant
         )

@@ -145,7 +145,8 @@ class ThinkerPrefill:
             self._thinker_picker.min_new += len(self._thinker_picker.history)
         events = self._accept_token(logits[0, -1])
         self.stats.t_thinker_first_token = now()
-        self._phase = "talker_prefill" if self.audio else "text"
+        # A turn that opens with a call has nothing to say: the talker never starts.
+        self._phase = "talker_prefill" if self.audio and self._call_at is None else "text"
         return events
 
     def _partial_prefill(self) -> list[Event]:

@@ -53,6 +53,7 @@ from .prefill import ThinkerPrefill
 from .resident import Resident
 from .rope import rope_index
 from .sampling import Picker
+from .toolcall import ToolConstraint
 
 # What a step may raise that fails its response(s) but not the worker (batch.py too).
 STEP_ERRORS = (ValueError, RuntimeError, IndexError, torch.OutOfMemoryError)
@@ -141,7 +142,13 @@ class StreamJob(ThinkerPrefill):
         self.background = background
         # A snapshot: the session may edit the live conversation while this runs.
         self.conv = Conversation(
-            voice=conv.voice, instructions=conv.instructions, sampling=conv.sampling, turns=list(conv.turns), id=conv.id
+            voice=conv.voice,
+            instructions=conv.instructions,
+            sampling=conv.sampling,
+            turns=list(conv.turns),
+            id=conv.id,
+            tools=conv.tools,
+            tool_choice=conv.tool_choice,
         )
         self.sampling: Sampling = conv.sampling
         self.stats = ResponseStats(t_committed=t_committed)
@@ -163,6 +170,11 @@ class StreamJob(ThinkerPrefill):
         self._reasoning_text = ""
         self._thinker_done = False
         self._text_queue: deque[torch.Tensor] = deque()  # talker text inputs, each [1, 1, D]
+        # Tool calls (toolcall.py): the constraint is built on the worker thread at the first
+        # token; from the token that opens a call on, nothing more is speech.
+        self._tools: ToolConstraint | None = None
+        self._call_at: int | None = None  # index in _tokens of the first `<tool_call>`
+        self._tts_eos_queued = False
         self._frames = 0
         # On the logits' device: multinomial refuses a CPU generator for CUDA probabilities.
         gen = torch.Generator(device=res.device)
@@ -223,10 +235,15 @@ class StreamJob(ThinkerPrefill):
     # ------------------------------------------------------------------ thinker
 
     def _thinker_step(self) -> list[Event]:
+        """Feed the generated tokens not yet in the cache (one, or a call's forced run) and
+        pick the next."""
         res = self.res
-        tok = torch.tensor([[self._tokens[-1]]], device=res.device)
+        past = self._thinker_cache.get_seq_length()
+        new = self._tokens[past - self._prompt_ids.shape[1] :]  # [k]: k > 1 only after forced tokens
+        tok = torch.tensor([new], device=res.device)  # [1, k]
+        pos = torch.arange(past, past + len(new), device=res.device) + self._thinker_deltas  # [1, k]
         out = res.thinker(
-            input_ids=tok, position_ids=self._thinker_next_position(), cache=self._thinker_cache, use_cache=True
+            input_ids=tok, position_ids=pos.view(1, 1, -1).expand(3, 1, -1), cache=self._thinker_cache, use_cache=True
         )
         return self._accept_token(out.logits[0, -1])
 
@@ -239,6 +256,11 @@ class StreamJob(ThinkerPrefill):
 
     def _accept_token(self, logits: torch.Tensor) -> list[Event]:
         res = self.res
+        tools = self._tool_constraint()
+        if tools is not None:
+            logits = tools.mask(logits)  # [V]
+            if tools.in_calls:
+                self._thinker_picker.min_new = 0  # the grammar says where the turn may end
         token = self._thinker_picker.pick(logits)
         self._tokens.append(token)
         eos = token == res.cfg.im_end_token_id
@@ -248,20 +270,28 @@ class StreamJob(ThinkerPrefill):
         elif self._thinker_done:
             self.stats.end_reason = "length"
         reasoning = self._classify(token)
-        if self.audio:
+        call_events = tools.accept(token) if tools is not None else []
+        opened = self._call_at is None and tools is not None and tools.in_calls
+        if opened:
+            self._call_at = len(self._tokens) - 1
+        if self.audio and not self._tts_eos_queued:
             # The talker reads the layer-0 embedding of generated tokens 1..n-2, then
             # tts_eos, then tts_pad: stock builds its text inputs from the thinker's
             # hidden states, which never contain the last generated token (EOS, or the
             # token that hit max_tokens) because it is never fed back. t0 enters through
-            # the talker's assistant prefix instead.
-            if self._thinker_done:
+            # the talker's assistant prefix instead. A call is never spoken: its opening
+            # token ends the talker's text like EOS does, and nothing after it is fed.
+            if self._thinker_done or opened:
                 self._text_queue.append(res.tts_eos)
+                self._tts_eos_queued = True
             elif len(self._tokens) > 1 and not reasoning:
                 emb = res.talker.text_projection(res.embed(torch.tensor([[token]], device=res.device)))  # [1, 1, D]
                 self._text_queue.append(emb)
+        if self._call_at is not None and not self._thinker_done:
+            call_events += self._forced_tokens(tools)
         self.stats.text_tokens = len(self._tokens)
-        if eos:
-            return []
+        if eos or self._call_at is not None:
+            return call_events
         if reasoning:
             return self._reasoning_delta(token)
         text = res.processor.tokenizer.decode(self._spoken_tokens(), skip_special_tokens=True)
@@ -314,15 +344,39 @@ class StreamJob(ThinkerPrefill):
             at = text.find(stop, max(0, len(self._text) - len(stop)))
             if at >= 0:
                 text = text[:at]
-                if not self._thinker_done and self.audio:
+                if not self._tts_eos_queued and self.audio:
                     self._text_queue.append(self.res.tts_eos)
+                    self._tts_eos_queued = True
                 self._thinker_done = True
                 self.stats.end_reason = "stop"
         return text
 
     def _spoken_tokens(self) -> list[int]:
         eos = self.res.cfg.im_end_token_id
-        return [t for i, t in enumerate(self._tokens) if t != eos and i not in self._reasoning_at]
+        # Neither reasoning nor a tool call (from its opening token on) is spoken or answer text.
+        return [t for i, t in enumerate(self._tokens[: self._call_at]) if t != eos and i not in self._reasoning_at]
+
+    def _forced_tokens(self, tools: ToolConstraint) -> list[Event]:
+        """Tokens the grammar allows alone (a call's keys, its closing braces) are taken
+        without a pick and fed in one forward with the next step: a call costs a forward
+        per free choice, not per token. The picks they skip would have had one candidate."""
+        forced = tools.forced()[: self.sampling.max_tokens - len(self._tokens)]
+        events: list[Event] = []
+        for token in forced:
+            self._tokens.append(token)
+            self._thinker_picker.history.append(token)
+            events += tools.accept(token)
+        self._thinker_done = len(self._tokens) >= self.sampling.max_tokens
+        if self._thinker_done:
+            self.stats.end_reason = "length"
+        return events
+
+    def _tool_constraint(self) -> ToolConstraint | None:
+        if self._tools is None and self.conv.tools:
+            tok = self.res.processor.tokenizer
+            vocab = self.res.thinker.config.text_config.vocab_size
+            self._tools = ToolConstraint(tok, vocab, self.conv.tools, self.conv.tool_choice)
+        return self._tools
 
     def _text_only_step(self) -> list[Event]:
         if self._thinker_done:
@@ -459,8 +513,18 @@ class StreamJob(ThinkerPrefill):
     def _frame_end_check(self) -> list[Event] | None:
         """The response's end (codec EOS or max_frames) instead of another frame, or None."""
         if self._code0 == self.res.tcfg.codec_eos_token_id or self._frames >= self.sampling.max_frames:
+            if self._call_at is not None and not self._thinker_done:
+                return self._end_speech()
             return self._finish("completed")
         return None
+
+    def _end_speech(self) -> list[Event]:
+        """The talker ended its utterance before a call: the rest of the audio goes out,
+        then the thinker decodes the calls alone (the "text" phase)."""
+        tail = self._vocoder.decode(final=True)
+        self._vocoder_flushed = True
+        self._phase = "text"
+        return [self._audio_event(tail)] if tail is not None and len(tail) else []
 
     def _frame_finish(self, codes: torch.Tensor, codec_sum: torch.Tensor, *, inline_advance: bool) -> list[Event]:
         """codes [16] of this frame; codec_sum [1, 1, D], the talker's next codec input.
@@ -501,7 +565,7 @@ class StreamJob(ThinkerPrefill):
         return events
 
     def _needs_text(self) -> bool:
-        return not self._text_queue and not self._thinker_done
+        return not self._text_queue and not self._thinker_done and not self._tts_eos_queued
 
     def _next_text_input(self) -> torch.Tensor:
         """[1, 1, D]: the next generated token's projected embedding, tts_eos, then tts_pad."""
@@ -581,10 +645,13 @@ class StreamJob(ThinkerPrefill):
 
     def _finish(self, status: str, error: EngineError | None = None) -> list[Event]:
         events: list[Event] = []
-        if status == "completed" and self.audio and getattr(self, "_vocoder", None) is not None:
+        flushed = getattr(self, "_vocoder_flushed", False)
+        if status == "completed" and self.audio and getattr(self, "_vocoder", None) is not None and not flushed:
             tail = self._vocoder.decode(final=True)
             if tail is not None and len(tail):
                 events.append(self._audio_event(tail))
+        if self._tools is not None:
+            events += self._tools.finish()  # a call still open ends incomplete, its arguments so far
         self.done = True
         if self.cache is not None:
             self.cache.release(self)  # before the check-in, which may need the room
@@ -593,7 +660,11 @@ class StreamJob(ThinkerPrefill):
         self.stats.t_done = now()
         turn = None
         if status != "failed":  # a failed answer leaves no trace in the history
-            spoken = self._spoken_tokens()
-            turn = Turn("assistant", [], id=self.item_id, token_ids=spoken, frames=self._frames, text=self._text)
+            eos = self.res.cfg.im_end_token_id
+            ids = [t for t in self._tokens if t != eos]  # calls included: the next prompt splices them back
+            calls = list(self._tools.calls) if self._tools is not None else []
+            turn = Turn(
+                "assistant", [], id=self.item_id, token_ids=ids, frames=self._frames, text=self._text, tool_calls=calls
+            )
         events.append(ResponseDone(status, turn, self.stats, error))  # type: ignore[arg-type]
         return events

@@ -325,6 +325,12 @@ class UpstreamResponse:
             stats.t_done = now()
             yield ResponseDone("cancelled", None, stats)
             return
+        if conv.tools or any(t.role == "tool" or t.tool_calls for t in conv.turns):
+            # Refused, not ignored: tools, calls and results are not forwarded upstream yet.
+            stats.t_done = now()
+            msg = "tool calling is not supported with an upstream engine yet; run the model locally"
+            yield ResponseDone("failed", None, stats, EngineError("unsupported_feature", msg))
+            return
         mapper = proto.ResponseMapper(self._audio, stats)
         link: Link | None = None
         error: str | None = None

@@ -122,6 +122,9 @@ class SessionPatch:
     transcription: Transcription | None = None  # in fields_set with None: transcription off
     session_type: str | None = None  # "realtime" | "transcription"
     interpreter: Interpreter | None = None  # in fields_set with None: interpreter off
+    # tool calling: the raw JSON, checked against the session's tools in realtime/tools.py
+    tools: Any = None
+    tool_choice: Any = None
 
 
 @dataclass(frozen=True)
@@ -134,9 +137,14 @@ class ContentIn:
 
 @dataclass(frozen=True)
 class ItemIn:
-    role: Literal["user", "assistant", "system"]
+    role: Literal["user", "assistant", "system", "tool"]
     content: tuple[ContentIn, ...]
     id: str | None = None
+    type: Literal["message", "function_call", "function_call_output"] = "message"
+    call_id: str | None = None  # function_call and function_call_output
+    name: str | None = None  # function_call
+    arguments: str | None = None  # function_call
+    output: str | None = None  # function_call_output
 
 
 @dataclass(frozen=True)
@@ -200,6 +208,8 @@ class ResponseCreate(ClientEvent):
     max_output_tokens: int | Literal["inf"] | None = None  # None: the session's
     voice: str | None = None
     metadata: dict[str, str] | None = None
+    tools: Any = None  # raw JSON; None: the session's (realtime/tools.py)
+    tool_choice: Any = None
 
 
 @dataclass(frozen=True)
@@ -484,6 +494,10 @@ def parse_session(obj: Any, event_id: str | None, defaults: TurnDetection) -> Se
     mods = _modalities(s, "output_modalities") or _modalities(s, "modalities")
     if mods is not None:
         values["output_modalities"] = mods
+    if s.has("tools"):
+        values["tools"] = s.list("tools") or []
+    if s.has("tool_choice"):
+        values["tool_choice"] = s.get("tool_choice", (str, dict), "a string or an object")
     names = frozenset(k for k in values if k != "beta_shape")
     return SessionPatch(fields_set=names, **values)
 
@@ -513,8 +527,15 @@ def _content(c: _Fields, role: str, index: int) -> ContentIn:
 def parse_item(obj: Any, event_id: str | None) -> ItemIn:
     it = _Fields(obj, "item", event_id)
     kind = it.str("type") or "message"
+    if kind == "function_call":  # a client replaying history
+        call_id, name = it.str("call_id", required=True), it.str("name", required=True)
+        args = it.str("arguments") or "{}"
+        return ItemIn("assistant", (), it.str("id"), "function_call", call_id=call_id, name=name, arguments=args)
+    if kind == "function_call_output":
+        call_id, output = it.str("call_id", required=True), it.str("output", required=True)
+        return ItemIn("tool", (), it.str("id"), "function_call_output", call_id=call_id, output=output)
     if kind != "message":
-        raise it.fail("type", f"item type {kind!r} is not supported (no tools yet)", "unsupported_feature")
+        raise it.fail("type", f"item type {kind!r} is not supported", "unsupported_feature")
     role = it.str("role", required=True)
     if role not in ("user", "assistant", "system"):
         raise it.fail("role", "role must be user, assistant or system")
@@ -601,7 +622,9 @@ def _response_create(f, kind, eid, _):
     metadata = r.get("metadata", (dict,), "an object of strings")
     if metadata is not None and not all(isinstance(v, str) for v in metadata.values()):
         raise r.fail("metadata", "metadata values must be strings")
-    return ResponseCreate(kind, eid, mods, r.str("instructions"), max_tokens, voice, metadata)
+    tools = r.list("tools")
+    choice = r.get("tool_choice", (str, dict), "a string or an object")
+    return ResponseCreate(kind, eid, mods, r.str("instructions"), max_tokens, voice, metadata, tools, choice)
 
 
 def _simple(cls):

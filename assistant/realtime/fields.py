@@ -49,7 +49,6 @@ def refused(why: str, *neutral: Any) -> Field:
 
 # ---------------------------------------------------------------------------- shared parts
 
-NO_TOOLS = "no function or MCP tools on this server yet"
 
 
 def _turn_detection(root: str, *, ga: bool = True) -> dict[str, Field]:
@@ -93,12 +92,43 @@ def _transcription(root: str, *, ga: bool = True) -> dict[str, Field]:
     return entries
 
 
-def _common_refusals(root: str) -> dict[str, Field]:
-    """Fields that session and response objects share and that this server does not do."""
+NO_MCP = "function tools only: no MCP servers"
+MCP_FIELDS = (
+    "allowed_callers",
+    "allowed_tools",
+    "authorization",
+    "connector_id",
+    "defer_loading",
+    "headers",
+    "require_approval",
+    "server_description",
+    "server_label",
+    "server_url",
+    "tunnel_id",
+)
+
+
+def _tools(root: str) -> dict[str, Field]:
+    """Function tools (issue #14, realtime/tools.py): declared, called under a grammar built from their schemas."""
     return {
-        f"{root}.tools": refused(NO_TOOLS, []),
-        f"{root}.tool_choice": refused(NO_TOOLS, "auto", "none"),
-        f"{root}.parallel_tool_calls": refused(NO_TOOLS),
+        f"{root}.tools": honored("function tools; the model's calls come as function_call items"),
+        f"{root}.tools.type": honored("'function' (other types get unsupported_feature)"),
+        f"{root}.tools.name": honored("the function's name, unique among the tools"),
+        f"{root}.tools.description": honored("rendered into the prompt through the chat template"),
+        f"{root}.tools.parameters": honored("JSON Schema the call's arguments always match", opaque=True),
+        **{f"{root}.tools.{k}": refused(NO_MCP) for k in MCP_FIELDS},
+        f"{root}.tool_choice": honored("auto, none, required, or one named function"),
+        f"{root}.tool_choice.type": honored("'function'"),
+        f"{root}.tool_choice.name": honored("the function that must be called"),
+        f"{root}.tool_choice.server_label": refused(NO_MCP),
+        f"{root}.parallel_tool_calls": refused("a response may make several calls; it cannot be limited to one", True),
+    }
+
+
+def _common_refusals(root: str) -> dict[str, Field]:
+    """Fields that session and response objects share: the tools, and what this server does not do."""
+    return {
+        **_tools(root),
         f"{root}.prompt": refused("no stored prompt templates on this server"),
         f"{root}.reasoning": refused("no reasoning-effort control for Qwen3-Omni"),
     }

@@ -11,6 +11,7 @@ from ..audio import float_to_pcm16, pcm16_to_float, resample
 from ..engine.api import INPUT_SAMPLE_RATE, AudioPart, ImagePart, Part, TextPart, Turn, VideoPart
 from .events import ContentIn, b64
 from .images import decode_image
+from .tools import call_item, output_item
 
 OutputKind = Literal["audio", "text"]
 
@@ -40,7 +41,12 @@ def item_json(
     transcript: str | None = None,
 ) -> dict[str, Any]:
     """The GA item object for a turn (assistant items: `output_audio` with its
-    transcript, or `output_text`; user audio: with its input transcript, once done)."""
+    transcript, or `output_text`; user audio: with its input transcript, once done; a
+    client's function_call and function_call_output items have their own shapes)."""
+    if turn.role == "tool":
+        return output_item(turn.id, turn.call_id, turn.text_content())
+    if turn.role == "assistant" and len(turn.tool_calls) == 1 and not turn.text_content() and not turn.token_ids:
+        return call_item(turn.id, turn.tool_calls[0], status)
     if turn.role == "assistant":
         text = turn.text_content()
         content = [

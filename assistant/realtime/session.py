@@ -41,6 +41,7 @@ from ..engine.api import (
     Conversation,
     Sampling,
     TextPart,
+    ToolCall,
     Turn,
     VideoPart,
     new_id,
@@ -48,6 +49,7 @@ from ..engine.api import (
 )
 from ..settings import Settings
 from . import events as ev
+from . import tools as tools_mod
 from .camera import CameraTurn
 from .commands import (
     CancelResponse,
@@ -158,6 +160,8 @@ class RealtimeSession(InputSide, ResponseSide, TranscribeSide):
         self._guard_until = 0.0
         self._playing: str | None = None  # WebRTC: the response whose audio is playing
         self._done_latency: dict[str, tuple[str, dict[str, Any]]] = {}
+        self._call_items: dict[str, dict[str, Any]] = {}  # function_call item id -> its item object
+        self._call_ids: dict[str, str] = {}  # call_id -> function_call item id
         self._out: list[Output] = []
         self._t_created = self._t_activity = clock()
         self._ended = False
@@ -303,15 +307,28 @@ class RealtimeSession(InputSide, ResponseSide, TranscribeSide):
                 },
             },
             "interpreter": self.interpreter.to_json() if self.interpreter else None,  # this server's extension
-            "tools": [],
-            "tool_choice": "auto",
+            "tools": [tools_mod.tool_json(t) for t in self.conversation.tools],
+            "tool_choice": tools_mod.choice_json(self.conversation.tool_choice),
             "max_output_tokens": self.max_output_tokens,
             "tracing": None,
             "truncation": "auto",
         }
 
+    def _tools_check(self, patch: ev.SessionPatch):
+        """session.tools / tool_choice: checked together (a named choice must be declared)."""
+        if "tools" not in patch.fields_set and "tool_choice" not in patch.fields_set:
+            return None
+        conv = self.conversation
+        tools = tools_mod.parse_tools(patch.tools, "session.tools") if "tools" in patch.fields_set else conv.tools
+        choice = conv.tool_choice
+        if "tool_choice" in patch.fields_set:
+            choice = tools_mod.parse_tool_choice(patch.tool_choice, "session.tool_choice")
+        tools_mod.check_choice(tools, choice, "session.tool_choice")
+        return tools, choice
+
     def _session_update(self, event: ev.SessionUpdate) -> None:
         patch = event.patch
+        tools_set = self._tools_check(patch)  # before any change: a refused update changes nothing
         voice = None
         if patch.voice is not None:
             voice = resolve_voice(patch.voice, "session.audio.output.voice")
@@ -354,7 +371,13 @@ class RealtimeSession(InputSide, ResponseSide, TranscribeSide):
         if patch.instructions is not None:
             instructions = patch.instructions
             self._edit(lambda: setattr(self.conversation, "instructions", instructions))
+        if tools_set is not None:
+            conv = self.conversation
+            self._edit(lambda: (setattr(conv, "tools", tools_set[0]), setattr(conv, "tool_choice", tools_set[1])))
         view = self.session_json()
+        if tools_set is not None:
+            view["tools"] = [tools_mod.tool_json(t) for t in tools_set[0]]
+            view["tool_choice"] = tools_mod.choice_json(tools_set[1])
         if self.session_type == "realtime":
             view["audio"]["output"]["voice"] = voice or view["audio"]["output"]["voice"]
         if patch.instructions is not None and self.session_type == "realtime":
@@ -436,7 +459,9 @@ class RealtimeSession(InputSide, ResponseSide, TranscribeSide):
         previous = event.previous_item_id
         if previous not in (None, "root") and previous not in self._items:
             raise ev.ProtocolError("item_not_found", f"no item {previous!r}", param="previous_item_id")
-        if item.role == "user":
+        if item.type != "message":
+            turn = self._tool_turn(item, item_id)
+        elif item.role == "user":
             try:
                 parts = parts_from_content(
                     item.content, input_rate_hz=self.input_rate_hz, max_image_pixels=self.settings.max_image_pixels
@@ -460,6 +485,36 @@ class RealtimeSession(InputSide, ResponseSide, TranscribeSide):
         else:
             self._add_turn(turn, previous or (self._items[-1] if self._items else None))
 
+    def _tool_turn(self, item: ev.ItemIn, item_id: str) -> Turn:
+        """A client's function_call (history it replays) or function_call_output item."""
+        call_id = item.call_id or ""
+        if item.type == "function_call":
+            if call_id in self._call_ids:
+                raise ev.ProtocolError("invalid_value", f"call_id {call_id!r} is already used", param="item.call_id")
+            call = ToolCall(item.name or "", item.arguments or "{}", call_id=call_id)
+            self._call_ids[call_id] = item_id
+            self._call_items[item_id] = tools_mod.call_item(item_id, call, "completed")
+            return Turn("assistant", [], id=item_id, tool_calls=[call])
+        if call_id not in self._call_ids:
+            raise ev.ProtocolError(
+                "invalid_value", f"no function_call with call_id {call_id!r} in this conversation", param="item.call_id"
+            )
+        return Turn("tool", [TextPart(item.output or "")], id=item_id, call_id=call_id)
+
+    def _drop_call(self, call_id: str) -> None:
+        """A deleted function_call item: the assistant turn keeps its other calls."""
+        turns = self.conversation.turns
+        for i, t in enumerate(turns):
+            if any(c.call_id == call_id for c in t.tool_calls):
+                calls = [c for c in t.tool_calls if c.call_id != call_id]
+                if not calls and not t.text_content() and t.role == "assistant" and not t.token_ids:
+                    turns.pop(i)
+                else:
+                    turns[i] = Turn(
+                        t.role, t.parts, id=t.id, token_ids=[], frames=t.frames, text=t.text, tool_calls=calls
+                    )
+                return
+
     def _insert_root(self, turn: Turn) -> None:
         self._pending_turns.pop(turn.id, None)
         if turn.id in self._items:
@@ -474,6 +529,8 @@ class RealtimeSession(InputSide, ResponseSide, TranscribeSide):
         if active is not None and event.item_id == active.item_id:
             turn = Turn("assistant", [], id=active.item_id, text="".join(active.text))
             item = item_json(turn, status="in_progress", output="audio" if active.audio else "text")
+        elif event.item_id in self._call_items and event.item_id in self._items:
+            item = self._call_items[event.item_id]
         else:
             turn = self._find(event.item_id) if event.item_id in self._items else None
             if turn is None:
@@ -497,7 +554,11 @@ class RealtimeSession(InputSide, ResponseSide, TranscribeSide):
             )
         self._items.remove(item_id)
         self._pending_turns.pop(item_id, None)
-        self._edit(lambda: self.conversation.delete(item_id))
+        call = self._call_items.pop(item_id, None)
+        if call is not None and self._find(item_id) is None:  # a generated call: part of its response's turn
+            self._edit(lambda: self._drop_call(call["call_id"]))
+        else:
+            self._edit(lambda: self.conversation.delete(item_id))
         self._send("conversation.item.deleted", item_id=item_id)
 
     def _item_truncate(self, event: ev.ItemTruncate) -> None:
@@ -510,8 +571,8 @@ class RealtimeSession(InputSide, ResponseSide, TranscribeSide):
     def _truncate(self, item_id: str, audio_end_ms: int) -> None:
         if item_id not in self._items:
             raise ev.ProtocolError("item_not_found", f"no item {item_id!r}", param="item_id")
-        if self._roles.get(item_id) != "assistant":
-            raise ev.ProtocolError("invalid_value", "only assistant items can be truncated", param="item_id")
+        if self._roles.get(item_id) != "assistant" or item_id in self._call_items:
+            raise ev.ProtocolError("invalid_value", "only assistant message items can be truncated", param="item_id")
         # Clamp to the audio actually sent: a client may report playback past what it got
         # (openai-agents-python PR #4122 clamps the same way on its side).
         clamped = max(0, min(audio_end_ms, int(self._audio_sent_ms.get(item_id, 0.0))))

@@ -8,8 +8,20 @@ import logging
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..engine.api import OUTPUT_SAMPLE_RATE, VOICES, AudioChunk, ResponseDone, TextDelta, new_id
+from ..engine.api import (
+    OUTPUT_SAMPLE_RATE,
+    VOICES,
+    AudioChunk,
+    ResponseDone,
+    TextDelta,
+    ToolCall,
+    ToolCallDelta,
+    ToolCallDone,
+    ToolCallStarted,
+    new_id,
+)
 from . import events as ev
+from . import tools as tools_mod
 from .commands import CancelResponse, ClearPlayback, Output, PlayAudio, ResponseMetrics, StartResponse
 
 log = logging.getLogger("assistant.realtime")
@@ -29,6 +41,11 @@ class _Response:
     latency: dict[str, Any] | None = None
     restore: dict[str, Any] = field(default_factory=dict)
     metadata: dict[str, str] | None = None
+    # Tool calls: with tools in play the message item is announced at the first speech (a
+    # turn may be calls only); it is closed when the first call opens (calls follow speech).
+    message: str = "pending"  # "pending" | "open" | "closed" | "none"
+    calls: list[dict[str, Any]] = field(default_factory=list)  # per call: item id, call id, name, output index
+    outputs: list[dict[str, Any]] = field(default_factory=list)  # output items, in order, as they were done
 
 
 def resolve_voice(name: str, param: str) -> str:
@@ -55,9 +72,22 @@ class ResponseSide:
             self._check_audio_output(event.output_modalities, "response.output_modalities")
         voice = None if event.voice is None else resolve_voice(event.voice, "response.audio.output.voice")
         t = self._t_last_commit if self._t_last_commit is not None else self.clock()
+        tools = self._response_tools(event)
         self._create_response(
-            t, event.output_modalities, event.instructions, event.max_output_tokens, voice, event.metadata
+            t, event.output_modalities, event.instructions, event.max_output_tokens, voice, event.metadata, tools
         )
+
+    def _response_tools(self, event: ev.ResponseCreate):
+        """response.create's tools / tool_choice, for this response only; None: the session's."""
+        if event.tools is None and event.tool_choice is None:
+            return None
+        conv = self.conversation
+        tools = conv.tools if event.tools is None else tools_mod.parse_tools(event.tools, "response.tools")
+        choice = conv.tool_choice
+        if event.tool_choice is not None:
+            choice = tools_mod.parse_tool_choice(event.tool_choice, "response.tool_choice")
+        tools_mod.check_choice(tools, choice, "response.tool_choice")
+        return tools, choice
 
     def _create_response(
         self,
@@ -67,6 +97,7 @@ class ResponseSide:
         max_tokens: int | str | None = None,
         voice: str | None = None,
         metadata: dict[str, str] | None = None,
+        tools=None,
     ) -> None:
         self._t_last_commit = None
         audio = (modalities or self.output_modalities) == ("audio",)
@@ -85,13 +116,23 @@ class ResponseSide:
         if limit != conv.sampling.max_tokens:
             r.restore["sampling"] = conv.sampling
             conv.sampling = replace(conv.sampling, max_tokens=limit)
+        if tools is not None:
+            r.restore["tools"] = (conv.tools, conv.tool_choice)
+            conv.tools, conv.tool_choice = tools
         self._active = r
-        self._items.append(r.item_id)
-        self._roles[r.item_id] = "assistant"
         self._kinds[r.item_id] = "audio" if audio else "text"
-        previous = self._items[-2] if len(self._items) > 1 else None
         mods = ["audio"] if audio else ["text"]
         self._send("response.created", response=self._response_json(r, "in_progress", []))
+        if not conv.tools or conv.tool_choice.mode == "none":
+            self._announce_message(r)  # no call possible: the message item goes out at once, as always
+        self._out.append(StartResponse(r.id, conv, r.t_committed, audio))
+        log.debug("session %s: response %s (%s)", self.id, r.id, mods)
+
+    def _announce_message(self, r: _Response) -> None:
+        r.message = "open"
+        self._items.append(r.item_id)
+        self._roles[r.item_id] = "assistant"
+        previous = self._items[-2] if len(self._items) > 1 else None
         item = {
             "id": r.item_id,
             "object": "realtime.item",
@@ -102,10 +143,8 @@ class ResponseSide:
         }
         self._send("response.output_item.added", response_id=r.id, output_index=0, item=item)
         self._send("conversation.item.added", previous_item_id=previous, item=item)
-        part = {"type": "audio", "transcript": ""} if audio else {"type": "text", "text": ""}
+        part = {"type": "audio", "transcript": ""} if r.audio else {"type": "text", "text": ""}
         self._send("response.content_part.added", **self._where(r), part=part)
-        self._out.append(StartResponse(r.id, conv, r.t_committed, audio))
-        log.debug("session %s: response %s (%s)", self.id, r.id, mods)
 
     def _response_json(self, r: _Response, status: str, output: list, details: dict | None = None, usage=None):
         out = {
@@ -158,13 +197,19 @@ class ResponseSide:
         r = self._active
         if r is None or r.id != response_id:
             return self._drain()
-        if isinstance(event, TextDelta):
+        if isinstance(event, (ToolCallStarted, ToolCallDelta, ToolCallDone)):
+            self._call_event(r, event)
+        elif isinstance(event, TextDelta):
             if r.cancel_reason is None:
+                if r.message == "pending":
+                    self._announce_message(r)
                 r.text.append(event.text)
                 kind = "response.output_audio_transcript.delta" if r.audio else "response.output_text.delta"
                 self._send(kind, **self._where(r), delta=event.text)
         elif isinstance(event, AudioChunk):
             if r.cancel_reason is None and r.audio:
+                if r.message == "pending":
+                    self._announce_message(r)
                 self._audio_out(r, event.pcm16)
         elif isinstance(event, ResponseDone):
             self._finish(r, event)
@@ -182,13 +227,10 @@ class ResponseSide:
             tag = ("first_audio", r.id) if first else None
             self._send("response.output_audio.delta", tag, **self._where(r), delta=ev.b64(pcm16))
 
-    def _finish(self, r: _Response, done: ResponseDone) -> None:
-        if done.turn is not None:
-            done.turn.id = r.item_id  # the engine names its turn; the client knows ours
+    def _close_message(self, r: _Response, item_status: str, kept: bool) -> None:
+        """The message item's closing events (once): its text and audio are final."""
+        r.message = "closed"
         text = "".join(r.text)
-        if done.status == "failed" and done.error is not None:
-            err = ev.ProtocolError(done.error.code, done.error.message, type="server_error")
-            self._error(err)
         if r.audio:
             self._send("response.output_audio.done", **self._where(r))
             self._send("response.output_audio_transcript.done", **self._where(r), transcript=text)
@@ -197,9 +239,7 @@ class ResponseSide:
             self._send("response.output_text.done", **self._where(r), text=text)
             part = {"type": "text", "text": text}
         self._send("response.content_part.done", **self._where(r), part=part)
-        status = {"completed": "completed", "cancelled": "cancelled"}.get(done.status, "failed")
         content = {"type": "output_audio", "transcript": text} if r.audio else {"type": "output_text", "text": text}
-        item_status = "completed" if status == "completed" else "incomplete"
         item = {
             "id": r.item_id,
             "object": "realtime.item",
@@ -209,14 +249,85 @@ class ResponseSide:
             "content": [content],
         }
         self._send("response.output_item.done", response_id=r.id, output_index=0, item=item)
-        if done.turn is not None:
+        if kept:
             self._send("conversation.item.done", item=item)
         else:  # failed before any turn existed: the announced item is gone
             self._items.remove(r.item_id)
             self._send("conversation.item.deleted", item_id=r.item_id)
+        r.outputs.append(item)
+
+    def _call_event(self, r: _Response, event) -> None:
+        """Engine call events -> the function_call item's events (openai-python
+        RealtimeServerEvent: output_item.added, function_call_arguments.delta/.done,
+        output_item.done). A call follows the speech, so the message item closes first."""
+        if isinstance(event, ToolCallStarted):
+            if r.message == "open":
+                self._close_message(r, "completed", kept=True)
+            r.message = "closed" if r.message == "closed" else "none"
+            item_id, call_id = new_id("item"), new_id("call")
+            index = len(r.outputs)
+            r.calls.append({"item_id": item_id, "call_id": call_id, "name": event.name, "output_index": index})
+            previous = self._items[-1] if self._items else None
+            self._items.append(item_id)
+            self._roles[item_id] = "assistant"
+            self._call_ids[call_id] = item_id
+            item = tools_mod.call_item(item_id, ToolCall(event.name, "", call_id), "in_progress")
+            self._call_items[item_id] = item
+            self._send("response.output_item.added", response_id=r.id, output_index=index, item=item)
+            self._send("conversation.item.added", previous_item_id=previous, item=item)
+            return
+        call = r.calls[event.index]
+        where = {"response_id": r.id, "item_id": call["item_id"], "output_index": call["output_index"]}
+        if isinstance(event, ToolCallDelta):
+            if r.cancel_reason is None:
+                self._send(
+                    "response.function_call_arguments.delta", **where, call_id=call["call_id"], delta=event.delta
+                )
+            return
+        call["arguments"], call["complete"] = event.arguments, event.complete
+        self._send(
+            "response.function_call_arguments.done",
+            **where,
+            call_id=call["call_id"],
+            name=event.name,
+            arguments=event.arguments,
+        )
+        item = tools_mod.call_item(
+            call["item_id"],
+            ToolCall(event.name, event.arguments, call["call_id"]),
+            "completed" if event.complete else "incomplete",
+        )
+        self._call_items[call["item_id"]] = item
+        self._send("response.output_item.done", response_id=r.id, output_index=call["output_index"], item=item)
+        self._send("conversation.item.done", item=item)
+        r.outputs.append(item)
+
+    def _finish(self, r: _Response, done: ResponseDone) -> None:
+        if done.turn is not None:
+            done.turn.id = r.item_id  # the engine names its turn; the client knows ours
+            for call, info in zip(done.turn.tool_calls, r.calls, strict=False):
+                call.call_id = info["call_id"]  # the history's calls answer to the ids the client got
+        if done.status == "failed" and done.error is not None:
+            err = ev.ProtocolError(done.error.code, done.error.message, type="server_error")
+            self._error(err)
+        status = {"completed": "completed", "cancelled": "cancelled"}.get(done.status, "failed")
+        cut = any(not c.get("complete", True) for c in r.calls)
+        if status == "completed" and cut:
+            status = "incomplete"  # a call cut off by max_output_tokens (its partial arguments are in .done)
+        if r.message == "pending" and not r.calls:
+            self._announce_message(r)  # a response that said nothing still has its (empty) message
+        if r.message == "open":
+            self._close_message(r, "completed" if status == "completed" else "incomplete", done.turn is not None)
+        if done.turn is None:
+            for info in r.calls:  # a failed answer leaves no trace in the history
+                if info["item_id"] in self._items:
+                    self._items.remove(info["item_id"])
+                    self._send("conversation.item.deleted", item_id=info["item_id"])
         r.latency = self._latency(r, done)
         details = None
-        if status == "cancelled":
+        if status == "incomplete":
+            details = {"type": "incomplete", "reason": "max_output_tokens"}
+        elif status == "cancelled":
             details = {"type": "cancelled", "reason": r.cancel_reason or "client_cancelled"}
         elif status == "failed":
             error = done.error
@@ -236,7 +347,7 @@ class ResponseSide:
         }
         self._done_latency[r.id] = (status, r.latency)
         event = self._send(
-            "response.done", ("done", r.id), response=self._response_json(r, status, [item], details, usage)
+            "response.done", ("done", r.id), response=self._response_json(r, status, r.outputs, details, usage)
         )
         event["latency"] = r.latency  # an extra key: stock clients ignore it (the SDK keeps unknown keys)
         self._end_response(r)
@@ -276,6 +387,8 @@ class ResponseSide:
             conv.sampling = r.restore["sampling"]
         if "voice" in r.restore:
             conv.voice = r.restore["voice"]
+        if "tools" in r.restore:
+            conv.tools, conv.tool_choice = r.restore["tools"]
         self._active = None
         deferred, self._deferred = self._deferred, []
         for fn in deferred:
