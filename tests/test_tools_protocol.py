@@ -47,7 +47,9 @@ def test_bad_tools_get_clear_errors_and_the_session_lives():
         ({"tools": [LOOKUP], "tool_choice": {"type": "function", "name": "nope"}}, "invalid_value", None, "nope"),
         ({"tool_choice": "required"}, "invalid_value", "session.tool_choice", "at least one tool"),
         ({"tools": [{**LOOKUP, "name": "bad name"}]}, "invalid_value", "session.tools[0].name", "must match"),
-        ({"tools": [{"type": "mcp", "server_label": "x"}]}, "unsupported_feature", "session.tools[0].type", "mcp"),
+        ({"tools": [{"type": "mcp"}]}, "unsupported_feature", "session.tools[0].type", "mcp"),
+        # the field table (fields.py) names an MCP field before the tool is parsed
+        ({"tools": [{"type": "mcp", "server_label": "x"}]}, "unsupported_feature", "session.tools.server_label", "MCP"),
     ]
     for session, code, param, words in cases:
         n = len(h.events)
