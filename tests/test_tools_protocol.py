@@ -210,3 +210,19 @@ def test_cancelled_call_ends_cancelled_with_partial_arguments():
     assert h.last("response.function_call_arguments.done")["arguments"] == '{"query"'  # ...but .done has it all
     resp = h.last("response.done")["response"]
     assert resp["status"] == "cancelled" and resp["output"][0]["status"] == "incomplete"
+
+
+def test_generated_call_items_can_be_retrieved_and_deleted():
+    h = Harness()
+    with_tools(h, choice="required")
+    call_response(h)
+    item = h.last("response.done")["response"]["output"][0]
+    h.send(type="conversation.item.retrieve", item_id=item["id"])
+    assert h.last("conversation.item.retrieved")["item"] == item
+    h.send(type="conversation.item.delete", item_id=item["id"])
+    assert h.last("conversation.item.deleted")["item_id"] == item["id"]
+    assert not any(t.tool_calls for t in h.session.conversation.turns)  # the history lost the call too
+    n = len(h.events)
+    out = {"type": "function_call_output", "call_id": "x", "output": "1"}
+    h.send(type="conversation.item.create", item={**out, "call_id": item["call_id"]})
+    assert error(h, n)["param"] == "item.call_id"  # the call is gone: its output would answer nothing

@@ -50,7 +50,6 @@ def refused(why: str, *neutral: Any) -> Field:
 # ---------------------------------------------------------------------------- shared parts
 
 
-
 def _turn_detection(root: str, *, ga: bool = True) -> dict[str, Field]:
     td = f"{root}.turn_detection"
     entries = {

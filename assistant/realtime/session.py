@@ -555,6 +555,8 @@ class RealtimeSession(InputSide, ResponseSide, TranscribeSide):
         self._items.remove(item_id)
         self._pending_turns.pop(item_id, None)
         call = self._call_items.pop(item_id, None)
+        if call is not None:
+            self._call_ids.pop(call["call_id"], None)  # an output for it would now answer no call
         if call is not None and self._find(item_id) is None:  # a generated call: part of its response's turn
             self._edit(lambda: self._drop_call(call["call_id"]))
         else:
