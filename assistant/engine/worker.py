@@ -54,8 +54,9 @@ Bounds and drop policies:
 - `pending` (requests not yet started): `maxsize` from settings.engine_queue_size; when
   full, `respond()` fails fast with `EngineError("overloaded")` instead of queueing.
 - each response's event queue: unbounded in type but bounded in practice by the
-  response's own limits (max_tokens text deltas + max_frames audio chunks + 1); its
-  consumer is the session that asked for it.
+  response's own limits (max_tokens text, reasoning or tool-call deltas, at most 2 call
+  events per call, max_frames audio chunks, and 1 done); its consumer is the session
+  or request that asked for it.
 """
 
 from __future__ import annotations
