@@ -74,3 +74,9 @@ def assert_same_answer(job_c, codes_c, job_p, codes_p, audio_c=None, audio_p=Non
         assert job_c._tokens == job_p._tokens, f"{what}: text differs with the cache"
         assert torch.equal(codes_c, codes_p), f"{what}: codec frames differ with the cache"
         assert audio_c == audio_p
+
+
+def fp32_only(fixture: str):
+    """For a test whose path bf16 adds nothing to (its numerics are covered by the module's bf16 tests):
+    run it in float32 only, which keeps the suite's time down (the module fixture `fixture` takes DTYPES)."""
+    return pytest.mark.parametrize(fixture, [pytest.param(torch.float32, id="fp32")], indirect=True)
