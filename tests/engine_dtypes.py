@@ -66,11 +66,20 @@ def exact(dtype: torch.dtype) -> bool:
 def assert_same_answer(job_c, codes_c, job_p, codes_p, audio_c=None, audio_p=None, what=""):
     """A response served from a cached or early-prefilled prefix (job_c) equals one prefilled in full
     (job_p): in float32 the same tokens, codes and audio; in bfloat16 (see above) the same prompt and
-    the same thinker KV over it, within the stated bounds."""
+    the same thinker KV over it, within the stated bounds. (Early prefill featurises audio per encoder
+    window, so its keys differ from a full prefill's by more than 1e-4 even in float32, below any
+    greedy decision: float32 compares the answers, as it always did.)"""
     assert job_c._prompt_ids.tolist() == job_p._prompt_ids.tolist(), what
-    prompt = job_p._prompt_ids.shape[1]
-    assert_kv_close(job_c._thinker_cache, job_p._thinker_cache, prompt, job_c.res.dtype, f"{what} thinker KV")
     if exact(job_c.res.dtype):
         assert job_c._tokens == job_p._tokens, f"{what}: text differs with the cache"
         assert torch.equal(codes_c, codes_p), f"{what}: codec frames differ with the cache"
         assert audio_c == audio_p
+        return
+    prompt = job_p._prompt_ids.shape[1]
+    assert_kv_close(job_c._thinker_cache, job_p._thinker_cache, prompt, job_c.res.dtype, f"{what} thinker KV")
+
+
+def fp32_only(fixture: str):
+    """For a test whose path bf16 adds nothing to (its numerics are covered by the module's bf16 tests):
+    run it in float32 only, which keeps the suite's time down (the module fixture `fixture` takes DTYPES)."""
+    return pytest.mark.parametrize(fixture, [pytest.param(torch.float32, id="fp32")], indirect=True)

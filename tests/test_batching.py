@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from engine_dtypes import DEVICE, DTYPES
+from engine_dtypes import DEVICE, DTYPES, fp32_only
 from transformers import DynamicCache
 
 from assistant.engine import batch
@@ -300,6 +300,7 @@ def test_first_packets_that_arrive_together_step_as_one_batch():
     assert [e[0].name for e in w._group(entry["a"])] == ["a"]
 
 
+@fp32_only("resident")
 def test_playback_slack_counts_whole_chunks(resident, load_wav):
     job = _job(resident, load_wav, CLIPS[0], 30)
     while job.stats.t_first_audio is None:
@@ -312,6 +313,7 @@ def test_playback_slack_counts_whole_chunks(resident, load_wav):
     assert job.playback_slack_s(t + 0.5, 0.01) == pytest.approx(emitted_s - 0.5 - 0.02)
 
 
+@fp32_only("resident")
 def test_superseded_early_prefills_are_dropped_unrun(resident, load_wav):
     """Offers pile up under load: only the newest unrun offer per conversation survives,
     and none once the response itself is queued."""

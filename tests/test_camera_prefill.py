@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from engine_dtypes import DEVICE, DTYPES, assert_same_answer
+from engine_dtypes import DEVICE, DTYPES, assert_same_answer, fp32_only
 from PIL import Image
 
 from assistant.engine.api import INPUT_SAMPLE_RATE, AudioPart, Conversation, Sampling, TextPart, VideoPart
@@ -113,6 +113,7 @@ def test_camera_turn_prefilled_while_spoken_equals_offline(engine, load_wav, fix
     assert after < total / 2
 
 
+@fp32_only("engine")
 def test_prefill_waits_for_the_grids_of_a_window(engine, load_wav, fixtures_dir):
     """With 2 s of audio but only one grid, nothing is final in the interleaved layout
     (grid 1 precedes the audio of second 1): the engine offers nothing."""
@@ -126,6 +127,7 @@ def test_prefill_waits_for_the_grids_of_a_window(engine, load_wav, fixtures_dir)
     assert len(job.conv.turns[-1].parts[0].frames) == 4 and len(job.conv.turns[-1].parts[1].pcm) == len(pcm)
 
 
+@fp32_only("engine")
 def test_session_offers_and_commit_reuse_the_camera_prefill(engine, load_wav, fixtures_dir):
     """The session core drives the real engine: a still-image turn, then a camera turn
     (camera 1 s late, frames at 4 fps by the session clock, sampled to 2 fps) in 100 ms
@@ -197,6 +199,7 @@ def _camera_turn(frames: list[np.ndarray], pcm: np.ndarray) -> list:
     ]
 
 
+@fp32_only("engine")
 def test_earlier_videos_are_gridded_without_pixels_and_equal_the_full_path(engine, fixtures_dir, load_wav):
     """Turns after the first prepare earlier camera turns' grids only (no resize and patch
     work); the answer equals a cache-less full prefill, and when the cache stops before an
@@ -233,6 +236,7 @@ def test_earlier_videos_are_gridded_without_pixels_and_equal_the_full_path(engin
 
 
 @pytest.mark.parametrize("complete", [True, False])
+@fp32_only("engine")
 def test_capped_camera_turn_is_prefilled_past_its_last_grid_once_complete(engine, load_wav, fixtures_dir, complete):
     """A 10 s turn whose video stopped at the cap (2 s, 4 frames): once the session marks
     the video complete, early prefill goes on through the audio after its last grid."""
@@ -260,6 +264,7 @@ def test_capped_camera_turn_is_prefilled_past_its_last_grid_once_complete(engine
         assert job_s.stats.prefill_tokens > 8 * 12  # stuck after the 2 s the grids cover: 8 s of audio left
 
 
+@fp32_only("engine")
 def test_grids_the_cache_holds_are_not_patched_again(engine, load_wav, fixtures_dir):
     # Offers and the commit re-render the camera turn so far; the grids its cached prefix
     # holds get their tokens but no pixels, and the rows that are computed are exactly the
@@ -280,6 +285,7 @@ def test_grids_the_cache_holds_are_not_patched_again(engine, load_wav, fixtures_
         assert torch.equal(part["pixel_values_videos"], full["pixel_values_videos"][k * h * w :])
 
 
+@fp32_only("engine")
 def test_a_turn_that_lost_its_frames_is_prefilled_again_from_there(engine, fixtures_dir, load_wav):
     """The session drops the oldest camera turns' frames past its budget (session.py,
     `_enforce_video_frames`) by replacing the turn with its audio alone. The cache is reused

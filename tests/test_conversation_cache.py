@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from engine_dtypes import DEVICE, DTYPES, assert_kv_close, assert_same_answer, assert_state_close
+from engine_dtypes import DEVICE, DTYPES, assert_kv_close, assert_same_answer, assert_state_close, fp32_only
 
 from assistant.engine import inputs as inputs_mod
 from assistant.engine.api import AudioChunk, AudioPart, Conversation, ResponseDone, Sampling, TextPart, Turn
@@ -88,6 +88,7 @@ def test_cached_turns_equal_full_prefill_and_prefill_only_the_tail(resident, loa
     assert cache.hits == 2 and cache.misses == 1
 
 
+@fp32_only("resident")
 def test_truncation_crops_the_cache_consistently(resident, load_wav):
     cached, plain = Conversation(sampling=SAMPLING), Conversation(sampling=SAMPLING)
     cache = ConversationCache(capacity=4)
@@ -110,6 +111,7 @@ def test_truncation_crops_the_cache_consistently(resident, load_wav):
     assert_same_talker_user_kv(job_c, job_p)
 
 
+@fp32_only("resident")
 def test_talker_reuse_stops_where_a_role_changes(resident, load_wav):
     """A deleted answer leaves the cached ids and the new prompt sharing `<|im_start|>`
     but not the role after it: that position was assistant, now it starts a user turn,
@@ -131,6 +133,7 @@ def test_talker_reuse_stops_where_a_role_changes(resident, load_wav):
     assert 9 < job_c.stats.talker_prefill_tokens < job_p.stats.talker_prefill_tokens
 
 
+@fp32_only("resident")
 def test_an_evicted_conversation_prefills_its_whole_talker_prompt(resident, load_wav):
     cache = ConversationCache(capacity=1)
     first, other, plain = (Conversation(sampling=SAMPLING) for _ in range(3))
@@ -160,6 +163,7 @@ def test_eviction_is_least_recently_used():
     assert cache.checkout("b") is not None and cache.checkout("c") is not None
 
 
+@fp32_only("resident")
 def test_earlier_clips_are_found_by_identity_not_featurised_again(resident, load_wav, monkeypatch):
     """Each turn re-renders the whole conversation; an earlier clip must cost neither
     feature extraction nor hashing of its samples again, and give the same features."""
@@ -184,6 +188,7 @@ def test_earlier_clips_are_found_by_identity_not_featurised_again(resident, load
         assert torch.equal(first[key], again[key]) and torch.equal(first[key], other[key])
 
 
+@fp32_only("resident")
 def test_media_replaced_by_other_media_of_the_same_length_is_not_reused(resident, load_wav):
     """Placeholder ids are the same for any clip of a given length: the cache must also
     compare content, or the old clip's keys and values would answer for the new one."""

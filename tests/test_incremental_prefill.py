@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from engine_dtypes import DEVICE, DTYPES, assert_same_answer
+from engine_dtypes import DEVICE, DTYPES, assert_same_answer, fp32_only
 
 from assistant.engine.api import INPUT_SAMPLE_RATE, AudioChunk, AudioPart, Conversation, Sampling, TextPart, Turn
 from assistant.engine.convcache import ConversationCache
@@ -139,6 +139,7 @@ def test_server_prefills_while_the_user_speaks(tiny_dir, load_wav):
     assert long_tokens <= 13 * WINDOW_S + 12 and short_tokens <= 13 * WINDOW_S + 12
 
 
+@fp32_only("resident")
 def test_a_commit_shorter_than_the_offers_keeps_its_whole_windows(resident, load_wav):
     """Offers run to the buffer's end; the VAD's commit may end earlier. The windows the
     commit still has whole are reused; only the rest is prefilled, with the same answer."""

@@ -86,3 +86,17 @@ def test_real_dimensions_camera_turn(resident, load_wav, fixtures_dir):
     grid = job._t["video_grid_thw"]
     assert int(grid[0, 1]) * int(grid[0, 2]) * 16 * 16 >= 128 * 32 * 32  # the real per-frame pixel floor
     assert_spoke(job, events)
+
+
+def test_full_size_config_has_the_checkpoints_values():
+    """What gpu_bench.py builds on a GPU: the real depths and the values the tiny config's aliases
+    once overrode (the talker's expert count, the code predictor's layer types)."""
+    cfg = realdim.real_config()
+    thinker, talker = cfg.thinker_config.text_config, cfg.talker_config.text_config
+    assert (thinker.num_hidden_layers, thinker.num_experts, thinker.num_experts_per_tok) == (48, 128, 8)
+    assert (talker.num_hidden_layers, talker.num_experts, talker.num_experts_per_tok) == (20, 128, 6)
+    predictor = cfg.talker_config.code_predictor_config
+    assert predictor.num_hidden_layers == 5 and len(predictor.layer_types) == 5
+    assert cfg.talker_config.accept_hidden_layer == 24
+    assert cfg.thinker_config.vision_config.deepstack_visual_indexes == [8, 16, 24]
+    assert cfg.code2wav_config.num_hidden_layers == 8 and cfg.code2wav_config.decoder_dim == 1536
