@@ -326,16 +326,17 @@ async def memory(engine, res, after_load: dict, args) -> tuple[dict, str]:
     budget = getattr(engine.settings, "kv_cache_gb", None)
     if budget is None:
         full = {"status": "not available: this tree has no --kv-cache-gb byte budget"}
-    else:  # keep opening conversations until the cache stops growing (evictions) or 64 are open
+    else:  # keep opening conversations until the byte budget evicts (engine/budget.py) or 64 are open
         if res.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         sizes = []
         for i in range(8, 64, 8):
             await asyncio.gather(*(conversation(j) for j in range(i, i + 8)))
             sizes.append(len(engine.conv_cache))
-            if len(sizes) > 1 and sizes[-1] <= sizes[-2]:
+            if engine.budget is not None and engine.budget.snapshot()["evictions"] > 0:
                 break
-        full = memory_now(res.device) | {"kv_cache_gb": budget, "cached_conversations": sizes}
+        snap = engine.budget.snapshot() if engine.budget is not None else {}
+        full = memory_now(res.device) | {"kv_cache_gb": budget, "cached_conversations": sizes, "budget": snap}
     result = {"after_load": after_load, "eight_conversations": eight, "kv_budget_full": full}
     md = ["## (d) Memory", "", f"- after load: {after_load}", f"- with 8 conversations (2 turns each): {eight}",
           f"- with the KV budget full: {full}", ""]  # fmt: skip
@@ -355,7 +356,18 @@ async def model_steps(args, report: Report) -> None:
         torch.cuda.reset_peak_memory_stats()
     res = gpu_bench.build_resident(size, device, dtype, 2, cuda_graphs=True)
     after_load = memory_now(device) | {"built_at_s": round(time.perf_counter() - T0, 1)}
-    settings = from_sources(env={}, model="gpu-check", warmup=True, cuda_graphs=True)
+    # The conversation cache's count cap (16 by default) would stop the memory step (d) long
+    # before the byte budget does: lift it, so that (d) fills the budget itself.
+    # A dry run's budget is 3 MB (the tiny model: about 150 kB per live response), so that it
+    # is full within a few conversations; on CUDA it is the default, what warm-up left free.
+    settings = from_sources(
+        env={},
+        model="gpu-check",
+        warmup=True,
+        cuda_graphs=True,
+        conversation_cache_size=256,
+        kv_cache_gb=0.003 if args.dry_run else 0.0,
+    )
     engine = LocalEngine(settings, resident=res)
     await engine.start()  # captures the predictor and Code2Wav graphs, then the warm-up responses
     steps = set(args.steps.split(","))
