@@ -661,7 +661,9 @@ class StreamJob(ThinkerPrefill):
         turn = None
         if status != "failed":  # a failed answer leaves no trace in the history
             eos = self.res.cfg.im_end_token_id
-            ids = [t for t in self._tokens if t != eos]  # calls included: the next prompt splices them back
+            # Calls included (the next prompt splices them back); reasoning dropped, as Qwen3's template
+            # drops earlier turns' reasoning from the history.
+            ids = [t for i, t in enumerate(self._tokens) if t != eos and i not in self._reasoning_at]
             calls = list(self._tools.calls) if self._tools is not None else []
             turn = Turn(
                 "assistant", [], id=self.item_id, token_ids=ids, frames=self._frames, text=self._text, tool_calls=calls
