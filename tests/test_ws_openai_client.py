@@ -200,11 +200,11 @@ async def test_session_max_output_tokens_bounds_the_answer(server):
         done = (await collect_until(conn, "response.done"))[-1]
         assert done.response.status == "completed" and done.response.max_output_tokens == 3
         assert 1 <= done.response.usage.output_tokens <= 3, done.response.usage
-        await conn.session.update(session={"type": "realtime", "tools": [{"type": "function", "name": "f"}]})
+        await conn.session.update(session={"type": "realtime", "tracing": "auto"})  # a field this server refuses
         error = await conn.recv()
         assert error.type == "error" and (error.error.code, error.error.param) == (
             "unsupported_feature",
-            "session.tools",
+            "session.tracing",
         )
 
 
