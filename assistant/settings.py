@@ -116,6 +116,11 @@ class Settings:
     schedule_guard_ms: int = opt(
         160, "a response with less audio than this buffered ahead of playback is stepped before new first packets"
     )
+    schedule_first_packet_target_ms: int = opt(
+        320,
+        "a first packet's deadline after its commit: it goes before every listener that will still have audio "
+        "then, and after those that ran dry before it",
+    )
     # Memory budget (issue #17): bytes of the caches that grow with conversations (engine/budget.py)
     kv_cache_gb: float = opt(
         0.0,

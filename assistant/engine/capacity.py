@@ -54,6 +54,7 @@ class LoadModel:
     def __init__(self, max_batch: int = 8) -> None:
         self.max_batch = max(1, max_batch)
         self.cost_s: dict[tuple[str, int], float] = {}
+        self.codec_frame_s = 0.0  # one response's Code2Wav time per frame (its "codec" steps, per frame decoded)
         self.calibrated = False  # set by the engine's warm-up measurement (engine/local.py)
 
     def observe(self, phase: str, rows: int, seconds: float) -> None:
@@ -63,6 +64,14 @@ class LoadModel:
         key = (phase, rows)
         old = self.cost_s.get(key)
         self.cost_s[key] = seconds if old is None else old + EMA * (seconds - old)
+
+    def observe_codec(self, frames: int, seconds: float) -> None:
+        """A "codec" step decoded one response's chunk of `frames` frames in `seconds`: it runs
+        per response (not batched), so its cost grows with the responses speaking."""
+        per_frame = seconds / max(1, frames)
+        self.codec_frame_s = (
+            per_frame if not self.codec_frame_s else self.codec_frame_s + EMA * (per_frame - self.codec_frame_s)
+        )
 
     @property
     def measured(self) -> bool:
@@ -101,7 +110,8 @@ class LoadModel:
         """The load of `speaking` responses speaking at once: one frame's steps over its duration."""
         if speaking <= 0:
             return 0.0
-        return sum(self.step_s(phase, speaking) for phase in DECODE_PHASES) / FRAME_S
+        decode = sum(self.step_s(phase, speaking) for phase in DECODE_PHASES)
+        return (decode + speaking * self.codec_frame_s) / FRAME_S
 
     def capacity(self, threshold: float) -> int:
         """The most responses speaking at once whose load stays under `threshold`."""

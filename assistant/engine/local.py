@@ -116,6 +116,7 @@ class LocalEngine:
             settings.engine_queue_size,
             max_batch=settings.max_batch_responses,
             guard_s=settings.schedule_guard_ms / 1000.0,
+            first_packet_target_s=settings.schedule_first_packet_target_ms / 1000.0,
         )
         self.conv_cache = ConversationCache(settings.conversation_cache_size)  # touched by the worker thread only
         if settings.kv_cache_gb < 0:
@@ -243,6 +244,7 @@ class LocalEngine:
         then LOAD_PROBE_ANSWERS at once (capacity.py), after the lazy initialisation above.
         Live steps refine the figures from then on."""
         self.worker.load_model.cost_s.clear()
+        self.worker.load_model.codec_frame_s = 0.0
         for n in (1, min(LOAD_PROBE_ANSWERS, self.worker.max_batch)):
             convs = []
             for _ in range(n):

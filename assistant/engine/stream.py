@@ -206,6 +206,8 @@ class StreamJob(ThinkerPrefill):
                     return self._talker_prefill()
                 if self._phase == "frame":
                     return self._frame()
+                if self._phase == "codec":
+                    return self._codec()
                 if self._phase == "advance":
                     return self._advance()
                 return self._text_only_step()
@@ -219,9 +221,10 @@ class StreamJob(ThinkerPrefill):
         first = self.stats.t_first_audio if self.audio else self.stats.t_thinker_first_token
         return first is None and not self.done
 
-    def playback_slack_s(self, t: float, frame_cost_s: float) -> float:
+    def playback_slack_s(self, t: float, frame_cost_s: float, codec_cost_s: float = 0.0) -> float:
         """Seconds to spare before this response's listener runs dry: the audio emitted
-        ahead of real-time playback, minus the work left before the next chunk is out."""
+        ahead of real-time playback, minus the work left before the next chunk is out (the
+        frames still to compute for it, then its Code2Wav decode)."""
         if self.background:
             return float("inf")
         if self.stats.t_first_audio is None or getattr(self, "_vocoder", None) is None:
@@ -230,7 +233,7 @@ class StreamJob(ThinkerPrefill):
         pending = self._frames - self._vocoder.decoded_frames
         # The chunk goes out when it is full or when the answer ends, whichever comes first.
         to_chunk = min(self._vocoder.next_chunk_size() - pending, self.sampling.max_frames - self._frames)
-        return ahead - max(1, to_chunk) * frame_cost_s
+        return ahead - max(0, to_chunk) * frame_cost_s - codec_cost_s
 
     # ------------------------------------------------------------------ thinker
 
@@ -534,11 +537,24 @@ class StreamJob(ThinkerPrefill):
             self.stats.t_code_predictor_first_frame = now()
         self._frames += 1
         self._vocoder.push(codes)
-        audio = self._vocoder.decode()
-        if audio is not None or not inline_advance:
+        if self._vocoder.ready():
+            # A chunk is due. Its Code2Wav decode is a step of its own, so that the scheduler
+            # can put a new turn's first packet, or a listener shorter of audio, before it:
+            # four responses' decodes inside one batched frame step took 50-60 ms on the tiny
+            # CPU model, and a first packet that arrived meanwhile waited for all of them.
+            self._phase = "codec"
+            return []
+        if not inline_advance:
             self._phase = "advance"
-            return [self._audio_event(audio)] if audio is not None else []
+            return []
         return self._advance()
+
+    def _codec(self) -> list[Event]:
+        """Decode the chunk that the last frame completed and send it; the talker advances
+        on the next step."""
+        audio = self._vocoder.decode()
+        self._phase = "advance"
+        return [self._audio_event(audio)] if audio is not None else []
 
     def _advance(self) -> list[Event]:
         """The next talker step. The talker waits for the thinker: it reads one text

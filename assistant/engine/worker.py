@@ -92,6 +92,8 @@ STEP_COST_S = {
     ("talker_prefill", True): 0.015,
     ("frame", False): 0.03,
     ("frame", True): 0.03,
+    ("codec", False): 0.01,
+    ("codec", True): 0.01,
 }
 STEAL_MARGIN_S = 0.03  # slack every listener keeps after a borrowed step, for estimate errors
 
@@ -140,10 +142,13 @@ class LocalResponse:
 
 
 class ModelWorker:
-    def __init__(self, maxsize: int, *, max_batch: int = 1, guard_s: float = 0.16) -> None:
+    def __init__(
+        self, maxsize: int, *, max_batch: int = 1, guard_s: float = 0.16, first_packet_target_s: float | None = None
+    ) -> None:
         self.max_batch = max(1, max_batch)
         self.guard_s = guard_s
-        self.first_packet_target_s = 2.0 * guard_s  # a first packet's deadline after its commit
+        # A first packet's deadline after its commit (None: 2 x guard, the rule's first default).
+        self.first_packet_target_s = 2.0 * guard_s if first_packet_target_s is None else first_packet_target_s
         self.pending: queue.Queue[tuple[StreamJob, Sink]] = queue.Queue(maxsize=maxsize)
         self._active: list[tuple[StreamJob, Sink]] = []
         self._calls: deque[Callable[[], None]] = deque()  # thread-safe append/popleft; tiny housekeeping only
@@ -152,6 +157,7 @@ class ModelWorker:
         self._thread = threading.Thread(target=self._run, name="model-worker", daemon=True)
         self.steps = 0
         self.frame_cost_s = 0.05  # moving average of one frame's decode time (updated as steps run)
+        self.codec_cost_s = 0.01  # moving average of one chunk's Code2Wav decode (a "codec" step)
         self.step_cost_s = dict(STEP_COST_S)  # moving averages, see STEP_COST_S
         self.batched_steps = 0  # steps that ran several responses as one batch
         self.batched_rows = 0  # responses stepped in those
@@ -241,6 +247,12 @@ class ModelWorker:
                 self.load_model.observe(phase, len(group), dt)
                 for job, _ in group:  # each row's share of the step: its real-time factor (live_load)
                     job.decode_s = getattr(job, "decode_s", 0.0) + dt / len(group)
+            elif phase == "codec":  # one response's chunk: its audio's share of the load too
+                dt = now() - t_step
+                self.codec_cost_s += 0.2 * (dt - self.codec_cost_s)
+                frames = sum(getattr(e, "frames", 0) for e in results.get(lead) or [])
+                self.load_model.observe_codec(max(1, frames), dt)
+                lead.decode_s = getattr(lead, "decode_s", 0.0) + dt
             if costed in self.step_cost_s and len(group) == 1:
                 self.step_cost_s[costed] += 0.3 * ((now() - t_step) - self.step_cost_s[costed])
             for job, sink in group:
@@ -294,7 +306,7 @@ class ModelWorker:
         """How long a step may take with every listener still ahead of its deadline by
         STEAL_MARGIN_S: the least slack of the speaking responses, less that margin."""
         slacks = [
-            job.playback_slack_s(t, self.frame_cost_s)
+            job.playback_slack_s(t, self.frame_cost_s, self.codec_cost_s)
             for job, _ in self._active
             if job.audio and not (job.cancelled or job.done) and job.stats.t_first_audio is not None
         ]
@@ -334,7 +346,7 @@ class ModelWorker:
         """Seconds before a speaking response's listener runs dry; None for any other job."""
         if job.partial or getattr(job, "background", False) or not job.audio or job.first_packet_pending:
             return None
-        return job.playback_slack_s(t, self.frame_cost_s)
+        return job.playback_slack_s(t, self.frame_cost_s, self.codec_cost_s)
 
     def _deadline(self, job: StreamJob, t: float) -> tuple[float, bool]:
         """(deadline, released): see the module docstring."""
