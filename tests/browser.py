@@ -114,3 +114,29 @@ def console_errors(page) -> list[str]:
     page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     return errors
+
+
+# What browsers run as a module script (HTML, "JavaScript MIME type"; RFC 9239 makes text/javascript the one).
+JS_TYPES = ("text/javascript", "application/javascript")
+
+
+def scripts_loaded(page) -> dict[str, tuple[int, str]]:
+    """Every script the page loads, by file name: (HTTP status, Content-Type). The page is a graph of
+    ES modules: one that fails to load (or is served with a non-JavaScript type) stops the whole graph,
+    so the tests compare this with web/*.js."""
+    loaded: dict[str, tuple[int, str]] = {}
+
+    def record(response) -> None:
+        if response.request.resource_type == "script":
+            name = response.url.split("?")[0].rsplit("/", 1)[-1]
+            loaded[name] = (response.status, response.headers.get("content-type", ""))
+
+    page.on("response", record)
+    return loaded
+
+
+def assert_every_module_loaded(scripts: dict[str, tuple[int, str]], web_dir: Path) -> None:
+    """Each web/*.js is in the page's import graph (none left dead) and came back 200 as JavaScript."""
+    assert sorted(scripts) == sorted(p.name for p in web_dir.glob("*.js")), scripts
+    bad = {name: got for name, got in scripts.items() if got[0] != 200 or not got[1].startswith(JS_TYPES)}
+    assert bad == {}, bad

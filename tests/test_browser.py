@@ -22,7 +22,7 @@ import browser
 import pytest
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
-AUDIBLE_RMS = 0.01  # the page's own threshold for "audible" (web/app.js)
+AUDIBLE_RMS = 0.01  # the page's own threshold for "audible" (web/media.js)
 # Stages the HUD's waterfall must show (the engine's stage names, Qwen3-Omni Table 2's rows).
 STAGES = ("preprocessing", "thinker_ttft", "talker_ttft", "code_predictor", "codec")
 
@@ -83,8 +83,10 @@ def test_static_page_renders_offline_with_tiny_banner(static_site, netns_addrs):
         with browser.chromium(viewport=viewport) as page:
             errors = browser.console_errors(page)
             foreign = browser.watch_requests(page, static_site.url)
+            scripts = browser.scripts_loaded(page)
             page.goto(static_site.url + "/")
             page.wait_for_selector("#tiny-banner:not([hidden])", timeout=10_000)
+            browser.assert_every_module_loaded(scripts, WEB_DIR)
             assert "speech is noise" in page.inner_text("#tiny-banner")
             assert page.inner_text("#server-info") == "tiny · cpu"
             assert page.get_attribute("#conn-state", "data-state") == "disconnected"

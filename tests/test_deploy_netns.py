@@ -213,7 +213,9 @@ def test_every_endpoint_works_through_nginx_under_the_prefix(stack):
     with httpx.Client(verify=verify, timeout=10) as http:
         page = http.get(stack.base + "/")
         assert page.status_code == 200 and 'src="app.js"' in page.text
-        assert http.get(stack.base + "/deploy.js").headers["content-type"].startswith("text/javascript")
+        # The page's ES modules, under the prefix, as JavaScript (a browser refuses any other type for a module).
+        for module in sorted((ROOT / "web").glob("*.js")):
+            assert http.get(stack.base + "/" + module.name).headers["content-type"].startswith("text/javascript")
         bare = http.get(stack.base, follow_redirects=False)
         assert bare.status_code == 301 and bare.headers["location"].endswith(PREFIX + "/")
         assert http.get(stack.base + "/health").json()["is_tiny"] is True
@@ -268,9 +270,11 @@ def test_chromium_over_https_through_nginx_with_a_prefix_completes_a_spoken_turn
     with browser.chromium(mic, extra_args=(pin,)) as page:
         errors = browser.console_errors(page)
         foreign = browser.watch_requests(page, stack.base + "/")
+        scripts = browser.scripts_loaded(page)
         t0 = time.monotonic()
         page.goto(stack.base + "/")
         page.wait_for_selector("#tiny-banner:not([hidden])", timeout=10_000)
+        browser.assert_every_module_loaded(scripts, ROOT / "web")  # relative imports resolve under the prefix
         assert page.evaluate("window.isSecureContext") is True
         assert page.locator("#insecure").is_hidden()
         page.click("#connect")

@@ -1,5 +1,5 @@
 // Deployment concerns of the page: the secure-context check and the ICE servers the server
-// hands out. Plain ES module; app.js imports it. All URLs are relative to the page, so the
+// hands out. Plain ES module; connection.js imports it. All URLs are relative to the page, so the
 // page works unchanged under a reverse proxy's path prefix (assistant serve --root-path).
 
 // Browsers expose getUserMedia only in a secure context (W3C Media Capture and Streams, 9.2;

@@ -3,8 +3,8 @@
 // preset turns input transcription on, so the user's words show in the transcript beside the answer.
 // "Custom" (the default) sends the page's own fields only.
 //
-// app.js hooks: mountPresets() once, applyPreset(session) in its session.update, presetAnswers()
-// before asking for a response (a transcriber answers nothing).
+// Hooks: app.js calls mountPresets() once, protocol.js applyPreset(session) on every session.update,
+// ptt.js presetAnswers() before asking for a response (a transcriber answers nothing).
 
 const ASSISTANT =
   "You are a voice assistant. Reply briefly and naturally, in the user's language, in no more than 50 words. " +
