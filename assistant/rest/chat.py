@@ -62,7 +62,8 @@ from .chat_tools import Calls
 log = logging.getLogger("assistant.rest.chat")
 
 # Engine error codes -> HTTP statuses (everything else is the server's fault: 500).
-ERROR_STATUS = {"invalid_input": 400, "context_length_exceeded": 400, "overloaded": 503}
+# "unsupported_feature": the engine refuses what the request asks (tools on an upstream engine).
+ERROR_STATUS = {"invalid_input": 400, "context_length_exceeded": 400, "unsupported_feature": 400, "overloaded": 503}
 
 
 @dataclass
