@@ -15,6 +15,7 @@ import json
 import math
 import threading
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -322,6 +323,21 @@ async def test_upstream_session_ends_with_the_client(frontend, hello):
         gc.collect()  # the session's reference cycles go with the collector; production runs it too
         await asyncio.sleep(0.1)
     assert engine.open_links < before
+
+
+def test_chat_tools_through_the_front_end_are_refused_by_name(frontend):
+    """Tools are not forwarded upstream (yet): a Chat Completions request with tools gets a
+    400 saying so, not a 500 and not an answer that ignored them."""
+    tool = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}}}
+    body = {"messages": [{"role": "user", "content": "hi"}], "tools": [tool], "max_completion_tokens": 4}
+    request = urllib.request.Request(
+        frontend.url + "/v1/chat/completions", json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request, timeout=60)
+    assert caught.value.code == 400
+    error = json.load(caught.value)["error"]
+    assert error["code"] == "unsupported_feature" and "upstream" in error["message"]
 
 
 # ---------------------------------------------------------------------------- dialects and settings
