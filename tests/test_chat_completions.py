@@ -187,7 +187,7 @@ def _bad(content=None, **extra) -> dict:
         (_bad(modalities=["text", "audio"], audio={"voice": "Nobody", "format": "wav"}), "invalid_value"),
         (_bad(modalities=["text", "audio"], audio={"voice": "Ethan", "format": "wav"}, stream=True), "invalid_value"),
         (_bad(n=2), "invalid_value"),
-        (_bad(tools=[{"type": "function", "function": {"name": "f"}}]), "unsupported_parameter"),
+        (_bad(functions=[{"name": "f"}]), "unsupported_parameter"),  # the deprecated form of tools
         (_bad(max_completion_tokens=100000), "invalid_value"),
     ],
 )

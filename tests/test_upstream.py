@@ -15,6 +15,7 @@ import json
 import math
 import threading
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -23,6 +24,7 @@ from websockets.asyncio.client import connect
 from assistant import settings as settings_mod
 from assistant.audio import float_to_pcm16, pcm16_to_float
 from assistant.cli import build_parser
+from assistant.engine.api import ReasoningDelta, TextDelta
 from assistant.engine.upstream_protocol import ResponseMapper, UpstreamStats
 from assistant.server.main import ServerThread
 from assistant.settings import Settings
@@ -323,6 +325,21 @@ async def test_upstream_session_ends_with_the_client(frontend, hello):
     assert engine.open_links < before
 
 
+def test_chat_tools_through_the_front_end_are_refused_by_name(frontend):
+    """Tools are not forwarded upstream (yet): a Chat Completions request with tools gets a
+    400 saying so, not a 500 and not an answer that ignored them."""
+    tool = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}}}
+    body = {"messages": [{"role": "user", "content": "hi"}], "tools": [tool], "max_completion_tokens": 4}
+    request = urllib.request.Request(
+        frontend.url + "/v1/chat/completions", json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request, timeout=60)
+    assert caught.value.code == 400
+    error = json.load(caught.value)["error"]
+    assert error["code"] == "unsupported_feature" and "upstream" in error["message"]
+
+
 # ---------------------------------------------------------------------------- dialects and settings
 
 
@@ -359,6 +376,40 @@ def test_legacy_vllm_omni_audio_is_resampled_to_24k():
     assert abs(len(audio) // 2 - 24000) <= 2  # one second at 24 kHz
     assert abs(float(pcm16_to_float(audio)[12000]) - 0.25) < 0.01
     assert m.text() == "ok" and m.stats.t_first_audio == 1.0
+
+
+def _kinds_and_text(events: list) -> tuple[str, str]:
+    reasoning = "".join(e.text for e in events if isinstance(e, ReasoningDelta))
+    answer = "".join(e.text for e in events if isinstance(e, TextDelta))
+    return reasoning, answer
+
+
+def test_think_tags_in_the_text_become_reasoning_even_split_across_deltas():
+    """A Thinking checkpoint behind a server that passes its text through: the tags come as
+    text, cut anywhere. The answer and the history get only what follows `</think>`."""
+    m = _mapper()
+    pieces = ["<thi", "nk>\nThe user", " asks <b>why</b>.\n</", "think>", "\n\n", "Because", " a < b."]
+    events = []
+    for piece in pieces:
+        events += m.feed({"type": "response.output_text.delta", "delta": piece}, 1.0)
+    events += m.feed({"type": "response.done", "response": {"status": "completed"}}, 2.0)
+    reasoning, answer = _kinds_and_text(events)
+    assert reasoning == "\nThe user asks <b>why</b>.\n"
+    assert answer == "Because a < b." == m.text()
+    assert not any("think>" in e.text for e in events)
+    assert m.stats.reasoning_tokens == 2 and m.stats.text_tokens == len(pieces)  # events, not tokens
+
+
+def test_reasoning_sent_apart_is_reasoning_and_a_held_tail_is_flushed():
+    """vLLM's `reasoning_content` beside a delta, and OpenAI's reasoning_text event; a
+    response whose text ends in what could have begun a tag still gets all of it."""
+    m = _mapper()
+    events = m.feed({"type": "response.output_text.delta", "delta": "", "reasoning_content": "Two"}, 1.0)
+    events += m.feed({"type": "response.reasoning_text.delta", "delta": " facts."}, 1.0)
+    events += m.feed({"type": "response.output_text.delta", "delta": "Hi <"}, 1.0)
+    assert _kinds_and_text(events) == ("Two facts.", "Hi ")  # "<" waits: it may begin a tag
+    events += m.feed({"type": "response.done", "response": {"status": "completed"}}, 2.0)
+    assert _kinds_and_text(events) == ("Two facts.", "Hi <") and m.text() == "Hi <"
 
 
 def test_upstream_flags():

@@ -128,6 +128,7 @@ class Tool:
 class ToolChoice:
     mode: Literal["auto", "none", "required", "function"] = "auto"
     name: str | None = None  # mode "function": the one tool to call
+    parallel: bool = True  # False: at most one call per response (Chat Completions `parallel_tool_calls`)
 
 
 @dataclass

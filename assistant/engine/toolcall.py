@@ -40,10 +40,12 @@ _HEAD = re.compile(r'\A\n\{"name": "([A-Za-z0-9_-]+)", "arguments": ')
 
 def call_grammar(tools: tuple[Tool, ...], choice: ToolChoice, open_id: int, close_id: int) -> str:
     """The Lark grammar (llguidance dialect) of the calls section of a turn: one call of
-    the named tool, or one or more calls of declared tools a newline apart. Token ids
-    name the special tokens (`<[id]>`), so the text `<tool_call>` cannot stand in."""
+    the named tool, one call of a declared tool (`choice.parallel` False), or one or more
+    calls of declared tools a newline apart. Token ids name the special tokens (`<[id]>`),
+    so the text `<tool_call>` cannot stand in."""
     if choice.mode == "function":
         tools = tuple(t for t in tools if t.name == choice.name)
+    if choice.mode == "function" or not choice.parallel:
         start = "start: call"
     else:
         start = 'start: call ("\\n" call)*'

@@ -11,6 +11,16 @@ handler sent `response.audio.delta` with the PCM under `audio` (not `delta`) and
 realtime_connection.py, 2025). Some servers emit *both* spellings of one delta so either
 generation of client can parse them, so a response locks onto the first spelling it sees
 for audio and for text and ignores the other: each sample is forwarded once.
+
+Reasoning (a Thinking checkpoint upstream) becomes `ReasoningDelta`, never answer text nor
+history, as the local engine makes it (reference variants §1). The Realtime protocol has no
+reasoning event, so it is taken from what an upstream can send: `<think>` ... `</think>`
+inside the text deltas (Qwen3-Omni-Thinking writes the tags as ordinary text, so a server
+that does not parse reasoning passes them on; tags split across deltas are joined), a
+`reasoning_content` or `reasoning` field beside a text delta's `delta` (vLLM's names for
+separated reasoning in its OpenAI server), or OpenAI's `response.reasoning_text.delta`
+event (its Responses API's name). Speech an upstream made of its reasoning cannot be
+taken back; Thinking checkpoints do not speak.
 """
 
 from __future__ import annotations
@@ -33,6 +43,7 @@ from .api import (
     AudioPart,
     EngineError,
     ImagePart,
+    ReasoningDelta,
     ResponseStats,
     TextDelta,
     TextPart,
@@ -48,6 +59,9 @@ TEXT_DELTAS = (
     "response.text.delta",
     "transcription.delta",
 )
+REASONING_DELTAS = ("response.reasoning_text.delta",)
+REASONING_FIELDS = ("reasoning_content", "reasoning")  # vLLM: `reasoning_content`, renamed `reasoning`
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 _event_ids = itertools.count(1)
 
@@ -134,6 +148,55 @@ def heard_deltas(audio_end_ms: int, frames: int) -> int:
 # ---------------------------------------------------------------------------- one response
 
 
+@dataclass
+class ThinkSplitter:
+    """Text deltas -> `(reasoning?, text)` pieces in order: `<think>` ... `</think>` spans
+    are reasoning, the tags dropped (a stray tag too: a tag is never text). A delta that ends
+    in what may be the start of a tag ("<", "</thi") keeps that tail until the next one
+    shows what it is. After reasoning, the answer's leading newlines go, as the local engine
+    strips the "</think>\\n\\n" Qwen3's template puts before the answer."""
+
+    thinking: bool = False
+    reasoned: bool = False
+    _held: str = ""
+    _strip: bool = False
+
+    def feed(self, text: str) -> list[tuple[bool, str]]:
+        text, self._held = self._held + text, ""
+        out: list[tuple[bool, str]] = []
+        while text:
+            found = [(i, tag) for tag in (THINK_OPEN, THINK_CLOSE) if (i := text.find(tag)) >= 0]
+            if not found:
+                at = text.rfind("<")
+                if at >= 0 and any(tag.startswith(text[at:]) for tag in (THINK_OPEN, THINK_CLOSE)):
+                    text, self._held = text[:at], text[at:]
+                self._emit(out, text)
+                break
+            i, tag = min(found)
+            self._emit(out, text[:i])
+            self.thinking = tag == THINK_OPEN
+            if self.thinking:
+                self.reasoned = True
+            else:
+                self._strip = self.reasoned
+            text = text[i + len(tag) :]
+        return out
+
+    def flush(self) -> list[tuple[bool, str]]:
+        """The response ended: a held tail that never became a tag is text."""
+        out: list[tuple[bool, str]] = []
+        held, self._held = self._held, ""
+        self._emit(out, held)
+        return out
+
+    def _emit(self, out: list[tuple[bool, str]], text: str) -> None:
+        if not self.thinking and self._strip:
+            text = text.lstrip("\n")
+            self._strip = not text
+        if text:
+            out.append((self.thinking, text))
+
+
 class UpstreamStats(ResponseStats):
     """ResponseStats plus the upstream's own figures, merged into the `latency` extra."""
 
@@ -159,25 +222,32 @@ class ResponseMapper:
     error: EngineError | None = None
     response_id: str | None = None
     item_id: str | None = None
-    deltas: list[str] = field(default_factory=list)
+    deltas: list[str] = field(default_factory=list)  # the answer's text, as it came (reasoning left out)
+    reasoning: list[str] = field(default_factory=list)
+    # Text and reasoning delta events taken, and those that carried reasoning: the token counts' stand-ins.
+    text_events: int = 0
+    reasoning_events: int = 0
+    _think: ThinkSplitter = field(default_factory=ThinkSplitter)
     _audio_kind: str | None = None
     _text_kind: str | None = None
     _resampler: StreamResampler | None = None
 
-    def feed(self, ev: dict[str, Any], t: float) -> list[TextDelta | AudioChunk]:
+    def feed(self, ev: dict[str, Any], t: float) -> list[TextDelta | ReasoningDelta | AudioChunk]:
         kind = ev.get("type", "")
         if kind in AUDIO_DELTAS:
             return self._audio(ev, kind, t)
+        if kind in REASONING_DELTAS:
+            return self._count(self._text([(True, ev.get("delta") or "")]))
         if kind in TEXT_DELTAS:
             if self._text_kind is None:
                 self._text_kind = kind
             if kind != self._text_kind:
                 return []
+            reasoning = next((ev[f] for f in REASONING_FIELDS if isinstance(ev.get(f), str) and ev[f]), "")
             text = ev.get("delta") or ""
-            if not text:
+            if not (text or reasoning):
                 return []
-            self.deltas.append(text)
-            return [TextDelta(text, -1)]  # upstream token ids are not on the wire
+            return self._count(self._text([(True, reasoning), *self._think.feed(text)]))
         if kind == "response.created":
             self.created = True
             self.response_id = (ev.get("response") or {}).get("id")
@@ -188,6 +258,20 @@ class ResponseMapper:
         elif kind == "response.done":
             return self._done(ev.get("response") or {}, ev.get("latency"), t)
         return []
+
+    def _text(self, pieces: list[tuple[bool, str]]) -> list[TextDelta | ReasoningDelta]:
+        """(reasoning?, text) pieces -> engine deltas (upstream token ids are not on the wire: -1)."""
+        out: list[TextDelta | ReasoningDelta] = []
+        for reasoning, text in pieces:
+            if text:
+                (self.reasoning if reasoning else self.deltas).append(text)
+                out.append(ReasoningDelta(text, -1) if reasoning else TextDelta(text, -1))
+        return out
+
+    def _count(self, out: list[TextDelta | ReasoningDelta]) -> list[TextDelta | ReasoningDelta]:
+        self.text_events += 1
+        self.reasoning_events += any(isinstance(d, ReasoningDelta) for d in out)
+        return out
 
     def _audio(self, ev: dict[str, Any], kind: str, t: float) -> list[AudioChunk]:
         if self._audio_kind is None:
@@ -214,10 +298,12 @@ class ResponseMapper:
         first = before // FRAME_SAMPLES
         return [AudioChunk(pcm16, first, self.stats.audio_samples // FRAME_SAMPLES - first)]
 
-    def _done(self, response: dict[str, Any], latency: dict[str, Any] | None, t: float) -> list[AudioChunk]:
-        tail = []
+    def _done(
+        self, response: dict[str, Any], latency: dict[str, Any] | None, t: float
+    ) -> list[TextDelta | ReasoningDelta | AudioChunk]:
+        tail: list[TextDelta | ReasoningDelta | AudioChunk] = [*self._text(self._think.flush())]
         if self._resampler is not None:
-            tail = self._chunk(float_to_pcm16(self._resampler.flush()), t)
+            tail += self._chunk(float_to_pcm16(self._resampler.flush()), t)
         self.finished = True
         status = response.get("status") or "completed"
         if status == "cancelled":
@@ -235,7 +321,8 @@ class ResponseMapper:
         s = self.stats
         s.t_done = t
         s.prefill_tokens = int(usage.get("input_tokens") or 0)
-        s.text_tokens = len(self.deltas)
+        s.text_tokens = self.text_events
+        s.reasoning_tokens = self.reasoning_events
         s.frames = math.ceil(s.audio_samples / FRAME_SAMPLES)
         if latency:
             s.extra["upstream_ttfp_ms"] = latency.get("audio_ttfp_ms")

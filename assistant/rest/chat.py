@@ -8,6 +8,13 @@ the answer is either one JSON body or server-sent `chat.completion.chunk` events
 `delta.content`, `delta.reasoning_content` (Thinking) and `delta.audio` (base64 PCM16 at
 24 kHz) as the engine makes them.
 
+Tool calls (chat_tools.py) come as `message.tool_calls` with `finish_reason: "tool_calls"`,
+streamed as `delta.tool_calls` (a call's id, type and name in its first chunk, pieces of its
+arguments after). With audio output requested, a call is never spoken (the engine stops
+the talker at the call's first token): `message.audio` carries the speech before the calls,
+and is null when the answer is calls only, as there is nothing to hear; streamed, the
+closing `delta.audio` transcript chunk is then left out too.
+
 The Captioner captions clips longer than `--caption-piece-s` (Qwen recommends at most 30 s)
 in pieces cut at the quietest point Silero VAD finds in each piece's second half; the
 captions follow each other in the answer, separated by a blank line.
@@ -39,6 +46,10 @@ from ..engine.api import (
     ResponseStats,
     Sampling,
     TextDelta,
+    ToolCallDelta,
+    ToolCallDone,
+    ToolCallStarted,
+    Turn,
     new_id,
     now,
 )
@@ -46,11 +57,13 @@ from ..server.auth import authorized, error_json, unauthorized
 from ..settings import Settings
 from .chat_media import ChatError, available_output_formats, encode_audio
 from .chat_request import ChatRequest, Limits, parse
+from .chat_tools import Calls
 
 log = logging.getLogger("assistant.rest.chat")
 
 # Engine error codes -> HTTP statuses (everything else is the server's fault: 500).
-ERROR_STATUS = {"invalid_input": 400, "context_length_exceeded": 400, "overloaded": 503}
+# "unsupported_feature": the engine refuses what the request asks (tools on an upstream engine).
+ERROR_STATUS = {"invalid_input": 400, "context_length_exceeded": 400, "unsupported_feature": 400, "overloaded": 503}
 
 
 @dataclass
@@ -64,7 +77,12 @@ class Outcome:
     completion_tokens: int = 0
     reasoning_tokens: int = 0
     audio_frames: int = 0
-    finish_reason: str = "stop"
+    calls: Calls = field(default_factory=Calls)
+    length: bool = False  # a response ended at max_tokens
+
+    @property
+    def finish_reason(self) -> str:
+        return "length" if self.length else "tool_calls" if self.calls else "stop"
 
     def add(self, done: ResponseDone) -> None:
         s = done.stats
@@ -73,7 +91,7 @@ class Outcome:
         self.reasoning_tokens += s.reasoning_tokens
         self.audio_frames += s.frames
         if s.end_reason == "length":
-            self.finish_reason = "length"
+            self.length = True
 
     def usage(self) -> dict:
         return {
@@ -155,18 +173,20 @@ class ChatCompletions:
         )
         if req.clip is not None:
             return [
-                self._conversation(req, sampling, [("user", [AudioPart(piece)])]) for piece in self._pieces(req.clip)
+                self._conversation(req, sampling, [Turn("user", [AudioPart(piece)])])
+                for piece in self._pieces(req.clip)
             ]
         return [self._conversation(req, sampling, req.turns)]
 
-    def _conversation(self, req: ChatRequest, sampling: Sampling, turns) -> Conversation:
-        conv = Conversation(voice=req.voice or self.settings.voice, instructions=req.instructions, sampling=sampling)
-        for role, parts in turns:
-            if role == "user":
-                conv.add_user(parts)
-            else:
-                conv.add_assistant_text(parts[0].text)
-        return conv
+    def _conversation(self, req: ChatRequest, sampling: Sampling, turns: list[Turn]) -> Conversation:
+        return Conversation(
+            voice=req.voice or self.settings.voice,
+            instructions=req.instructions,
+            sampling=sampling,
+            turns=list(turns),
+            tools=req.tools,
+            tool_choice=req.tool_choice,
+        )
 
     def _pieces(self, clip: np.ndarray) -> list[np.ndarray]:
         max_samples = int(self.settings.caption_piece_s * INPUT_SAMPLE_RATE)
@@ -227,15 +247,22 @@ class ChatCompletions:
                 out.reasoning.append(event.text)
             elif isinstance(event, AudioChunk):
                 out.pcm16.append(event.pcm16)
+            elif isinstance(event, (ToolCallStarted, ToolCallDelta, ToolCallDone)):
+                out.calls.feed(event)
             elif isinstance(event, ResponseDone):
                 if event.status != "completed":
                     return _engine_error(event)
                 out.add(event)
         text = "".join(out.text)
-        message: dict = {"role": "assistant", "content": text, "refusal": None}
+        # OpenAI's shape: content null beside tool calls when nothing was said.
+        message: dict = {"role": "assistant", "content": text or (None if out.calls else ""), "refusal": None}
         if out.reasoning:
             message["reasoning_content"] = "".join(out.reasoning)
-        if req.audio_out:
+        if out.calls:
+            message["tool_calls"] = out.calls.message()
+        if req.audio_out and out.calls and not out.pcm16:
+            message["audio"] = None  # calls only: nothing was spoken
+        elif req.audio_out:
             data = await asyncio.to_thread(encode_audio, b"".join(out.pcm16), req.audio_format)
             message["audio"] = {
                 "id": new_id("audio"),
@@ -264,6 +291,7 @@ class ChatCompletions:
         envelope = self._envelope("chat.completion.chunk")
         audio_id = new_id("audio")
         out = Outcome()
+        spoke = False
 
         def chunk(delta: dict, finish: str | None = None) -> str:
             choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
@@ -279,7 +307,12 @@ class ChatCompletions:
                 elif isinstance(event, ReasoningDelta):
                     yield chunk({"reasoning_content": event.text})
                 elif isinstance(event, AudioChunk):
+                    spoke = True
                     yield chunk({"audio": {"id": audio_id, "data": base64.b64encode(event.pcm16).decode("ascii")}})
+                elif isinstance(event, (ToolCallStarted, ToolCallDelta, ToolCallDone)):
+                    entry = out.calls.feed(event)
+                    if entry is not None:
+                        yield chunk({"tool_calls": [entry]})
                 elif isinstance(event, ResponseDone):
                     if event.status != "completed":
                         error = event.error
@@ -293,7 +326,7 @@ class ChatCompletions:
                     break
         finally:
             await events.aclose()
-        if req.audio_out:
+        if req.audio_out and (spoke or not out.calls):
             transcript = "".join(out.text)
             yield chunk({"audio": {"id": audio_id, "transcript": transcript, "expires_at": int(time.time()) + 3600}})
         yield chunk({}, out.finish_reason)
@@ -355,7 +388,9 @@ def chat_router(settings: Settings, engine: Engine) -> APIRouter:
             convs = await asyncio.to_thread(chat.conversations, req)
         except ChatError as exc:
             message = f"{exc.message} (param: {exc.param})" if exc.param else exc.message
-            return error_json(exc.status, exc.code, message)
+            # OpenAI's error object also names the field in `param`.
+            error = {"type": "invalid_request_error", "code": exc.code, "message": message, "param": exc.param}
+            return JSONResponse({"error": error}, status_code=exc.status)
         log.debug("chat completion: media %s, audio out %s, stream %s", req.media, req.audio_out, req.stream)
         if req.stream:
             return await chat.stream(req, convs)

@@ -4,8 +4,15 @@ Pure: a dict in, a `ChatRequest` out (media decoded by chat_media.py). The field
 openai-python's `CompletionCreateParams` (reference variants §6): content parts `text`,
 `image_url`, `input_audio` and vLLM's `video_url`; `modalities` with `audio: {voice,
 format}`; `stream`, `stream_options.include_usage`; `max_completion_tokens` (or the older
-`max_tokens`), `temperature`, `top_p`, `seed`, `stop`, `n`. A field that would change the
-answer and that this server does not implement is refused by name, never ignored.
+`max_tokens`), `temperature`, `top_p`, `seed`, `stop`, `n`; `tools`, `tool_choice`,
+`parallel_tool_calls`, assistant messages' `tool_calls` and `tool` messages (chat_tools.py).
+A field that would change the answer and that this server does not implement is refused
+by name, never ignored.
+
+The history becomes engine turns as a Realtime session's items do: an assistant message
+with `tool_calls` is one assistant turn holding its text and calls, a `tool` message a
+"tool" turn holding the result for its `tool_call_id`; the chat template then renders
+them in Qwen's `<tool_call>` / `<tool_response>` form (engine/inputs.py).
 
 The variants (reference variants §1): Thinking and Captioner answer in text only; the
 Captioner takes exactly one audio clip and nothing else (no text, no system turn).
@@ -17,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..engine.api import VOICES, AudioPart, ImagePart, Part, TextPart, VideoPart
+from ..engine.api import VOICES, AudioPart, ImagePart, Part, TextPart, Tool, ToolChoice, Turn, VideoPart
 from .chat_media import (
     ChatError,
     b64decode,
@@ -26,11 +33,10 @@ from .chat_media import (
     decode_image,
     decode_video,
 )
+from .chat_tools import history_calls, parse_choice, parse_tools
 
 # Fields that change the answer and are not implemented: refused unless at their no-op value.
 UNSUPPORTED = {
-    "tools": (None, []),
-    "tool_choice": (None, "none", "auto"),
     "functions": (None, []),
     "function_call": (None, "none", "auto"),
     "response_format": (None, {"type": "text"}),
@@ -43,14 +49,13 @@ UNSUPPORTED = {
     "web_search_options": (None,),
     "reasoning_effort": (None,),
     "store": (None, False),
-    "parallel_tool_calls": (None, True, False),
 }
 IGNORABLE = {"model", "user", "metadata", "service_tier", "safety_identifier", "prompt_cache_key"}
 
 
 @dataclass
 class ChatRequest:
-    turns: list[tuple[str, list[Part]]]  # ("user" | "assistant", parts) in order
+    turns: list[Turn]  # user, assistant and tool turns, in order
     instructions: str = ""
     audio_out: bool = False
     voice: str | None = None
@@ -63,6 +68,8 @@ class ChatRequest:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     clip: np.ndarray | None = None  # Captioner: the one clip, 16 kHz float32
+    tools: tuple[Tool, ...] = ()
+    tool_choice: ToolChoice = field(default_factory=lambda: ToolChoice("none"))
     media: dict[str, int] = field(default_factory=dict)  # counts, for the log
 
 
@@ -137,11 +144,12 @@ def _part(part: object, param: str, limits: Limits) -> Part:
     )
 
 
-def _messages(messages: object, limits: Limits) -> tuple[list[tuple[str, list[Part]]], str]:
+def _messages(messages: object, limits: Limits) -> tuple[list[Turn], str]:
     if not isinstance(messages, list) or not messages:
         raise ChatError(400, "invalid_value", "messages must be a non-empty list", "messages")
-    turns: list[tuple[str, list[Part]]] = []
+    turns: list[Turn] = []
     system: list[str] = []
+    call_ids: set[str] = set()  # ids of the calls earlier assistant messages made
     for i, msg in enumerate(messages):
         param = f"messages[{i}]"
         if not isinstance(msg, dict):
@@ -152,20 +160,18 @@ def _messages(messages: object, limits: Limits) -> tuple[list[tuple[str, list[Pa
                 raise ChatError(400, "invalid_value", f"{param}: {role} messages must come first", f"{param}.role")
             system.append(_text_only(content, f"{param}.content"))
         elif role == "assistant":
-            if content is None and msg.get("audio") is not None:
+            turns.append(_assistant(msg, param, call_ids))
+        elif role == "tool":
+            call_id = msg.get("tool_call_id")
+            if not isinstance(call_id, str) or call_id not in call_ids:
                 raise ChatError(
                     400,
                     "invalid_value",
-                    f"{param}.audio: earlier answers' audio is not kept; send their transcript as content",
-                    f"{param}.audio",
+                    f"{param}.tool_call_id {call_id!r} names no call of an earlier assistant message's tool_calls",
+                    f"{param}.tool_call_id",
                 )
-            if msg.get("tool_calls"):
-                raise ChatError(
-                    400, "unsupported_parameter", f"{param}.tool_calls: tool calls are not supported", param
-                )
-            # Earlier answers' reasoning is dropped, as Qwen3's chat template does (split at </think>).
-            text = _text_only(content or "", f"{param}.content").split("</think>")[-1].lstrip("\n")
-            turns.append(("assistant", [TextPart(text)]))
+            output = _text_only(content, f"{param}.content")
+            turns.append(Turn("tool", [TextPart(output)], call_id=call_id))
         elif role == "user":
             if isinstance(content, str):
                 parts: list[Part] = [TextPart(content)]
@@ -173,24 +179,51 @@ def _messages(messages: object, limits: Limits) -> tuple[list[tuple[str, list[Pa
                 parts = [_part(p, f"{param}.content[{j}]", limits) for j, p in enumerate(content)]
             else:
                 raise ChatError(400, "invalid_value", f"{param}.content must be a string or a list of parts", param)
-            turns.append(("user", parts))
+            turns.append(Turn("user", parts))
         else:
             raise ChatError(
-                400, "invalid_value", f"{param}.role {role!r} is not supported: use system, user or assistant", param
+                400,
+                "invalid_value",
+                f"{param}.role {role!r} is not supported: use system, developer, user, assistant or tool",
+                f"{param}.role",
             )
-    if not turns or turns[-1][0] != "user":
-        raise ChatError(400, "invalid_value", "the last message must be a user message", "messages")
+    if not turns or turns[-1].role not in ("user", "tool"):
+        raise ChatError(400, "invalid_value", "the last message must be a user or tool message", "messages")
     return turns, "\n\n".join(system)
 
 
-def _captioner(turns: list[tuple[str, list[Part]]], instructions: str) -> np.ndarray:
+def _assistant(msg: dict, param: str, call_ids: set[str]) -> Turn:
+    content = msg.get("content")
+    if content is None and msg.get("audio") is not None:
+        raise ChatError(
+            400,
+            "invalid_value",
+            f"{param}.audio: earlier answers' audio is not kept; send their transcript as content",
+            f"{param}.audio",
+        )
+    if msg.get("function_call") is not None:
+        raise ChatError(
+            400,
+            "unsupported_parameter",
+            f"{param}.function_call is deprecated; use tool_calls",
+            f"{param}.function_call",
+        )
+    calls = history_calls(msg["tool_calls"], f"{param}.tool_calls", call_ids) if msg.get("tool_calls") else []
+    # Earlier answers' reasoning is dropped, as Qwen3's template does (split at </think>).
+    text = _text_only(content or "", f"{param}.content").split("</think>")[-1].lstrip("\n")
+    return Turn("assistant", [TextPart(text)], text=text, tool_calls=calls)
+
+
+def _captioner(turns: list[Turn], instructions: str, tools: tuple[Tool, ...]) -> np.ndarray:
     """The Captioner's one input: a single audio clip (Qwen: no text, no system turn)."""
     why = "the Captioner describes exactly one audio clip and takes nothing else"
     if instructions:
         raise ChatError(400, "invalid_value", f"{why}: remove the system message", "messages")
+    if tools:
+        raise ChatError(400, "invalid_value", f"{why}: it calls no tools", "tools")
     if len(turns) != 1:
         raise ChatError(400, "invalid_value", f"{why}: send one user message", "messages")
-    parts = turns[0][1]
+    parts = turns[0].parts
     kinds = {TextPart: "text", ImagePart: "an image", VideoPart: "a video", AudioPart: "audio"}
     for j, part in enumerate(parts):
         if not isinstance(part, AudioPart):
@@ -209,7 +242,8 @@ def parse(body: object, limits: Limits) -> ChatRequest:
         if name in body and body[name] not in fine:
             raise ChatError(400, "unsupported_parameter", f"{name} is not supported by this server", name)
     known = {"messages", "modalities", "audio", "stream", "stream_options", "max_completion_tokens", "max_tokens"}
-    known |= {"temperature", "top_p", "seed", "stop", "n"} | set(UNSUPPORTED) | IGNORABLE
+    known |= {"temperature", "top_p", "seed", "stop", "n", "tools", "tool_choice", "parallel_tool_calls"}
+    known |= set(UNSUPPORTED) | IGNORABLE
     extra = sorted(set(body) - known)
     if extra:
         raise ChatError(400, "unknown_parameter", f"unknown parameter {extra[0]!r}", extra[0])
@@ -217,8 +251,10 @@ def parse(body: object, limits: Limits) -> ChatRequest:
         raise ChatError(400, "invalid_value", "n must be 1: this server returns one choice per request", "n")
     turns, instructions = _messages(body.get("messages"), limits)
     req = ChatRequest(turns, instructions)
+    req.tools = parse_tools(body.get("tools"))
+    req.tool_choice = parse_choice(body.get("tool_choice"), req.tools, body.get("parallel_tool_calls"))
     req.media = {
-        kind.__name__: sum(isinstance(p, kind) for _, parts in turns for p in parts)
+        kind.__name__: sum(isinstance(p, kind) for turn in turns for p in turn.parts)
         for kind in (AudioPart, ImagePart, VideoPart)
     }
     _output(body, req, limits)
@@ -237,7 +273,7 @@ def parse(body: object, limits: Limits) -> ChatRequest:
             400, "invalid_value", "streamed audio is pcm16: set audio.format to 'pcm16' with stream", "audio.format"
         )
     if limits.variant == "captioner":
-        req.clip = _captioner(turns, instructions)
+        req.clip = _captioner(turns, instructions, req.tools)
     return req
 
 
