@@ -261,7 +261,7 @@ def test_a_response_without_listener_ranks_below_first_packets_and_guards(monkey
     from assistant.engine.worker import ModelWorker
 
     class Job(SimpleNamespace):
-        def playback_slack_s(self, t, frame_cost_s):
+        def playback_slack_s(self, t, frame_cost_s, codec_cost_s=0.0):
             return StreamJob.playback_slack_s(self, t, frame_cost_s) if self.background else self.slack_s
 
     def job(name, slack_s=None, t=0.0, background=False):
