@@ -13,46 +13,9 @@ import jsonschema
 import pytest
 from live_server import async_sdk, collect_until, tiny_server
 
-TICKET = {
-    "type": "object",
-    "properties": {
-        "customer": {
-            "type": "object",
-            "properties": {
-                "name": {"type": "string", "maxLength": 16},
-                "plan": {"type": "string", "enum": ["basic", "plus", "business"]},
-            },
-            "required": ["name", "plan"],
-            "additionalProperties": False,
-        },
-        "device": {
-            "type": "object",
-            "properties": {
-                "kind": {"type": "string", "enum": ["router", "laptop", "phone", "printer"]},
-                "age_years": {"type": "integer", "minimum": 0, "maximum": 30},
-                "ports": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "properties": {
-                            "name": {"type": "string", "enum": ["wan", "lan1", "lan2", "usb"]},
-                            "link": {"type": "boolean"},
-                        },
-                        "required": ["name", "link"],
-                        "additionalProperties": False,
-                    },
-                    "maxItems": 3,
-                },
-            },
-            "required": ["kind"],
-            "additionalProperties": False,
-        },
-        "symptoms": {"type": "array", "items": {"type": "string", "maxLength": 12}, "minItems": 1, "maxItems": 3},
-        "priority": {"type": "string", "enum": ["low", "normal", "high"]},
-    },
-    "required": ["customer", "device", "symptoms", "priority"],
-    "additionalProperties": False,
-}
+from assistant.bench.ticket import ticket_schema
+
+TICKET = ticket_schema(ports=True)
 TOOL = {"type": "function", "name": "open_ticket", "description": "Open a support ticket", "parameters": TICKET}
 CALLS = 50
 
