@@ -23,33 +23,9 @@ import time
 
 import torch
 
-TICKET = {
-    "type": "object",
-    "properties": {
-        "customer": {
-            "type": "object",
-            "properties": {
-                "name": {"type": "string", "maxLength": 16},
-                "plan": {"type": "string", "enum": ["basic", "plus", "business"]},
-            },
-            "required": ["name", "plan"],
-            "additionalProperties": False,
-        },
-        "device": {
-            "type": "object",
-            "properties": {
-                "kind": {"type": "string", "enum": ["router", "laptop", "phone", "printer"]},
-                "age_years": {"type": "integer", "minimum": 0, "maximum": 30},
-            },
-            "required": ["kind"],
-            "additionalProperties": False,
-        },
-        "symptoms": {"type": "array", "items": {"type": "string", "maxLength": 12}, "minItems": 1, "maxItems": 3},
-        "priority": {"type": "string", "enum": ["low", "normal", "high"]},
-    },
-    "required": ["customer", "device", "symptoms", "priority"],
-    "additionalProperties": False,
-}
+from assistant.bench.ticket import ticket_schema
+
+TICKET = ticket_schema()  # the schema of tests/test_tools_openai_client.py, less the device's ports
 
 
 class Timed:

@@ -16,32 +16,22 @@ import httpx
 import numpy as np
 import openai
 import pytest
-from openai import OpenAI
-
-from assistant.server.main import ServerThread
-from assistant.settings import Settings
+from live_server import sdk, tiny_server
 
 MAX_UPLOAD = 40 * 1024 * 1024
 
 
 @pytest.fixture(scope="module")
 def server(tiny_dir):
-    settings = Settings(
-        model=str(tiny_dir),
-        device="cpu",
-        port=0,
+    with tiny_server(
+        tiny_dir,
         warmup=False,
         transcription_min_tokens=2,
         transcription_max_tokens=3,
         max_audio_upload_bytes=MAX_UPLOAD,
         max_audio_requests=1,
-    )
-    with ServerThread(settings) as running:
+    ) as running:
         yield running
-
-
-def sdk(server) -> OpenAI:
-    return OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=300)
 
 
 def speech(load_wav) -> np.ndarray:
@@ -107,7 +97,7 @@ def check_increasing(times: list[tuple[float, float]]) -> None:
 
 @pytest.mark.parametrize("name", ["speech.wav", "speech.mp3", "speech.ogg"])
 def test_every_format_of_every_container(server, files, name):
-    client = sdk(server)
+    client = sdk(server, timeout_s=300)
     upload = (name, files[name])
     as_json = client.audio.transcriptions.create(model="qwen3-omni", file=upload, language="en")
     assert isinstance(as_json.text, str) and as_json.text
@@ -129,7 +119,7 @@ def test_every_format_of_every_container(server, files, name):
 
 
 def test_translation_to_english_and_to_a_named_target(server, files):
-    client = sdk(server)
+    client = sdk(server, timeout_s=300)
     out = client.audio.translations.create(model="qwen3-omni", file=("a.wav", files["speech.wav"]))
     assert out.text
     verbose = client.audio.translations.create(
@@ -142,7 +132,7 @@ def test_translation_to_english_and_to_a_named_target(server, files):
 
 
 def test_streaming_sends_deltas_before_done(server, files):
-    client = sdk(server)
+    client = sdk(server, timeout_s=300)
     events = list(
         client.audio.transcriptions.create(model="qwen3-omni", file=("a.ogg", files["speech.ogg"]), stream=True)
     )
@@ -184,7 +174,7 @@ def test_bad_input_gets_openai_errors_and_the_server_stays_healthy(server, files
     assert error(post(server, {"include[]": "logprobs"}, {"file": wav}), 400) == "unsupported_parameter"
     assert error(post(server, {}, {"file": ("big.wav", bytes(MAX_UPLOAD + 1))}), 413) == "file_too_large"
     with pytest.raises(openai.BadRequestError):
-        sdk(server).audio.transcriptions.create(model="m", file=("x.bin", b"\x00\x01" * 4000))
+        sdk(server, timeout_s=300).audio.transcriptions.create(model="m", file=("x.bin", b"\x00\x01" * 4000))
     health = httpx.get(server.url + "/health").json()
     assert health["status"] == "ok"
     assert "th" in health["languages"]["speech_input"] and len(health["languages"]["speech_input"]) == 19
@@ -226,7 +216,7 @@ def test_ten_minutes_are_transcribed_in_bounded_memory(server, load_wav, tmp_pat
         f.write("5")  # reset the peak (VmHWM) to the current RSS
     base_kb = _status_kb("VmRSS")
     with open(path, "rb") as f:
-        out = sdk(server).audio.transcriptions.create(model="m", file=f, response_format="verbose_json")
+        out = sdk(server, timeout_s=300).audio.transcriptions.create(model="m", file=f, response_format="verbose_json")
     growth_mb = (_status_kb("VmHWM") - base_kb) / 1024
     print(f"\n10 min WAV: {len(out.segments)} pieces, peak RSS growth {growth_mb:.0f} MB")
     assert 595 < out.duration <= 600.1

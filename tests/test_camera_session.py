@@ -5,7 +5,7 @@ chosen, and the same frames in every prefill offer and in the committed turn."""
 from __future__ import annotations
 
 import numpy as np
-from test_realtime_session import Harness, speech_between
+from session_harness import Harness, speech_between
 
 from assistant.engine.api import AudioPart, ImagePart, VideoPart
 from assistant.realtime import session as s

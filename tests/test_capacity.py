@@ -8,11 +8,10 @@ import urllib.request
 
 import pytest
 import websockets
+from live_server import tiny_server
 
 from assistant.engine.capacity import FRAME_S, LoadModel, LoadReport
 from assistant.server.app import AUTO_FALLBACK_SESSIONS, Sessions
-from assistant.server.main import ServerThread
-from assistant.settings import Settings
 
 
 def test_load_model_interpolates_measured_batch_sizes():
@@ -69,9 +68,8 @@ def test_sessions_admit_by_projected_load_or_by_number():
 @pytest.fixture(scope="module")
 def server(tiny_dir):
     # A threshold no load can stay under: one session is served, the next is turned away.
-    settings = Settings(model=str(tiny_dir), device="cpu", port=0, log_level="warning", load_threshold=0.001)
-    assert settings.max_sessions == "auto"  # the default
-    with ServerThread(settings) as running:
+    with tiny_server(tiny_dir, log_level="warning", load_threshold=0.001) as running:
+        assert running.settings.max_sessions == "auto"  # the default
         yield running
 
 

@@ -15,32 +15,28 @@ import av
 import numpy as np
 import openai
 import pytest
+from live_server import sdk, tiny_server
 from openai import OpenAI
 from PIL import Image
 
 from assistant.rest.chat import cut_at_silences
 from assistant.rest.chat_media import decode_audio, encode_audio
-from assistant.server.main import ServerThread
-from assistant.settings import Settings
 
 
 @pytest.fixture(scope="module")
 def server(tiny_dir):
-    settings = Settings(
-        model=str(tiny_dir),
-        device="cpu",
-        port=0,
+    with tiny_server(
+        tiny_dir,
         min_answer_tokens=6,  # random weights end anywhere: keep answers long enough to interleave
         max_answer_tokens=12,
         max_answer_frames=12,
-    )
-    with ServerThread(settings) as running:
+    ) as running:
         yield running
 
 
 @pytest.fixture(scope="module")
 def client(server) -> OpenAI:
-    return OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+    return sdk(server)
 
 
 @pytest.fixture(scope="module")

@@ -15,12 +15,10 @@ import wave
 import numpy as np
 import openai
 import pytest
-from openai import AsyncOpenAI, OpenAI
+from live_server import async_sdk, sdk, tiny_server
 from PIL import Image
 
 from assistant import tiny
-from assistant.server.main import ServerThread
-from assistant.settings import Settings
 
 TAGS = ("<think>", "</think>")
 
@@ -48,23 +46,15 @@ def audio_part(pcm: np.ndarray) -> dict:
 @pytest.fixture(scope="module")
 def thinking(tmp_path_factory):
     path = tiny.build(tmp_path_factory.mktemp("tiny") / "tiny-thinking", "thinking")
-    settings = Settings(model=str(path), device="cpu", port=0, min_answer_tokens=10, max_answer_tokens=16)
-    with ServerThread(settings) as running:
+    with tiny_server(path, min_answer_tokens=10, max_answer_tokens=16) as running:
         yield running
 
 
 @pytest.fixture(scope="module")
 def captioner(tmp_path_factory):
     path = tiny.build(tmp_path_factory.mktemp("tiny") / "tiny-captioner", "captioner")
-    settings = Settings(
-        model=str(path), device="cpu", port=0, min_answer_tokens=4, max_answer_tokens=6, caption_piece_s=4.0
-    )
-    with ServerThread(settings) as running:
+    with tiny_server(path, min_answer_tokens=4, max_answer_tokens=6, caption_piece_s=4.0) as running:
         yield running
-
-
-def sdk(server) -> OpenAI:
-    return OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
 
 
 def test_thinker_only_builds_have_no_talker_and_sample_like_the_real_ones(thinking, captioner):
@@ -125,8 +115,7 @@ def test_thinking_refuses_audio_output_naming_the_checkpoint(thinking):
 
 
 async def test_thinking_realtime_is_text_without_reasoning(thinking):
-    client = AsyncOpenAI(base_url=thinking.url + "/v1", api_key="unused", max_retries=0)
-    async with client.realtime.connect(model="qwen3-omni") as conn:
+    async with async_sdk(thinking).realtime.connect(model="qwen3-omni") as conn:
         created = await conn.recv()
         assert created.session.output_modalities == ["text"]
         await conn.session.update(session={"type": "realtime", "output_modalities": ["audio"]})

@@ -20,7 +20,7 @@ from openai.types.realtime.realtime_transcription_session_create_request import 
     RealtimeTranscriptionSessionCreateRequest,
 )
 from pydantic import BaseModel
-from test_realtime_session import Harness, chunk, done
+from session_harness import Harness, chunk, done
 
 from assistant.engine.api import TextDelta
 from assistant.realtime import fields

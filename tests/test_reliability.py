@@ -20,13 +20,12 @@ import httpx
 import numpy as np
 import pytest
 import websockets
+from live_server import tiny_server, ws_url
 from PIL import Image
 
 from assistant.audio import float_to_pcm16
 from assistant.bench.soak import TurnInput, conversation, rss_cycles, rss_figures
 from assistant.realtime.session import RealtimeSession
-from assistant.server.main import ServerThread
-from assistant.settings import Settings
 
 KEY = "sk-test-9f8e7d6c5b4a"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -35,10 +34,8 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 @pytest.fixture(scope="module")
 def server(tiny_dir):
     """Short greedy answers, an API key, a 2 s idle timeout, 2 s of input audio at most."""
-    settings = Settings(
-        model=str(tiny_dir),
-        device="cpu",
-        port=0,
+    with tiny_server(
+        tiny_dir,
         api_key=KEY,
         greedy=True,
         min_answer_tokens=2,
@@ -51,30 +48,22 @@ def server(tiny_dir):
         max_image_pixels=1_000_000,
         log_level="debug",  # the no-secrets-in-logs test reads everything
         max_sessions=8,  # not admission by load: sessions in quick succession overlap for a moment
-    )
-    with ServerThread(settings) as running:
+    ) as running:
         yield running
 
 
 @pytest.fixture(scope="module")
 def long_server(tiny_dir):
     """No key; answers of exactly 60 codec frames, so a response outlives a disconnect."""
-    settings = Settings(
-        model=str(tiny_dir),
-        device="cpu",
-        port=0,
+    with tiny_server(
+        tiny_dir,
         greedy=True,
         min_answer_tokens=2,
         max_answer_tokens=60,
         min_answer_frames=60,
         max_answer_frames=60,
-    )
-    with ServerThread(settings) as running:
+    ) as running:
         yield running
-
-
-def ws_url(server) -> str:
-    return server.url.replace("http://", "ws://") + "/v1/realtime"
 
 
 def on_server_loop(server, fn):

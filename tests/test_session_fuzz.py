@@ -13,7 +13,7 @@ import json
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_realtime_session import Harness, chunk, done
+from session_harness import Harness, chunk, done
 
 from assistant.engine.api import TextDelta
 

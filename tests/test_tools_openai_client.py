@@ -6,90 +6,38 @@ valid is the grammar's doing, which is the point."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 
 import jsonschema
 import pytest
-from openai import AsyncOpenAI
+from live_server import async_sdk, collect_until, tiny_server
 
-from assistant.server.main import ServerThread
-from assistant.settings import Settings
+from assistant.bench.ticket import ticket_schema
 
-TICKET = {
-    "type": "object",
-    "properties": {
-        "customer": {
-            "type": "object",
-            "properties": {
-                "name": {"type": "string", "maxLength": 16},
-                "plan": {"type": "string", "enum": ["basic", "plus", "business"]},
-            },
-            "required": ["name", "plan"],
-            "additionalProperties": False,
-        },
-        "device": {
-            "type": "object",
-            "properties": {
-                "kind": {"type": "string", "enum": ["router", "laptop", "phone", "printer"]},
-                "age_years": {"type": "integer", "minimum": 0, "maximum": 30},
-                "ports": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "properties": {
-                            "name": {"type": "string", "enum": ["wan", "lan1", "lan2", "usb"]},
-                            "link": {"type": "boolean"},
-                        },
-                        "required": ["name", "link"],
-                        "additionalProperties": False,
-                    },
-                    "maxItems": 3,
-                },
-            },
-            "required": ["kind"],
-            "additionalProperties": False,
-        },
-        "symptoms": {"type": "array", "items": {"type": "string", "maxLength": 12}, "minItems": 1, "maxItems": 3},
-        "priority": {"type": "string", "enum": ["low", "normal", "high"]},
-    },
-    "required": ["customer", "device", "symptoms", "priority"],
-    "additionalProperties": False,
-}
+TICKET = ticket_schema(ports=True)
 TOOL = {"type": "function", "name": "open_ticket", "description": "Open a support ticket", "parameters": TICKET}
 CALLS = 50
 
 
 @pytest.fixture(scope="module")
 def server(tiny_dir):
-    settings = Settings(
-        model=str(tiny_dir),
-        device="cpu",
-        port=0,
+    with tiny_server(
+        tiny_dir,
         max_answer_tokens=1500,  # room for several calls of bounded arguments in one response
         max_answer_frames=6,
         min_answer_tokens=3,
-    )
-    with ServerThread(settings) as running:
+    ) as running:
         yield running
 
 
-async def until(conn, stop: str, timeout_s: float = 300.0) -> list:
-    events = []
-    async with asyncio.timeout(timeout_s):
-        async for event in conn:
-            events.append(event)
-            if event.type == "error":
-                raise AssertionError(event.error)
-            if event.type == stop:
-                return events
-    raise AssertionError(f"connection ended before {stop}")
+async def until(conn, stop: str) -> list:
+    """Events up to `stop`; an error fails the test (responses of many calls take a while)."""
+    return await collect_until(conn, stop, timeout_s=300.0, fail_on_error=True)
 
 
 async def test_required_tool_calls_validate_and_the_result_is_spoken(server):
-    client = AsyncOpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
-    async with client.realtime.connect(model="qwen3-omni") as conn:
+    async with async_sdk(server).realtime.connect(model="qwen3-omni") as conn:
         await conn.recv()
         await conn.session.update(
             session={"type": "realtime", "output_modalities": ["audio"], "tools": [TOOL], "tool_choice": "required"}

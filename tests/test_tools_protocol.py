@@ -2,12 +2,12 @@
 function_call item events in order, and function_call / function_call_output items.
 
 Engine events are built by hand (the engine's own dataclasses); every server event is
-validated against openai-python's typed models by the Harness of test_realtime_session.
+validated against openai-python's typed models by the Harness of session_harness.py.
 """
 
 from __future__ import annotations
 
-from test_realtime_session import Harness, chunk, done
+from session_harness import Harness, chunk, done
 
 from assistant.engine.api import TextDelta, ToolCall, ToolCallDelta, ToolCallDone, ToolCallStarted
 from assistant.realtime import session as s

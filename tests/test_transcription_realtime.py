@@ -12,14 +12,11 @@ from __future__ import annotations
 import re
 
 import pytest
+from live_server import async_sdk, collect_until, pcm24, stream, tiny_server, ws_url
 from openai.types.realtime import (
     ConversationItemInputAudioTranscriptionCompletedEvent,
     ConversationItemInputAudioTranscriptionDeltaEvent,
 )
-from test_ws_openai_client import client, collect_until, pcm24, stream
-
-from assistant.server.main import ServerThread
-from assistant.settings import Settings
 
 COMPLETED = "conversation.item.input_audio_transcription.completed"
 DELTA = "conversation.item.input_audio_transcription.delta"
@@ -27,17 +24,14 @@ DELTA = "conversation.item.input_audio_transcription.delta"
 
 @pytest.fixture(scope="module")
 def server(tiny_dir):
-    settings = Settings(
-        model=str(tiny_dir),
-        device="cpu",
-        port=0,
+    with tiny_server(
+        tiny_dir,
         warmup=False,
         max_answer_tokens=6,
         max_answer_frames=6,
         transcription_min_tokens=3,  # random weights may end a transcript at once: make deltas certain
         transcription_max_tokens=6,
-    )
-    with ServerThread(settings) as running:
+    ) as running:
         yield running
 
 
@@ -57,7 +51,7 @@ def check_transcript(events, item_id: str) -> str:
 
 
 async def test_conversation_items_are_transcribed(server, load_wav):
-    async with client(server).realtime.connect(model="qwen3-omni") as conn:
+    async with async_sdk(server).realtime.connect(model="qwen3-omni") as conn:
         await conn.recv()  # session.created
         await conn.session.update(
             session={
@@ -87,7 +81,7 @@ async def test_conversation_items_are_transcribed(server, load_wav):
 
 
 async def test_transcription_session_transcribes_vad_segments_and_never_answers(server, load_wav):
-    async with client(server).realtime.connect(model="qwen3-omni") as conn:
+    async with async_sdk(server).realtime.connect(model="qwen3-omni") as conn:
         await conn.recv()
         await conn.send({"type": "session.update", "session": {"type": "transcription"}})
         updated = (await collect_until(conn, "session.updated"))[-1]
@@ -110,7 +104,7 @@ async def test_transcription_session_transcribes_vad_segments_and_never_answers(
 
 
 async def test_unsupported_language_is_refused_naming_the_supported_ones(server):
-    async with client(server).realtime.connect(model="qwen3-omni") as conn:
+    async with async_sdk(server).realtime.connect(model="qwen3-omni") as conn:
         await conn.recv()
         await conn.send(
             {
@@ -122,10 +116,6 @@ async def test_unsupported_language_is_refused_naming_the_supported_ones(server)
         assert error.code == "unsupported_language"
         assert error.param == "session.audio.input.transcription.language"
         assert "yue" in error.message and "en" in error.message
-
-
-def ws_url(server) -> str:
-    return server.url.replace("http://", "ws://") + "/v1/realtime"
 
 
 def test_talk_presets_transcriber_and_written_interpreter(server, fixtures_dir):

@@ -19,6 +19,7 @@ import urllib.error
 import urllib.request
 
 import pytest
+from live_server import tiny_server, ws_url
 from websockets.asyncio.client import connect
 
 from assistant import settings as settings_mod
@@ -95,23 +96,16 @@ def _get(url: str) -> bytes:
         return r.read()
 
 
-def ws_url(server: ServerThread) -> str:
-    return server.url.replace("http://", "ws://") + "/v1/realtime"
-
-
 @pytest.fixture(scope="module")
 def upstream(tiny_dir):
-    settings = Settings(
-        model=str(tiny_dir),
-        device="cpu",
-        port=0,
+    with tiny_server(
+        tiny_dir,
         greedy=True,
         min_answer_tokens=6,
         max_answer_tokens=FRAMES,
         min_answer_frames=FRAMES,
         max_answer_frames=FRAMES,
-    )
-    with ServerThread(settings) as running:
+    ) as running:
         yield running
 
 

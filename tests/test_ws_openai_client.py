@@ -11,26 +11,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import time
 import urllib.request
 
-import numpy as np
 import pytest
-from openai import AsyncOpenAI
-
-from assistant.audio import chunk_pcm16, float_to_pcm16, resample
-from assistant.server.main import ServerThread
-from assistant.settings import Settings
-
-CHUNK_MS = 20
+from live_server import async_sdk, collect_until, pcm24, stream, tiny_server, ws_url
 
 
 @pytest.fixture(scope="module")
 def server(tiny_dir):
-    settings = Settings(
-        model=str(tiny_dir),
-        device="cpu",
-        port=0,
+    with tiny_server(
+        tiny_dir,
         # Bounded answers keep the tiny model's turns short; the minimum keeps a response
         # running long enough to be interrupted.
         min_answer_tokens=10,
@@ -38,37 +28,8 @@ def server(tiny_dir):
         max_answer_frames=25,
         echo_guard_ms=100,
         max_sessions=4,  # a number: the limit test below opens that many (auto: tests/test_capacity.py)
-    )
-    with ServerThread(settings) as running:
+    ) as running:
         yield running
-
-
-def client(server) -> AsyncOpenAI:
-    return AsyncOpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
-
-
-def pcm24(load_wav, name: str, tail_silence_s: float = 0.0) -> bytes:
-    audio = np.concatenate([load_wav(name), np.zeros(int(16000 * tail_silence_s), np.float32)])
-    return float_to_pcm16(resample(audio, 16000, 24000))
-
-
-async def stream(conn, pcm: bytes, realtime: bool) -> None:
-    """Append in 20 ms chunks, paced like a microphone when `realtime`."""
-    t0 = time.monotonic()
-    for i, chunk in enumerate(chunk_pcm16(pcm, 24000, CHUNK_MS)):
-        await conn.input_audio_buffer.append(audio=base64.b64encode(chunk).decode())
-        if realtime:
-            await asyncio.sleep(max(0.0, t0 + (i + 1) * CHUNK_MS / 1000 - time.monotonic()))
-
-
-async def collect_until(conn, stop: str, timeout_s: float = 120.0) -> list:
-    events = []
-    async with asyncio.timeout(timeout_s):
-        async for event in conn:
-            events.append(event)
-            if event.type == stop:
-                return events
-    raise AssertionError(f"connection ended before {stop}")
 
 
 def types(events) -> list[str]:
@@ -76,7 +37,7 @@ def types(events) -> list[str]:
 
 
 async def test_spoken_turn_with_server_vad(server, load_wav):
-    async with client(server).realtime.connect(model="qwen3-omni") as conn:
+    async with async_sdk(server).realtime.connect(model="qwen3-omni") as conn:
         created = await conn.recv()
         assert created.type == "session.created"
         assert created.session.audio.input.turn_detection.type == "server_vad"
@@ -112,7 +73,7 @@ async def test_spoken_turn_with_server_vad(server, load_wav):
 
 
 async def test_push_to_talk(server, load_wav):
-    async with client(server).realtime.connect(model="qwen3-omni") as conn:
+    async with async_sdk(server).realtime.connect(model="qwen3-omni") as conn:
         await conn.recv()
         await conn.session.update(session={"type": "realtime", "audio": {"input": {"turn_detection": None}}})
         assert (await conn.recv()).session.audio.input.turn_detection is None
@@ -131,7 +92,7 @@ async def test_push_to_talk(server, load_wav):
 
 
 async def test_barge_in_stops_audio_and_history_keeps_what_was_heard(server, load_wav):
-    async with client(server).realtime.connect(model="qwen3-omni") as conn:
+    async with async_sdk(server).realtime.connect(model="qwen3-omni") as conn:
         await conn.recv()
         # No automatic answer to the interruption itself: the history stays easy to inspect.
         vad = {"type": "server_vad", "create_response": False, "interrupt_response": True}
@@ -173,7 +134,7 @@ async def test_barge_in_stops_audio_and_history_keeps_what_was_heard(server, loa
 
 
 async def test_errors_keep_the_session_usable(server):
-    async with client(server).realtime.connect(model="qwen3-omni") as conn:
+    async with async_sdk(server).realtime.connect(model="qwen3-omni") as conn:
         await conn.recv()
         ws = conn._connection  # raw frames: the SDK's typed senders cannot produce bad input
         await ws.send("{not json")
@@ -189,7 +150,7 @@ async def test_errors_keep_the_session_usable(server):
 async def test_session_max_output_tokens_bounds_the_answer(server):
     """Session-level max_output_tokens reaches the engine (it once was accepted and had no
     effect): the fixture's answers run 10-14 tokens; with 3 requested they stop at 3."""
-    async with client(server).realtime.connect(model="qwen3-omni") as conn:
+    async with async_sdk(server).realtime.connect(model="qwen3-omni") as conn:
         await conn.recv()
         await conn.session.update(session={"type": "realtime", "max_output_tokens": 3, "tools": []})
         assert (await conn.recv()).session.max_output_tokens == 3
@@ -220,7 +181,7 @@ def test_health_and_metrics(server):
 async def test_session_limit_is_an_error_event_not_a_hang(server):
     import websockets
 
-    url = server.url.replace("http://", "ws://") + "/v1/realtime"
+    url = ws_url(server)
     limit = server.settings.max_sessions
     conns = [await websockets.connect(url) for _ in range(limit)]
     try:

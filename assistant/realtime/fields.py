@@ -221,7 +221,7 @@ RESPONSE: dict[str, Field] = {
 def violation(obj: Mapping[str, Any], table: Mapping[str, Field], root: str) -> tuple[str, str, str] | None:
     """(error code, message, field path) for the first key of `obj` (the object at
     `root`) that is unknown, or refused with a non-neutral value; None if every key is
-    honored. Descends into honored objects. (events.py turns it into a ProtocolError.)"""
+    honored. Descends into honored objects. (event_fields.py turns it into a ProtocolError.)"""
     for key, value in obj.items():
         path = f"{root}.{key}"
         entry = table.get(path)
