@@ -117,7 +117,7 @@ class Settings:
         160, "a response with less audio than this buffered ahead of playback is stepped before new first packets"
     )
     schedule_first_packet_target_ms: int = opt(
-        320,
+        0,
         "a first packet's deadline after its commit: it goes before every listener that will still have audio "
         "then, and after those that ran dry before it",
     )

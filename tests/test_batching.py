@@ -185,7 +185,7 @@ def test_scheduler_order(monkeypatch):
     import assistant.engine.worker as worker_mod
 
     monkeypatch.setattr(worker_mod, "now", lambda: 100.0)
-    w = ModelWorker(4, guard_s=0.16)
+    w = ModelWorker(4, guard_s=0.16, first_packet_target_s=0.32)  # the rule with a target of 2 x guard
     w.step_cost_s = dict.fromkeys(w.step_cost_s, 1.0)  # no step fits in anyone's slack here
     jobs = [
         FakeJob("ahead", slack_s=1.0),
@@ -211,6 +211,51 @@ def test_scheduler_order(monkeypatch):
     assert w._pick()[0].name == "overdue"  # 0.28 s overdue beats 0.2 s short
 
 
+def test_first_packets_are_due_at_their_commit_by_default(monkeypatch):
+    """The default target is 0: a first packet goes before every listener that still has
+    audio at its commit, however little, and after those that were dry before it."""
+    import assistant.engine.worker as worker_mod
+
+    monkeypatch.setattr(worker_mod, "now", lambda: 100.0)
+    w = ModelWorker(4, guard_s=0.16)
+    assert w.first_packet_target_s == 0.0
+    w.step_cost_s = dict.fromkeys(w.step_cost_s, 1.0)
+    jobs = [
+        FakeJob("starving", slack_s=0.01),
+        FakeJob("new", t_submitted=99.8),
+        FakeJob("dry_before_it", slack_s=-0.3),
+        FakeJob("dry_after_it", slack_s=-0.1),
+    ]
+    assert order_of(w, jobs) == ["dry_before_it", "new", "dry_after_it", "starving"]
+
+
+def test_speaking_responses_catch_up_before_a_decode_step(monkeypatch):
+    """A response one step behind the chosen decode step (its chunk's decode, or its
+    advance) takes its step first, so that the decode steps keep batching; a first packet
+    never waits for that."""
+    import assistant.engine.worker as worker_mod
+
+    monkeypatch.setattr(worker_mod, "now", lambda: 100.0)
+    w = ModelWorker(4, max_batch=8, guard_s=0.16)
+    w.step_cost_s = dict.fromkeys(w.step_cost_s, 1.0)
+    urgent = FakeJob("urgent", slack_s=-0.2, _phase="advance")
+    decoding = FakeJob("decoding", slack_s=0.1, _phase="codec")
+    w._active = [(urgent, None), (decoding, None)]
+    assert w._pick()[0] is decoding  # then both advance as one batch
+    urgent._phase, decoding._phase = "frame", "advance"
+    assert w._pick()[0] is decoding
+    assert [e[0].name for e in w._group(w._pick())] == ["decoding"]
+    urgent._phase = "advance"
+    assert [e[0].name for e in w._group(w._pick())] == ["urgent", "decoding"]
+    new = FakeJob("new", t_submitted=99.5, _phase="frame")  # a first packet's first frame
+    w._active = [(new, None), (FakeJob("behind", slack_s=0.1, _phase="advance"), None)]
+    assert w._pick()[0] is new
+    w.max_batch = 1  # nothing batches: no reason to reorder
+    w._active = [(urgent, None), (decoding, None)]
+    decoding._phase = "codec"
+    assert w._pick()[0] is urgent
+
+
 def order_of(w: ModelWorker, jobs: list) -> list[str]:
     w._active = [(j, None) for j in jobs]
     order = []
@@ -228,7 +273,7 @@ def test_short_steps_borrow_slack_that_listeners_can_spare(monkeypatch):
     import assistant.engine.worker as worker_mod
 
     monkeypatch.setattr(worker_mod, "now", lambda: 100.0)
-    w = ModelWorker(4, guard_s=0.16)
+    w = ModelWorker(4, guard_s=0.16, first_packet_target_s=0.32)  # listeners short of their guard go first
     w.step_cost_s.update({("prefill", False): 0.02, ("prefill", True): 0.05, ("early_forward", False): 0.03})
     urgent = FakeJob("urgent", slack_s=0.12)  # under the guard; spare = 0.12 - 0.03 = 0.09
     new = FakeJob("new", t_submitted=99.9, _phase="prefill")
@@ -334,6 +379,17 @@ def test_superseded_early_prefills_are_dropped_unrun(resident, load_wav):
     assert [e[0] for e in w._active] == [a2, response]
 
 
+@fp32_only("resident")
+def test_jobs_without_a_listener_are_background(resident, load_wav):
+    """A Chat Completions response (`listener=False`) and a transcription (`background`)
+    carry the flag the scheduler ranks by; a live response does not."""
+    conv = Conversation()
+    conv.add_user([AudioPart(load_wav(CLIPS[0]), 16000)])
+    assert StreamJob(resident, conv, listener=False).background
+    assert StreamJob(resident, conv, audio=False, background=True).background
+    assert not StreamJob(resident, conv).background
+
+
 def test_jobs_without_a_listener_rank_as_background(monkeypatch):
     """The one rule's hook for one-shot jobs (chat completions, transcriptions): a job whose
     `background` attribute is true has no deadline: it goes after every first packet and
@@ -342,7 +398,7 @@ def test_jobs_without_a_listener_rank_as_background(monkeypatch):
     import assistant.engine.worker as worker_mod
 
     monkeypatch.setattr(worker_mod, "now", lambda: 100.0)
-    w = ModelWorker(4, guard_s=0.16)
+    w = ModelWorker(4, guard_s=0.16, first_packet_target_s=0.32)
     w.step_cost_s = dict.fromkeys(w.step_cost_s, 1.0)
     chat = FakeJob("chat", t_submitted=90.0, _phase="prefill")
     chat.background = True
@@ -360,7 +416,7 @@ def test_past_capacity_first_packets_stay_bounded_and_underruns_are_shared(monke
     """Issue #19's policy under overload, simulated with plain data: four listeners whose
     frames cost 1.5x what real time allows (each step 30 ms of work for 80 ms of audio),
     and a new turn committed mid-way. The new first packet goes out within its target
-    (2 x guard) plus one round of the listeners' steps (those that ran dry before its
+    plus one round of the listeners' steps (those that ran dry before its
     deadline), and the listeners share the shortfall: the one that ran dry first is
     stepped next, so nobody's stall is more than a frame or two above anybody else's."""
     import assistant.engine.worker as worker_mod

@@ -267,7 +267,7 @@ def test_a_response_without_listener_ranks_below_first_packets_and_guards(monkey
                    stats=stats, first_packet_pending=slack_s is None)  # fmt: skip
 
     monkeypatch.setattr(worker_mod, "now", lambda: 100.0)
-    w = ModelWorker(4, guard_s=0.16)
+    w = ModelWorker(4, guard_s=0.16, first_packet_target_s=0.32)
     w.step_cost_s = dict.fromkeys(w.step_cost_s, 1.0)  # nothing fits in anyone's slack
     jobs = [job("ahead", 1.0), job("chat", None, 98.0, True), job("guard", 0.1), job("first", None, 99.9)]
     w._active = [(j, None) for j in jobs]

@@ -131,15 +131,13 @@ class StreamJob(ThinkerPrefill):
         background: bool = False,
     ) -> None:
         self.res, self.audio, self.config = res, audio, config or StreamConfig()
-        # No one plays this response as it is made (a Chat Completions request): its playback
-        # never runs dry, and the scheduler ranks it with head starts, below first packets and
-        # below responses short of their guard (worker.py).
-        self.background = not listener
         self.cache = cache
         self.partial = partial  # incremental prefill of a turn still being spoken: no response
-        # No live listener (a transcription): no first packet to wait for, and the worker's
-        # scheduler ranks it after every other job (ModelWorker._pick).
-        self.background = background
+        # No one plays this response as it is made (a Chat Completions request, `listener`
+        # False, or a transcription, `background`): no first packet to wait for and no playback
+        # to run dry, so the scheduler ranks it below first packets and below responses short
+        # of their guard (worker.py).
+        self.background = background or not listener
         # A snapshot: the session may edit the live conversation while this runs.
         self.conv = Conversation(
             voice=conv.voice,

@@ -8,7 +8,10 @@ blocks the event loop that paces media.
 Scheduling: one rule, earliest deadline first with step costs (issues #7, #19). Every job
 has a deadline:
 - a response waiting for its first packet: its commit plus `first_packet_target_s`
-  (2 x guard_s by default);
+  (0 by default: the user is waiting in silence from the commit on, so a first packet goes
+  before every listener that still has audio then, and after those already dry before it;
+  a target of 2 x guard_s, the first default, let first packets wait 320 ms behind
+  listeners in their chunk ramp, and 4 users' first packets were 4-8x one user's);
 - a speaking response: when its listener runs dry (first audio + audio emitted so far,
   played in real time, less the work left before its next chunk can go out: frames still
   to compute for the chunk x the measured cost of a frame); `slack` = that deadline - now;
@@ -41,6 +44,10 @@ outgrown by long answers or a burst):
 Slack counts whole chunks because audio leaves in chunks (the ramp 1, 2, 4, ... frames):
 frames computed but not yet emitted are not audible yet. Early prefill runs in steps of a
 few tens of ms (prefill.py), so a commit arriving meanwhile waits for one of them at most.
+
+Catching up (`_catch_up`): before a decode step, the speaking responses one step behind it
+take theirs, so that the decode steps keep batching (a chunk's Code2Wav decode, the "codec"
+step, runs per response and would otherwise split the batch).
 
 Batching: when the chosen response is at a decode step (code predictor or talker and
 thinker advance), every other response at the same step joins it, up to `max_batch`,
@@ -143,12 +150,11 @@ class LocalResponse:
 
 class ModelWorker:
     def __init__(
-        self, maxsize: int, *, max_batch: int = 1, guard_s: float = 0.16, first_packet_target_s: float | None = None
+        self, maxsize: int, *, max_batch: int = 1, guard_s: float = 0.16, first_packet_target_s: float = 0.0
     ) -> None:
         self.max_batch = max(1, max_batch)
         self.guard_s = guard_s
-        # A first packet's deadline after its commit (None: 2 x guard, the rule's first default).
-        self.first_packet_target_s = 2.0 * guard_s if first_packet_target_s is None else first_packet_target_s
+        self.first_packet_target_s = first_packet_target_s  # a first packet's deadline after its commit
         self.pending: queue.Queue[tuple[StreamJob, Sink]] = queue.Queue(maxsize=maxsize)
         self._active: list[tuple[StreamJob, Sink]] = []
         self._calls: deque[Callable[[], None]] = deque()  # thread-safe append/popleft; tiny housekeeping only
@@ -336,7 +342,36 @@ class ModelWorker:
                 return (0, 1, deadline)
             return (1, 0 if released else 1, deadline)
 
-        return min(self._active, key=rank)
+        best = min(self._active, key=rank)
+        return self._catch_up(best, rank)
+
+    # A decode step's phase -> the phase just before it in a speaking response's cycle
+    # (frame -> [codec ->] advance -> frame).
+    BEHIND = {"advance": "codec", "frame": "advance"}
+
+    def _catch_up(self, best: tuple[StreamJob, Sink], rank) -> tuple[StreamJob, Sink]:
+        """Keep the speaking responses in step, so that their decode steps batch: before a
+        decode step at phase P, the responses one step behind it (at BEHIND[P]) take theirs.
+        Without this a response whose chunk's decode ("codec") came due in a batched frame
+        step fell out of the batch, and under load EDF kept stepping the others (shorter of
+        audio) while it waited: on the tiny CPU model the four users of a staggered run
+        spent most steps in groups of one or two instead of four, and all of them ran dry.
+        The wait this adds to the chosen step is one short step (a chunk's decode or an
+        advance, 10-25 ms on the tiny CPU model); a first packet never waits for it."""
+        job = best[0]
+        behind = self.BEHIND.get(job._phase)
+        if behind is None or self.max_batch == 1 or self._first_packet(job) or job.partial or job.cancelled:
+            return best
+        if getattr(job, "background", False):
+            return best
+        lagging = [
+            e
+            for e in self._active
+            if e[0]._phase == behind
+            and not (e[0].cancelled or e[0].done or e[0].partial or getattr(e[0], "background", False))
+            and not e[0].first_packet_pending
+        ]
+        return min(lagging, key=rank) if lagging else best
 
     def _first_packet(self, job: StreamJob) -> bool:
         """A response with a listener waiting for its first packet."""
