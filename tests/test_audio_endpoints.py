@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import re
 import wave
 
@@ -17,6 +18,7 @@ import numpy as np
 import openai
 import pytest
 from live_server import sdk, tiny_server
+from openai.types.audio import TranscriptionSegment
 
 MAX_UPLOAD = 40 * 1024 * 1024
 
@@ -116,6 +118,13 @@ def test_every_format_of_every_container(server, files, name):
     starts = [(s.start, s.end) for s in verbose.segments]
     check_increasing(starts)
     assert starts[0][0] < 0.5 and starts[1][0] > 3.0  # the second starts after the first sentence
+    for seg in verbose.segments:  # every field of the SDK's segment, measured
+        seg = TranscriptionSegment.model_validate(seg.model_dump(), strict=True)
+        assert 2 <= len(seg.tokens) <= 3 and seg.temperature == 0.0  # the server's token bounds, greedy
+        # Greedy picks each token at its distribution's highest probability (>= 1/vocab), and
+        # random weights are never certain: the mean log-probability lies in [-log(vocab), 0).
+        assert math.isfinite(seg.avg_logprob) and -math.log(152_064) <= seg.avg_logprob < 0.0, seg
+        assert seg.compression_ratio > 0 and 0.0 <= seg.no_speech_prob <= 0.5  # pieces hold speech
 
 
 def test_translation_to_english_and_to_a_named_target(server, files):
@@ -129,6 +138,7 @@ def test_translation_to_english_and_to_a_named_target(server, files):
         extra_body={"target_language": "fr"},
     )
     assert verbose.language == "french" and len(verbose.segments) == 2
+    assert all(math.isfinite(s.avg_logprob) and s.avg_logprob <= 0.0 for s in verbose.segments)
 
 
 def test_streaming_sends_deltas_before_done(server, files):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 
 from assistant.realtime.vad import WINDOW_SAMPLES
@@ -66,3 +68,11 @@ def test_srt_and_vtt():
     assert fmt.srt(segs) == "1\n00:00:00,032 --> 00:00:02,240\nhello\n\n2\n01:01:01,500 --> 01:01:02,000\ntwo\n"
     assert fmt.vtt(segs).startswith("WEBVTT\n\n00:00:00.032 --> 00:00:02.240\nhello\n")
     assert fmt.full_text(segs) == "hello two"
+
+
+def test_verbose_segments_carry_avg_logprob_when_the_engine_reports_it():
+    segs = [fmt.Segment(0.0, 1.0, " aaaa aaaa", [1, 2], 0.25, avg_logprob=-0.1234567), fmt.Segment(1.0, 2.0, "b")]
+    out = fmt.verbose(segs, task="transcribe", language="english", duration_s=2.0, temperature=0.0)["segments"]
+    assert out[0]["avg_logprob"] == -0.123457 and out[0]["tokens"] == [1, 2] and out[0]["no_speech_prob"] == 0.25
+    assert out[0]["compression_ratio"] == round(10 / len(zlib.compress(b" aaaa aaaa")), 4)
+    assert "avg_logprob" not in out[1]  # no figure from the engine: left out, never made up

@@ -173,6 +173,7 @@ def test_neutral_values_of_refused_fields_are_accepted_and_echoed():
             "type": "realtime",
             "tools": [],
             "tool_choice": "auto",
+            "parallel_tool_calls": True,
             "tracing": None,
             "truncation": "auto",
             "include": [],
@@ -181,6 +182,7 @@ def test_neutral_values_of_refused_fields_are_accepted_and_echoed():
     )
     updated = h.last("session.updated")["session"]
     assert updated["tools"] == [] and updated["tool_choice"] == "auto" and updated["truncation"] == "auto"
+    assert updated["parallel_tool_calls"] is True
     assert updated["audio"]["output"]["speed"] == 1.0 and updated["audio"]["input"]["transcription"] is None
     h.send(type="session.update", session={"type": "realtime", "audio": {"output": {"speed": True}}})
     assert h.last("error")["error"]["param"] == "session.audio.output.speed", "JSON true is not 1.0"

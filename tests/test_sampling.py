@@ -69,3 +69,25 @@ def test_edits_do_not_touch_the_callers_logits():
     assert picker.pick(logits) == 7
     assert picker.pick(logits) == 8  # min_new reached; 7 is penalised, 8 is now the best
     assert torch.equal(logits, before)
+
+
+def test_pick_scored_is_pick_plus_the_log_probability_it_was_drawn_with():
+    """Same tokens and generator draws as `pick`; the log-probability is that of stock's
+    warped distribution (sampling) or of the softmax of the processed scores (greedy)."""
+    scores = torch.randn(2048, generator=torch.Generator().manual_seed(1)) * 4
+    want = stock_probs(scores, 0.7, 50, 0.8)
+
+    def picker(seed: int) -> Picker:
+        return Picker(greedy=False, temperature=0.7, top_k=50, top_p=0.8, generator=torch.Generator().manual_seed(seed))
+
+    plain, scored = picker(3), picker(3)
+    for _ in range(50):
+        token, logprob = scored.pick_scored(scores)
+        assert token == plain.pick(scores)
+        assert logprob == pytest.approx(float(want[token].log()), abs=1e-5) and logprob <= 0.0
+    greedy = Picker(greedy=True, suppress=torch.tensor([int(scores.argmax())]))
+    token, logprob = greedy.pick_scored(scores)
+    masked = scores.clone()
+    masked[int(scores.argmax())] = -float("inf")  # the suppressed best is not in the distribution
+    assert token == int(masked.argmax())
+    assert logprob == pytest.approx(float(masked.log_softmax(-1)[token]), abs=1e-6)

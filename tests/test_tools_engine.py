@@ -139,6 +139,22 @@ def test_named_choice_calls_that_tool_once(resident):
     ]
 
 
+def test_parallel_false_makes_exactly_one_call(resident):
+    """`parallel_tool_calls: false` (ToolChoice.parallel): the turn ends after the first call.
+    The same seeds with parallel calls allowed make several somewhere, so the limit is the grammar's doing."""
+    counts = {True: [], False: []}
+    for seed in range(4):
+        for parallel in (True, False):
+            conv = tool_conv(ToolChoice("required", parallel=parallel), seed, max_tokens=400)
+            events = run(StreamJob(resident, conv, audio=False))
+            assert events[-1].status == "completed"
+            calls = [e for e in events if isinstance(e, ToolCallDone)]
+            assert all(c.complete for c in calls)
+            counts[parallel].append(len(calls))
+    assert counts[False] == [1, 1, 1, 1], counts
+    assert max(counts[True]) > 1, counts
+
+
 def test_speech_then_call_talker_gets_nothing_of_the_call(resident, monkeypatch):
     """The model speaks, then opens a call (the test makes `<tool_call>` its choice at the
     fourth token, as the real model would choose it). The talker is fed the text before the

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from session_harness import Harness, chunk, done
 
-from assistant.engine.api import TextDelta, ToolCall, ToolCallDelta, ToolCallDone, ToolCallStarted
+from assistant.engine.api import TextDelta, ToolCall, ToolCallDelta, ToolCallDone, ToolCallStarted, ToolChoice
 from assistant.realtime import session as s
 
 LOOKUP = {
@@ -226,3 +226,33 @@ def test_generated_call_items_can_be_retrieved_and_deleted():
     out = {"type": "function_call_output", "call_id": "x", "output": "1"}
     h.send(type="conversation.item.create", item={**out, "call_id": item["call_id"]})
     assert error(h, n)["param"] == "item.call_id"  # the call is gone: its output would answer nothing
+
+
+def test_parallel_tool_calls_reaches_the_engine_from_session_and_response():
+    h = Harness()
+    with_tools(h)
+    assert h.last("session.updated")["session"]["parallel_tool_calls"] is True  # the default, echoed
+    h.send(type="session.update", session={"type": "realtime", "parallel_tool_calls": False})
+    assert h.last("session.updated")["session"]["parallel_tool_calls"] is False
+    h.send(type="session.update", session={"type": "realtime", "tool_choice": "required"})
+    updated = h.last("session.updated")["session"]
+    assert updated["tool_choice"] == "required" and updated["parallel_tool_calls"] is False, "a new choice keeps it"
+    h.send(type="response.create")
+    start = h.cmds(s.StartResponse)[-1]
+    assert start.conversation.tool_choice == ToolChoice("required", parallel=False), "the engine is told"
+    h.engine(start.response_id, done())
+    # response.create's value holds for that response only, with or without its own tool_choice.
+    h.send(type="response.create", response={"parallel_tool_calls": True})
+    start = h.cmds(s.StartResponse)[-1]
+    assert start.conversation.tool_choice == ToolChoice("required", parallel=True)
+    h.engine(start.response_id, done())
+    assert h.session.conversation.tool_choice.parallel is False, "the session's value is back"
+    h.send(type="session.update", session={"type": "realtime", "parallel_tool_calls": True})
+    h.send(type="response.create", response={"tool_choice": "auto", "parallel_tool_calls": False})
+    assert h.cmds(s.StartResponse)[-1].conversation.tool_choice == ToolChoice("auto", parallel=False)
+    for kind, body in (("session.update", {"session": {"type": "realtime"}}), ("response.create", {"response": {}})):
+        n = len(h.events)
+        root = next(iter(body))
+        h.send(type=kind, **{root: {**body[root], "parallel_tool_calls": "no"}})
+        err = error(h, n)
+        assert (err["code"], err["param"]) == ("invalid_type", f"{root}.parallel_tool_calls")

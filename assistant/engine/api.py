@@ -238,6 +238,9 @@ class ResponseStats:
     frame_ms: list[float] = field(default_factory=list)  # compute time of each codec frame
     reasoning_tokens: int = 0  # of text_tokens, those in <think> spans (tags included)
     end_reason: str = ""  # "stop" (end of answer or a stop string) or "length" (max_tokens)
+    # Transcription jobs (Engine.transcribe) only, else None: the log-probability of each
+    # token the thinker chose, its end-of-turn token included (Picker.pick_scored).
+    token_logprobs: list[float] | None = None
 
     def _ms(self, a: float | None, b: float | None) -> float | None:
         return None if a is None or b is None else round((b - a) * 1000.0, 3)

@@ -322,6 +322,7 @@ class LocalEngine:
         conv = Conversation(instructions=request.context, sampling=sampling)
         conv.add_user([request.audio, TextPart(request.task)])
         job = StreamJob(self.resident, conv, audio=False, config=self.stream_config, background=True)
+        job.stats.token_logprobs = []  # each chosen token's log-probability (verbose_json's avg_logprob)
         if request.conversation_id is not None:
             key = inputs.turn_media_keys(Conversation(turns=[Turn("user", [request.audio])]))[0]
             job.audio_from = (self.conv_cache, request.conversation_id, key)

@@ -31,6 +31,34 @@ class Picker:
         self.history: list[int] = []  # ids chosen so far (repetition penalty covers only these, as stock does)
 
     def pick(self, logits: torch.Tensor) -> int:
+        scores = self._processed(logits)  # [vocab]
+        if self.greedy:
+            token = int(torch.argmax(scores))
+        else:
+            ids, probs = self.candidates(scores)
+            token = int(ids[torch.multinomial(probs, 1, generator=self.generator)])
+        self.history.append(token)
+        return token
+
+    def pick_scored(self, logits: torch.Tensor) -> tuple[int, float]:
+        """`pick`, and the chosen token's log-probability under the distribution it was
+        chosen from: greedy, the softmax of the processed scores (the argmax's own
+        distribution, no temperature); sampling, the temperature / top-k / top-p
+        distribution it was drawn from. Same choice, same generator draws as `pick`."""
+        scores = self._processed(logits)  # [vocab]
+        if self.greedy:
+            token = int(torch.argmax(scores))
+            logprob = float(torch.log_softmax(scores, -1)[token])
+        else:
+            ids, probs = self.candidates(scores)
+            k = int(torch.multinomial(probs, 1, generator=self.generator))
+            token, logprob = int(ids[k]), float(torch.log(probs[k]))
+        self.history.append(token)
+        return token, logprob
+
+    def _processed(self, logits: torch.Tensor) -> torch.Tensor:
+        """logits [vocab] -> the scores stock's processors leave: repetition penalty,
+        suppressed tokens, EOS masked before min_new."""
         scores = logits.float()  # [vocab]
         edits = (self.repetition_penalty != 1.0 and self.history) or self.suppress is not None
         if edits or (self.eos_id is not None and len(self.history) < self.min_new):
@@ -43,13 +71,7 @@ class Picker:
             scores[self.suppress] = -float("inf")
         if self.eos_id is not None and len(self.history) < self.min_new:
             scores[self.eos_id] = -float("inf")
-        if self.greedy:
-            token = int(torch.argmax(scores))
-        else:
-            ids, probs = self.candidates(scores)
-            token = int(ids[torch.multinomial(probs, 1, generator=self.generator)])
-        self.history.append(token)
-        return token
+        return scores
 
     def candidates(self, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """scores [vocab] -> (ids [n], probs [n]): the tokens sampling may choose and their

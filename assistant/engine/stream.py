@@ -262,7 +262,11 @@ class StreamJob(ThinkerPrefill):
             logits = tools.mask(logits)  # [V]
             if tools.in_calls:
                 self._thinker_picker.min_new = 0  # the grammar says where the turn may end
-        token = self._thinker_picker.pick(logits)
+        if self.stats.token_logprobs is None:
+            token = self._thinker_picker.pick(logits)
+        else:  # a transcription: its tokens' log-probabilities are reported (avg_logprob)
+            token, logprob = self._thinker_picker.pick_scored(logits)
+            self.stats.token_logprobs.append(logprob)
         self._tokens.append(token)
         eos = token == res.cfg.im_end_token_id
         self._thinker_done = eos or len(self._tokens) >= self.sampling.max_tokens

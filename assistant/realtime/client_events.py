@@ -105,6 +105,7 @@ class SessionPatch:
     # tool calling: the raw JSON, checked against the session's tools in realtime/tools.py
     tools: Any = None
     tool_choice: Any = None
+    parallel_tool_calls: bool | None = None  # False: at most one call per response
 
 
 @dataclass(frozen=True)
@@ -190,6 +191,7 @@ class ResponseCreate(ClientEvent):
     metadata: dict[str, str] | None = None
     tools: Any = None  # raw JSON; None: the session's (realtime/tools.py)
     tool_choice: Any = None
+    parallel_tool_calls: bool | None = None  # None: the session's
 
 
 @dataclass(frozen=True)

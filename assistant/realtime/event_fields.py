@@ -298,6 +298,8 @@ def parse_session(obj: Any, event_id: str | None, defaults: TurnDetection) -> Se
         values["tools"] = s.list("tools") or []
     if s.has("tool_choice"):
         values["tool_choice"] = s.get("tool_choice", (str, dict), "a string or an object")
+    if s.bool("parallel_tool_calls") is not None:  # null: unchanged
+        values["parallel_tool_calls"] = s.bool("parallel_tool_calls")
     names = frozenset(k for k in values if k != "beta_shape")
     return SessionPatch(fields_set=names, **values)
 

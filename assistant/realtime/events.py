@@ -183,7 +183,8 @@ def _response_create(f, kind, eid, _):
         raise r.fail("metadata", "metadata values must be strings")
     tools = r.list("tools")
     choice = r.get("tool_choice", (str, dict), "a string or an object")
-    return ResponseCreate(kind, eid, mods, r.str("instructions"), max_tokens, voice, metadata, tools, choice)
+    parallel = r.bool("parallel_tool_calls")
+    return ResponseCreate(kind, eid, mods, r.str("instructions"), max_tokens, voice, metadata, tools, choice, parallel)
 
 
 def _simple(cls):

@@ -15,8 +15,8 @@ added to a later SDK release cannot slip through.
   client's data, e.g. `response.metadata`).
 - `refused`: any value other than null or one of the field's `neutral` values gets
   `error` code `unsupported_feature` with `param` the field's path. Neutral values ask for
-  nothing beyond what the server does anyway (`tools: []`, `tool_choice: "auto"` with no
-  tools, `speed: 1.0`), so stock clients that send them keep working. Everything under a
+  nothing beyond what the server does anyway (`truncation: "auto"`, `include: []`,
+  `speed: 1.0`), so stock clients that send them keep working. Everything under a
   refused field is refused with it.
 - A key that is in no table is answered `unknown_parameter`, as OpenAI's server does.
 
@@ -120,7 +120,9 @@ def _tools(root: str) -> dict[str, Field]:
         f"{root}.tool_choice.type": honored("'function'"),
         f"{root}.tool_choice.name": honored("the function that must be called"),
         f"{root}.tool_choice.server_label": refused(NO_MCP),
-        f"{root}.parallel_tool_calls": refused("a response may make several calls; it cannot be limited to one", True),
+        f"{root}.parallel_tool_calls": honored(
+            "false: at most one call per response (the call grammar stops after one)"
+        ),
     }
 
 

@@ -309,20 +309,24 @@ class RealtimeSession(InputSide, ResponseSide, TranscribeSide):
             "interpreter": self.interpreter.to_json() if self.interpreter else None,  # this server's extension
             "tools": [tools_mod.tool_json(t) for t in self.conversation.tools],
             "tool_choice": tools_mod.choice_json(self.conversation.tool_choice),
+            "parallel_tool_calls": self.conversation.tool_choice.parallel,
             "max_output_tokens": self.max_output_tokens,
             "tracing": None,
             "truncation": "auto",
         }
 
     def _tools_check(self, patch: ev.SessionPatch):
-        """session.tools / tool_choice: checked together (a named choice must be declared)."""
-        if "tools" not in patch.fields_set and "tool_choice" not in patch.fields_set:
+        """session.tools / tool_choice / parallel_tool_calls: checked together (a named choice must be declared)."""
+        if not {"tools", "tool_choice", "parallel_tool_calls"} & patch.fields_set:
             return None
         conv = self.conversation
         tools = tools_mod.parse_tools(patch.tools, "session.tools") if "tools" in patch.fields_set else conv.tools
-        choice = conv.tool_choice
-        if "tool_choice" in patch.fields_set:
-            choice = tools_mod.parse_tool_choice(patch.tool_choice, "session.tool_choice")
+        choice = tools_mod.resolve_choice(
+            conv.tool_choice,
+            patch.tool_choice if "tool_choice" in patch.fields_set else None,
+            patch.parallel_tool_calls,
+            "session.tool_choice",
+        )
         tools_mod.check_choice(tools, choice, "session.tool_choice")
         return tools, choice
 
@@ -378,6 +382,7 @@ class RealtimeSession(InputSide, ResponseSide, TranscribeSide):
         if tools_set is not None:
             view["tools"] = [tools_mod.tool_json(t) for t in tools_set[0]]
             view["tool_choice"] = tools_mod.choice_json(tools_set[1])
+            view["parallel_tool_calls"] = tools_set[1].parallel
         if self.session_type == "realtime":
             view["audio"]["output"]["voice"] = voice or view["audio"]["output"]["voice"]
         if patch.instructions is not None and self.session_type == "realtime":

@@ -78,14 +78,14 @@ class ResponseSide:
         )
 
     def _response_tools(self, event: ev.ResponseCreate):
-        """response.create's tools / tool_choice, for this response only; None: the session's."""
-        if event.tools is None and event.tool_choice is None:
+        """response.create's tools / tool_choice / parallel_tool_calls, for this response only; None: the session's."""
+        if event.tools is None and event.tool_choice is None and event.parallel_tool_calls is None:
             return None
         conv = self.conversation
         tools = conv.tools if event.tools is None else tools_mod.parse_tools(event.tools, "response.tools")
-        choice = conv.tool_choice
-        if event.tool_choice is not None:
-            choice = tools_mod.parse_tool_choice(event.tool_choice, "response.tool_choice")
+        choice = tools_mod.resolve_choice(
+            conv.tool_choice, event.tool_choice, event.parallel_tool_calls, "response.tool_choice"
+        )
         tools_mod.check_choice(tools, choice, "response.tool_choice")
         return tools, choice
 

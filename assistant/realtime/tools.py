@@ -5,13 +5,15 @@ objects of calls and results.
 OpenAI Realtime's tools are flat: `{"type": "function", "name", "description",
 "parameters": <JSON Schema>}`; `tool_choice` is "auto" | "none" | "required" |
 `{"type": "function", "name"}` (openai-python `RealtimeFunctionTool`,
-`RealtimeToolChoiceConfig`). Every refusal names the field it is about, and the session
+`RealtimeToolChoiceConfig`); `parallel_tool_calls` false allows one call per response
+(the engine's `ToolChoice.parallel`). Every refusal names the field it is about, and the session
 lives on.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Any
 
 from ..engine.api import Tool, ToolCall, ToolChoice
@@ -96,6 +98,13 @@ def parse_tool_choice(value: Any, param: str) -> ToolChoice:
     raise ProtocolError(
         "invalid_value", f'\'{param}\' must be auto, none, required or {{"type": "function", "name"}}', param=param
     )
+
+
+def resolve_choice(current: ToolChoice, value: Any, parallel: bool | None, param: str) -> ToolChoice:
+    """The choice in force after an update: `value` (a raw tool_choice; None keeps `current`'s
+    mode) and `parallel` (`parallel_tool_calls`; None keeps `current`'s)."""
+    choice = current if value is None else parse_tool_choice(value, param)
+    return replace(choice, parallel=current.parallel if parallel is None else parallel)
 
 
 def check_choice(tools: tuple[Tool, ...], choice: ToolChoice, param: str) -> None:

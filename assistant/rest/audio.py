@@ -234,6 +234,7 @@ class AudioApi:
                             500, err.code if err else "engine_error", err.message if err else "failed", "server_error"
                         )
                     tokens = event.turn.token_ids if event.turn else []
+                    logprobs = event.stats.token_logprobs
                     return fmt.Segment(
                         piece.start_s,
                         piece.end_s,
@@ -241,6 +242,7 @@ class AudioApi:
                         list(tokens),
                         piece.no_speech_prob,
                         event.stats.prefill_tokens,
+                        sum(logprobs) / len(logprobs) if logprobs else None,
                     )
         finally:
             response.cancel()  # no-op when done; a client gone mid-piece stops the engine's job

@@ -3,9 +3,12 @@ pieces: OpenAI's `json`, `text`, `srt`, `verbose_json` and `vtt` (openai-python
 `types/audio/transcription*.py`, `translation*.py`). Pure functions of plain data.
 
 verbose_json segments carry what this server measures: `start`/`end` (the piece's place in
-the file), `text`, `tokens` (the model's token ids), `temperature`, `compression_ratio`
-(zlib, as Whisper computes it) and `no_speech_prob` (1 - the piece's highest VAD speech
-probability). `avg_logprob` is left out: the engine does not report token log-probabilities.
+the file), `text`, `tokens` (the model's token ids), `temperature`, `avg_logprob` (the mean
+log-probability of the tokens the model chose for the piece, its end-of-turn token included
+as Whisper includes its end-of-text token; each under the distribution it was chosen from:
+greedy, the softmax of the logits; sampling, after temperature), `compression_ratio` (zlib,
+as Whisper computes it) and `no_speech_prob` (1 - the piece's highest Silero VAD speech
+probability: a VAD's figure, not the model's, as Whisper's is its no-speech token's).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ class Segment:
     tokens: list[int] = field(default_factory=list)
     no_speech_prob: float = 0.0
     input_tokens: int = 0
+    avg_logprob: float | None = None  # None: the engine reported no log-probabilities (the key is left out)
 
 
 def _stamp(seconds: float, sep: str) -> str:
@@ -69,22 +73,27 @@ def verbose(segments: list[Segment], *, task: str, language: str, duration_s: fl
         "language": language,
         "duration": round(duration_s, 3),
         "text": full_text(segments),
-        "segments": [
-            {
-                "id": i,
-                "seek": round(s.start_s * 100),  # Whisper's seek: the window's offset in 10 ms frames
-                "start": round(s.start_s, 3),
-                "end": round(s.end_s, 3),
-                "text": s.text.strip(),
-                "tokens": s.tokens,
-                "temperature": temperature,
-                "compression_ratio": compression_ratio(s.text),
-                "no_speech_prob": round(s.no_speech_prob, 4),
-            }
-            for i, s in enumerate(segments)
-        ],
+        "segments": [_segment(i, s, temperature) for i, s in enumerate(segments)],
         "usage": {"type": "duration", "seconds": round(duration_s, 3)},
     }
+
+
+def _segment(i: int, s: Segment, temperature: float) -> dict:
+    out = {
+        "id": i,
+        "seek": round(s.start_s * 100),  # Whisper's seek: the window's offset in 10 ms frames
+        "start": round(s.start_s, 3),
+        "end": round(s.end_s, 3),
+        "text": s.text.strip(),
+        "tokens": s.tokens,
+        "temperature": temperature,
+        "avg_logprob": None if s.avg_logprob is None else round(s.avg_logprob, 6),
+        "compression_ratio": compression_ratio(s.text),
+        "no_speech_prob": round(s.no_speech_prob, 4),
+    }
+    if out["avg_logprob"] is None:
+        del out["avg_logprob"]
+    return out
 
 
 def render(fmt: str, segments: list[Segment], **verbose_args) -> str | dict:
