@@ -91,3 +91,38 @@ def test_pick_scored_is_pick_plus_the_log_probability_it_was_drawn_with():
     masked[int(scores.argmax())] = -float("inf")  # the suppressed best is not in the distribution
     assert token == int(masked.argmax())
     assert logprob == pytest.approx(float(masked.log_softmax(-1)[token]), abs=1e-6)
+
+
+def test_rows_picked_together_pick_as_each_picker_alone():
+    """sampling.pick_rows (a batched code-predictor step): the same candidates and
+    probabilities as Picker.candidates row by row, greedy rows their argmax, seeded rows the
+    same draws as alone, and unseeded rows drawn together only inside their own candidates."""
+    from assistant.engine.sampling import Picker, candidates_rows, pick_rows
+
+    torch.manual_seed(0)
+    logits = torch.randn(5, 2048) * 3  # [B, V]
+    ids, probs = candidates_rows(logits, 0.9, 50, 0.8)
+    for row in range(5):
+        p_ids, p_probs = Picker(greedy=False, temperature=0.9, top_k=50, top_p=0.8).candidates(logits[row])
+        assert torch.equal(ids[row], p_ids) and torch.allclose(probs[row], p_probs, atol=1e-7)
+
+    def pickers(seeded: bool):
+        return [Picker(greedy=True)] + [
+            Picker(
+                greedy=False,
+                top_k=50,
+                top_p=0.8,
+                generator=torch.Generator().manual_seed(row) if seeded and row % 2 else None,
+            )
+            for row in range(1, 5)
+        ]
+
+    together, alone = pickers(True), pickers(True)
+    got = pick_rows(together, logits).tolist()
+    assert got[0] == int(torch.argmax(logits[0]))
+    for row in (1, 3):  # seeded: the same draw as alone
+        assert got[row] == alone[row].pick(logits[row])
+    for row in (2, 4):  # unseeded: drawn together, from the row's own nucleus
+        allowed, p = Picker(greedy=False, top_k=50, top_p=0.8).candidates(logits[row])
+        assert got[row] in allowed[p > 0].tolist()
+    assert [p.history for p in together] == [[t] for t in got]

@@ -27,6 +27,7 @@ import torch
 from transformers import DynamicCache
 
 from .api import Event, now
+from .sampling import pick_rows
 from .stream import STEP_ERRORS, step_error
 
 
@@ -205,11 +206,8 @@ def _frames(jobs) -> dict[object, list[Event]]:
         residual, codec_sum = res.predictor.run_greedy(hidden, e0)  # on-device argmax, as the solo path
     else:
         pickers = [job._residual_picker() for job in live]
-
-        def pick(step: int, logits: torch.Tensor) -> torch.Tensor:  # logits [B, V]
-            return torch.tensor([p.pick(logits[row]) for row, p in enumerate(pickers)], device=res.device)
-
-        residual, codec_sum = res.predictor.run(hidden, e0, pick)  # [B, 15], [B, 1, D]
+        # logits [B, V] -> ids [B]; rows that can draw together do (sampling.py)
+        residual, codec_sum = res.predictor.run(hidden, e0, lambda step, logits: pick_rows(pickers, logits))
     for row, job in enumerate(live):
         codes = torch.cat([c0[row], residual[row]])  # [16]
         events[job] = job._frame_finish(codes, codec_sum[row : row + 1], inline_advance=False)
