@@ -154,3 +154,17 @@ async def test_an_upstream_engine_refuses_transcripts_with_a_reason():
     engine = UpstreamEngine(Settings(upstream_url="ws://127.0.0.1:9/v1/realtime"))
     events = [e async for e in engine.transcribe(TextJob(AudioPart(np.zeros(1600, np.float32)), "Transcribe."))]
     assert len(events) == 1 and events[0].status == "failed" and events[0].error.code == "unsupported"
+
+
+def test_a_vad_turn_starts_its_response_before_its_transcription():
+    """The worker is idle when a turn ends: the job submitted first starts first, and the
+    response's first packet must not wait behind the transcription's prefill."""
+    s = session(type="realtime", audio={"input": {"transcription": {}}})  # server VAD, the default
+    outputs = s.append_audio(np.zeros(72_000, np.float32), 24_000)  # 3 s
+    while (work := s.take_vad_work()) is not None:
+        n = len(work.samples) // 512
+        t0 = work.start_sample // 512
+        probs = np.array([0.95 if t0 + i < 30 else 0.0 for i in range(n)], np.float32)  # ~1 s of speech
+        outputs += s.on_vad(work, probs)
+    kinds = [type(o).__name__ for o in outputs if isinstance(o, (StartResponse, TranscribeItem))]
+    assert kinds == ["StartResponse", "TranscribeItem"], kinds
