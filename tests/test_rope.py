@@ -101,7 +101,7 @@ def test_thinker_and_talker_positions_equal_stock(res, frames, name):
     t, ids = prepared.tensors, prepared.tensors["input_ids"]
     assert_same(*stock_and_ours(res.thinker, ids, t, prepared.audio_in_video))
     # The talker: stock passes use_audio_in_video=False whatever the prompt holds
-    # (stream.talker_positions), on the user part of the ids and on all of them.
+    # (talker.talker_positions), on the user part of the ids and on all of them.
     user = torch.isin(ids, torch.tensor([res.cfg.thinker_config.audio_token_id, res.video_id, res.image_id]))
     assert_same(*stock_and_ours(res.talker, ids, t, False))
     assert_same(*stock_and_ours(res.talker, ids[:, : int(torch.nonzero(user[0])[-1]) + 3], t, False))

@@ -49,7 +49,7 @@ def prefix(res, n: int, seed: int) -> DynamicCache:
 def stock_step(res, cache, embeds, position):
     out = res.talker(
         inputs_embeds=embeds, position_ids=position, cache=cache, use_cache=True, output_hidden_states=True,
-        generation_step=0,  # only echoed back (as stream.py passes it)
+        generation_step=0,  # only echoed back (as talker.py passes it)
     )  # fmt: skip
     return out.logits[:, -1], out.hidden_states[0][-1][:, -1:]
 

@@ -20,7 +20,7 @@ one warning with the traceback, and the call (and all later ones) runs the eager
 which is the code the CPU runs. Replay errors are not caught: on CUDA they are sticky
 context errors that the eager path could not survive either.
 
-The talker decode step (stream.py `_advance`, batch 1) has a graph too, off by default
+The talker decode step (talker.py `_advance`, batch 1) has a graph too, off by default
 (`--talker-cuda-graph`): `GraphedTalkerStep` replays talker_step.py's static-KV, sync-free
 step. Unlike the two above it changes kernels (attention over a masked fixed-length
 buffer), so it stays off until a GPU run shows equality with the stock step and a

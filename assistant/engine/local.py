@@ -86,7 +86,7 @@ def variant_of(path_or_id: str, model, asked: str = "auto") -> str:
 
 def configure_variant(resident: Resident, variant: str) -> None:
     """Variant-specific behaviour of the resident model: a Thinking checkpoint's reasoning
-    is split from its answer (stream.py), and every thinker sampling field the checkpoint's
+    is split from its answer (thinker.py), and every thinker sampling field the checkpoint's
     generation_config.json sets becomes the default (what a request leaves unset)."""
     if variant != "instruct" and resident.has_talker:
         raise ValueError(
