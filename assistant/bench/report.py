@@ -184,7 +184,7 @@ def server_markdown(run: dict) -> str:
     lines = [
         f"# Latency benchmark ({run['started_at']})",
         "",
-        f"Model `{run['server'].get('model')}` on {run['server'].get('device')}, server "
+        f"Model `{_model(run['server'])}` on {run['server'].get('device')}, server "
         f"{'in the benchmark process' if run['server'].get('in_process') else 'in its own process'}; "
         f"transport {cfg['transport']}; "
         f"turns {cfg['turn_detection']}; {cfg['turns_per_user']} turns per user "
@@ -403,3 +403,9 @@ def engine_markdown(run: dict) -> str:
     if run.get("plots"):
         lines += ["", *(f"![{Path(p).stem}]({Path(p).name})" for p in run["plots"])]
     return "\n".join(lines) + "\n"
+
+
+def _model(server: dict) -> str:
+    """The model's name for a report: the tiny checkpoint's local cache path says nothing
+    to a reader (and names the machine), so it is called `tiny`."""
+    return "tiny" if server.get("is_tiny") else str(server.get("model"))
