@@ -80,20 +80,8 @@ class Picker:
         processed. Sorting and sampling 50 values instead of 2048 (code predictor) or 152k
         (thinker) takes a fifth of the time, and a frame samples 16 times. Tokens tied with the
         k-th score are kept by stock and cut here (a tie of float logits at the boundary)."""
-        if self.top_k and self.top_k < scores.numel():
-            values, ids = torch.topk(scores, self.top_k)  # [k] each, descending
-        else:
-            values, ids = torch.sort(scores, descending=True)
-        if self.temperature != 1.0:  # division keeps the order, so top-k before it picks the same set
-            values = values / self.temperature
-        if self.top_p < 1.0:
-            # Nucleus (stock TopPLogitsWarper): over ascending scores, drop those whose cumulative
-            # probability stays within 1 - top_p; the most likely token always stays.
-            ascending = values.flip(0)
-            drop = ascending.softmax(-1).cumsum(-1) <= (1 - self.top_p)
-            drop[-1] = False
-            values = values.masked_fill(drop.flip(0), -float("inf"))
-        return ids, values.softmax(-1)
+        ids, probs = candidates_rows(scores.unsqueeze(0), self.temperature, self.top_k, self.top_p)  # [1, n] each
+        return ids[0], probs[0]
 
 
 def _plain(p: Picker) -> bool:
@@ -107,9 +95,11 @@ def candidates_rows(scores: torch.Tensor, temperature: float, top_k: int, top_p:
         values, ids = torch.topk(scores, top_k, dim=-1)  # [B, k] each, descending
     else:
         values, ids = torch.sort(scores, dim=-1, descending=True)
-    if temperature != 1.0:
+    if temperature != 1.0:  # division keeps the order, so top-k before it picks the same set
         values = values / temperature
     if top_p < 1.0:
+        # Nucleus (stock TopPLogitsWarper): over ascending scores, drop those whose cumulative
+        # probability stays within 1 - top_p; the most likely token always stays.
         ascending = values.flip(-1)
         drop = ascending.softmax(-1).cumsum(-1) <= (1 - top_p)
         drop[:, -1] = False
