@@ -94,7 +94,11 @@ class Settings:
     min_answer_frames: int = opt(0, "suppress end-of-speech before this many codec frames (tests, benchmarks)")
     greedy: bool = opt(False, "greedy decoding: the same input gives the same answer (tests, soak)")
     chunk_ramp_frames: str = opt("1,2,4,8,16,25", "codec frames per audio chunk, ramping up (comma-separated)")
-    codec_left_context_frames: int = opt(25, "left context frames for incremental Code2Wav")
+    codec_left_context_frames: int = opt(
+        0,
+        "0: exact streaming Code2Wav (its state carried between chunks); N > 0: decode each chunk again with N "
+        "frames of left context, stock chunked_decode's approximation (25 there), with CUDA graphs per window",
+    )
     engine_queue_size: int = opt(64, "bound on requests waiting for the model worker")
     audio_window_s: int = opt(
         2,

@@ -184,7 +184,7 @@ async def main_async(args) -> int:
     resident = build_resident(args.size, device, dtype, args.audio_window_s, args.cuda_graphs)
     settings = from_sources(env={}, model="gpu-bench", warmup=True, cuda_graphs=args.cuda_graphs)
     engine = LocalEngine(settings, resident=resident)
-    await engine.start()  # captures the graphs (predictor at batch 1, Code2Wav per ramp length), then warms up
+    await engine.start()  # graphs: the predictor at batch 1 (Code2Wav only when windowed); then the warm-up
     print(f"engine ready at {time.perf_counter() - T0:.0f} s", flush=True)
     micro_ms = micro(resident, args.micro_iters)
     e2e = await compare_graphs(engine, resident, args.compare_turns, args.frames, args.cuda_graphs)

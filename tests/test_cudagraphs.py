@@ -136,13 +136,13 @@ def test_setting_reaches_the_resident_and_cpu_ignores_it(tiny_dir, resident):
     assert resident._graphed is None
 
 
-def run_job(res, sampling):
+def run_job(res, sampling, left_context=0):
     from assistant.engine.api import Conversation, TextPart
     from assistant.engine.stream import StreamConfig, StreamJob
 
     conv = Conversation(voice="Ethan", sampling=sampling)
     conv.add_user([TextPart("Hello there.")])
-    job = StreamJob(res, conv, config=StreamConfig())
+    job = StreamJob(res, conv, config=StreamConfig(left_context=left_context))
     events = []
     while not job.done:
         events += job.step()
@@ -153,16 +153,17 @@ def run_job(res, sampling):
 
 def test_stream_reads_the_residents_wrappers(tiny_dir):
     """A response through graphed wrappers (CallReplay) equals the eager one: the
-    stream reaches Code2Wav through `res.vocoder` and the predictor through `res.predictor`."""
+    stream reaches Code2Wav through `res.vocoder` (the windowed decode, whose window
+    lengths have graphs) and the predictor through `res.predictor`."""
     from assistant.engine.api import Sampling
 
     res = load_resident(str(tiny_dir), torch.device("cpu"), torch.float32, "sdpa")
     sampling = Sampling(greedy=False, seed=7, max_tokens=6, min_frames=9, max_frames=9)
-    want = run_job(res, sampling)
+    want = run_job(res, sampling, left_context=25)
     predictor_backend, vocoder_backend = CallReplay(), CallReplay()
     res.predictor = GraphedCodePredictor(res.predictor, backend=predictor_backend)
     res.vocoder = GraphedCode2Wav(res.code2wav, decode_lengths([1, 2, 4, 8, 16, 25], 25), backend=vocoder_backend)
-    got = run_job(res, sampling)
+    got = run_job(res, sampling, left_context=25)
     assert torch.equal(got[0], want[0]) and got[1] == want[1]
     assert predictor_backend.captures == 16 and sorted(res.vocoder.graphs) == [1, 3, 7]
 

@@ -44,8 +44,11 @@ async def test_respond_streams_text_audio_and_stats(engine, load_wav):
     done = events[-1]
     assert isinstance(done, ResponseDone) and done.status == "completed"
     chunks = [e for e in events if isinstance(e, AudioChunk)]
-    # Ramp 1, 2, 4, then the rest: the first chunk is a single frame, long before the answer ends.
-    assert [c.frames for c in chunks[:3]] == [1, 2, 4]
+    # The first chunk is a single frame, long before the answer ends; then the ramp 1, 2, 4, ... at
+    # most (a chunk goes out short of it when the lead runs short: on a slow machine, every frame).
+    ramp = (1, 2, 4, 8, 16, 25)
+    assert chunks[0].frames == 1
+    assert all(c.frames <= ramp[min(i, len(ramp) - 1)] for i, c in enumerate(chunks[:-1]))
     assert sum(c.samples for c in chunks) == 12 * FRAME_SAMPLES - 555
     assert events.index(chunks[0]) < len(events) // 2
     assert any(isinstance(e, TextDelta) for e in events)

@@ -10,6 +10,11 @@ So every decode call covers `[a, n)` with `a = max(0, s - left_context)`, return
 samples `[a*1920, n*1920 - 555)`, and we emit from what was already emitted up to that
 end. Emitted samples are never revised, so chunk boundaries are seamless. The left
 context truncation (25 frames) is the same approximation stock `chunked_decode` makes.
+
+With `left_context` 0 (the default, --codec-left-context-frames) no window is decoded
+again: `StreamingCode2Wav` (code2wav_stream.py) carries Code2Wav's state from chunk to
+chunk and returns exactly the samples one call over every frame so far would, so a chunk
+costs only its own frames and the chunks can stay small.
 """
 
 from __future__ import annotations
@@ -17,14 +22,17 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .code2wav_stream import StreamingCode2Wav
+
 FRAME_SAMPLES = 1920
 
 
 class IncrementalCode2Wav:
     def __init__(self, code2wav, left_context: int = 25, ramp: list[int] | None = None) -> None:
-        if left_context < 1:
-            raise ValueError("left_context must be >= 1 frame to cover the 555-sample look-ahead")
+        if left_context < 0:
+            raise ValueError("left_context must be >= 0 frames (0: exact streaming decode)")
         self.code2wav = code2wav
+        self.stream = StreamingCode2Wav(code2wav) if left_context == 0 else None
         self.left_context = left_context
         self.ramp = list(ramp or [1, 2, 4, 8, 16, 25])
         self.frames: list[torch.Tensor] = []  # each [Q] long
@@ -49,6 +57,12 @@ class IncrementalCode2Wav:
         n = len(self.frames)
         if n == self.decoded_frames or not (final or self.ready()):
             return None
+        if self.stream is not None:  # the new frames only: their samples, look-ahead withheld
+            wav = self.stream(torch.stack(self.frames[self.decoded_frames : n], dim=-1).unsqueeze(0)).reshape(-1)
+            self.emitted += wav.shape[-1]
+            self.decoded_frames = n
+            self.chunks += 1
+            return wav.float().cpu().numpy()
         start = max(0, self.decoded_frames - self.left_context)
         codes = torch.stack(self.frames[start:n], dim=-1).unsqueeze(0)  # [1, Q, n - start]
         wav = self.code2wav(codes).reshape(-1)  # [(n - start) * 1920 - tail]

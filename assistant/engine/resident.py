@@ -114,8 +114,9 @@ class Resident:
             return
         predictor, vocoder = self._graphed
         predictor.capture(1, self.device, self.dtype)
-        vocoder.lengths |= set(decode_lengths(list(chunk_ramp), left_context))
-        vocoder.capture_all(self.device)
+        if left_context:  # the windowed decode; the streaming one (0) calls Code2Wav's modules eagerly
+            vocoder.lengths |= set(decode_lengths(list(chunk_ramp), left_context))
+            vocoder.capture_all(self.device)
 
     def speaker_id(self, voice: str) -> int:
         table = (self.tcfg.speaker_id or {}) if self.has_talker else {}

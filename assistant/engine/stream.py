@@ -75,7 +75,7 @@ def step_error(exc: Exception) -> EngineError:
 @dataclass
 class StreamConfig:
     chunk_ramp: tuple[int, ...] = (1, 2, 4, 8, 16, 25)
-    left_context: int = 25
+    left_context: int = 0  # Code2Wav: 0 streams its state; N > 0 decodes N frames of left context again
     context_tokens: int = 0  # prompt + answer budget; 0 = the thinker's max_position_embeddings (context.py)
 
 
@@ -139,6 +139,9 @@ class StreamJob(ThinkerPrefill, ThinkerDecode, TalkerAudio):
         self._call_at: int | None = None  # index in _tokens of the first `<tool_call>`
         self._tts_eos_queued = False
         self._frames = 0
+        # Audio ahead of playback under which the frames so far go out short of a whole chunk
+        # (talker.py `_lead_short`); set by the model worker from its step costs, 0 = never.
+        self.flush_lead_s = 0.0
         # On the logits' device: multinomial refuses a CPU generator for CUDA probabilities.
         gen = torch.Generator(device=res.device)
         if self.sampling.seed is not None:
@@ -194,8 +197,11 @@ class StreamJob(ThinkerPrefill, ThinkerDecode, TalkerAudio):
             return 0.0
         ahead = self.stats.t_first_audio + self.stats.audio_samples / OUTPUT_SAMPLE_RATE - t
         pending = self._frames - self._vocoder.decoded_frames
-        # The chunk goes out when it is full or when the answer ends, whichever comes first.
+        # The chunk goes out when it is full or when the answer ends, whichever comes first;
+        # with the streaming decode, also after the next frame once the lead runs short.
         to_chunk = min(self._vocoder.next_chunk_size() - pending, self.sampling.max_frames - self._frames)
+        if self._vocoder.stream is not None and self.flush_lead_s:
+            to_chunk = min(to_chunk, 1)
         return ahead - max(0, to_chunk) * frame_cost_s - codec_cost_s
 
     # ------------------------------------------------------------------ end

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
-from .api import AudioChunk, Event, now
+from .api import OUTPUT_SAMPLE_RATE, AudioChunk, Event, now
 from .code2wav import IncrementalCode2Wav, to_pcm16
 from .convcache import TalkerPrefix
 from .resident import Resident
@@ -121,7 +121,8 @@ class TalkerAudio:
             min_new=s.min_frames,
             generator=self._gen,
         )
-        self._vocoder = IncrementalCode2Wav(res.vocoder, self.config.left_context, list(self.config.chunk_ramp))
+        left = self.config.left_context  # 0: streaming, from the module itself (code2wav_stream.py)
+        self._vocoder = IncrementalCode2Wav(res.vocoder if left else res.code2wav, left, list(self.config.chunk_ramp))
         self._after_talker_row(logits, last_hidden)
         self.stats.t_talker_first_frame = now()
         self._phase = "frame"
@@ -211,7 +212,7 @@ class TalkerAudio:
             self.stats.t_code_predictor_first_frame = now()
         self._frames += 1
         self._vocoder.push(codes)
-        if self._vocoder.ready():
+        if self._vocoder.ready() or self._lead_short():
             # A chunk is due. Its Code2Wav decode is a step of its own, so that the scheduler
             # can put a new turn's first packet, or a listener shorter of audio, before it:
             # four responses' decodes inside one batched frame step took 50-60 ms on the tiny
@@ -223,10 +224,27 @@ class TalkerAudio:
             return []
         return self._advance()
 
+    def _lead_short(self) -> bool:
+        """Whether the frames so far must go out now, short of a whole chunk: with the
+        streaming decode (a chunk costs only its own frames), once the listener's audio
+        ahead of playback falls under `flush_lead_s` (the model worker's guard, plus a
+        frame and a decode: waiting for one more frame would leave it less than the guard).
+        The ramp's chunks then shrink to what the listener can wait for. A ramp that
+        doubles runs a listener dry whenever a frame takes more than half its 80 ms, and
+        at 4 users on the tiny CPU model a batched frame took 60-70 ms."""
+        if self._vocoder.stream is None or self.stats.t_first_audio is None or not self.flush_lead_s:
+            return False
+        ahead = self.stats.t_first_audio + self.stats.audio_samples / OUTPUT_SAMPLE_RATE - now()
+        # Two frames at least while the lead is over half of it: a decode call has a fixed cost
+        # (8 of the 9.5 ms of a one-frame chunk, tiny CPU model), which one-frame chunks for
+        # four listeners turned into half of the worker's time.
+        pending = self._frames - self._vocoder.decoded_frames
+        return ahead < self.flush_lead_s and (pending >= 2 or ahead < self.flush_lead_s / 2)
+
     def _codec(self) -> list[Event]:
         """Decode the chunk that the last frame completed and send it; the talker advances
         on the next step."""
-        audio = self._vocoder.decode()
+        audio = self._vocoder.decode(final=True)  # due: a whole chunk, or a short one (`_lead_short`)
         self._phase = "advance"
         return [self._audio_event(audio)] if audio is not None else []
 

@@ -235,6 +235,9 @@ class ModelWorker:
             phase = lead._phase
             decode = phase in ("frame", "advance")
             costed = (lead._phase, lead.visual) if lead.partial or lead.first_packet_pending else None
+            flush_lead_s = self.guard_s + self.frame_cost_s + self.codec_cost_s  # talker.py `_lead_short`
+            for job, _ in group:
+                job.flush_lead_s = flush_lead_s
             try:
                 if len(group) == 1:
                     results = {group[0][0]: group[0][0].step()}

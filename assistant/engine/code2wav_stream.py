@@ -1,0 +1,117 @@
+"""Code2Wav as an exact streaming decoder: each chunk's frames in, its new samples out.
+
+The windowed decode (code2wav.py) runs Code2Wav over the chunk plus 25 frames of left
+context every time, as stock `chunked_decode` does. On the tiny CPU model a call costs
+about 8 ms plus 1.6 ms per frame it covers, so a one-frame chunk after the ramp costs as
+much as 26 frames, and the ramp has to grow to 25-frame chunks to keep Code2Wav cheap.
+Chunks that large ran listeners dry whenever a frame took more than half its 80 ms
+(a chunk twice the last one takes twice as long to make as the last one lasts).
+
+Every part of Code2Wav can carry its state forward instead
+(modeling_qwen3_omni_moe.py, `Qwen3OmniMoeCode2Wav.forward`):
+- `pre_transformer`: causal attention over a sliding window of 72 frames; a KV cache
+  (transformers' DynamicCache, which keeps a sliding layer's last window) and explicit
+  positions continue it;
+- causal convolutions (stride 1, `padding = (kernel - 1) x dilation` zeros on the left):
+  the last `padding` input samples of the previous chunk replace the zeros;
+- transposed convolutions of kernel = stride (the upsampling ratios): no overlap, each
+  input sample owns its outputs;
+- transposed convolutions of kernel = 2 x stride (the decoder blocks), which trim
+  `stride` samples on each side: output block q reads inputs q and q + 1, so the last
+  input of a chunk is held back and run again, first, with the next chunk. That held
+  input is the decoder's look-ahead: 555 samples at 24 kHz in all, the same tail the
+  windowed decode withholds;
+- LayerNorm, linear layers, SnakeBeta and clamp act per time step.
+
+So the samples are those of one Code2Wav call over all frames so far (stock
+`generate()` decodes answers under 300 frames in one call), to float rounding, and a
+chunk costs what its own frames cost: chunks can stay small. Tests:
+tests/test_code2wav_stream.py compares with one call over the whole answer.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache
+
+
+class StreamingCode2Wav:
+    """One response's decoder state. Not thread-safe; one instance per response."""
+
+    def __init__(self, code2wav) -> None:
+        self.m = code2wav
+        self.cache = DynamicCache(config=code2wav.config)
+        self.frames = 0  # frames decoded so far: the pre-transformer's next position
+        self._conv: dict[int, torch.Tensor] = {}  # id(causal conv) -> its last `padding` input samples
+        self._held: dict[int, torch.Tensor] = {}  # id(transposed conv) -> its last input sample, held back
+
+    @torch.no_grad()
+    def __call__(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes [1, Q, n] of the next n frames -> the samples they complete, [1, 1, S]
+        (n x 1920, less the 555-sample look-ahead on the first call)."""
+        m = self.m
+        n = codes.shape[-1]
+        hidden = m.code_embedding(codes + m.code_offset).mean(1)  # [1, n, H]
+        positions = torch.arange(self.frames, self.frames + n, device=codes.device).unsqueeze(0)  # [1, n]
+        hidden = m.pre_transformer(
+            inputs_embeds=hidden, position_ids=positions, cache=self.cache, use_cache=True
+        ).last_hidden_state  # [1, n, H]
+        self.frames += n
+        x = hidden.permute(0, 2, 1)  # [1, H, n]
+        for trans, convnext in m.upsample:
+            x = self._convnext(convnext, self._trans(trans, x))
+        for block in m.decoder:
+            x = self._block(block, x)
+        return x.clamp(min=-1, max=1)
+
+    def _block(self, block, x: torch.Tensor) -> torch.Tensor:
+        name = type(block).__name__
+        if name.endswith("CausalConvNet"):
+            return self._causal(block, x)
+        if name.endswith("DecoderBlock"):
+            for part in block.block:
+                x = self._block(part, x)
+            return x
+        if name.endswith("CausalTransConvNet"):
+            return self._trans(block, x)
+        if name.endswith("ResidualUnit"):
+            h = self._causal(block.conv1, block.act1(x))
+            return x + self._causal(block.conv2, block.act2(h))
+        if name.endswith("SnakeBeta"):
+            return block(x)
+        raise TypeError(f"streaming Code2Wav has no rule for {name}")
+
+    def _causal(self, conv, x: torch.Tensor) -> torch.Tensor:
+        """A stride-1 causal convolution [B, C, T] -> [B, C', T], its left padding from the last chunk."""
+        if conv.stride != 1:
+            raise ValueError("streaming Code2Wav expects stride-1 causal convolutions (Qwen3-Omni's)")
+        pad = conv.padding
+        if pad == 0:
+            return conv.conv(x)
+        past = self._conv.get(id(conv))
+        if past is None:
+            past = x.new_zeros(x.shape[0], x.shape[1], pad)  # the zeros the module pads with
+        joined = torch.cat([past, x], dim=-1)  # [B, C, pad + T]
+        self._conv[id(conv)] = joined[..., -pad:]
+        return conv.conv(joined)
+
+    def _trans(self, trans, x: torch.Tensor) -> torch.Tensor:
+        """A transposed convolution [B, C, T] -> [B, C', T x stride] (one input held back when it overlaps)."""
+        stride = trans.conv.stride[0]
+        kernel = trans.conv.kernel_size[0]
+        if kernel == stride:
+            return trans(x)
+        if kernel != 2 * stride:
+            raise ValueError("streaming Code2Wav expects transposed kernels of 1 or 2 strides (Qwen3-Omni's)")
+        held = self._held.get(id(trans))
+        joined = x if held is None else torch.cat([held, x], dim=-1)  # [B, C, T (+ 1)]
+        self._held[id(trans)] = joined[..., -1:]
+        if joined.shape[-1] < 2:
+            return joined.new_zeros(joined.shape[0], trans.conv.out_channels, 0)
+        return trans(joined)  # blocks q = first..last - 1: each needs inputs q and q + 1
+
+    def _convnext(self, block, x: torch.Tensor) -> torch.Tensor:
+        """Qwen3OmniMoeConvNeXtBlock.forward with its depthwise convolution streamed."""
+        h = self._causal(block.dwconv, x).permute(0, 2, 1)  # [B, T, C]
+        h = block.pwconv2(block.act(block.pwconv1(block.norm(h))))
+        return x + (block.gamma * h).permute(0, 2, 1)
