@@ -229,6 +229,22 @@ def test_first_packets_are_due_at_their_commit_by_default(monkeypatch):
     assert order_of(w, jobs) == ["dry_before_it", "new", "dry_after_it", "starving"]
 
 
+def test_a_listener_that_stays_dry_takes_turns_with_first_packets(monkeypatch):
+    """A dry listener's deadline is when it ran dry, or when it was last stepped if that is
+    later: stepped after a commit, it waits for that commit's first packet. Without the
+    second term one listener whose frames were slower than real time ran alone for 2.6 s
+    while three first packets waited (4 users, tiny CPU model, issue #19)."""
+    import assistant.engine.worker as worker_mod
+
+    monkeypatch.setattr(worker_mod, "now", lambda: 100.0)
+    w = ModelWorker(4, guard_s=0.16)
+    w.step_cost_s = dict.fromkeys(w.step_cost_s, 1.0)
+    dry, new = FakeJob("dry", slack_s=-0.3), FakeJob("new", t_submitted=99.8)
+    assert order_of(w, [dry, new]) == ["dry", "new"]  # dry since 99.7, not stepped since
+    dry.t_stepped = 99.9  # stepped after the commit, and still dry
+    assert order_of(w, [dry, new]) == ["new", "dry"]
+
+
 def test_speaking_responses_catch_up_before_a_decode_step(monkeypatch):
     """A response one step behind the chosen decode step (its chunk's decode, or its
     advance) takes its step first, so that the decode steps keep batching; a first packet
@@ -442,6 +458,7 @@ def test_past_capacity_first_packets_stay_bounded_and_underruns_are_shared(monke
                 job.slack_s = ends[job] - clock["t"]
         job, _ = w._pick()
         clock["t"] += step_s
+        job.t_stepped = clock["t"]  # as the worker marks every job it stepped
         if job is new:
             served_new = clock["t"]
             w._active.remove((new, None))

@@ -37,12 +37,19 @@ outgrown by long answers or a burst):
 - a new turn's first packet is bounded: once its target passes it outranks every listener
   that ran dry after that, so it waits at most its target plus one round of steps of the
   listeners that were already dry (tests/test_batching.py simulates it);
-- underruns are shared: a dry listener's deadline is when it ran dry, so the one that has
-  waited longest is stepped next, round after round, and the shortfall spreads evenly
-  over the listeners instead of piling on one;
+- underruns are shared: a dry listener's deadline is when it ran dry, or when it was last
+  stepped if that is later, so the one that has waited longest is stepped next, round
+  after round, and the shortfall spreads evenly over the listeners and the first packets
+  instead of piling on one. Without the second term a listener that stayed dry (its
+  frames slower than real time, or a big chunk of its ramp still filling) kept the
+  deadline it ran dry at: at 4 users on the tiny CPU model one such response ran 40
+  frames alone for 2.6 s while three first packets that came after it waited;
 - below capacity nobody underruns while the total real-time factor stays below 1.
 Slack counts whole chunks because audio leaves in chunks (the ramp 1, 2, 4, ... frames):
-frames computed but not yet emitted are not audible yet. Early prefill runs in steps of a
+frames computed but not yet emitted are not audible yet. With the streaming Code2Wav (the
+default) a chunk goes out short of its size once its listener's lead falls under the
+guard plus a frame and a decode (`flush_lead_s`, talker.py `_lead_short`), so the work
+before a listener's next audio is one frame at most. Early prefill runs in steps of a
 few tens of ms (prefill.py), so a commit arriving meanwhile waits for one of them at most.
 
 Catching up (`_catch_up`): before a decode step, the speaking responses one step behind it
@@ -250,6 +257,9 @@ class ModelWorker:
                 err = EngineError("engine_error", f"{type(exc).__name__}: {exc}"[:500])
                 results = {job: job._finish("failed", err) for job, _ in group if not job.done}
             self.steps += 1
+            t_done = now()
+            for job, _ in group:
+                job.t_stepped = t_done
             if decode:  # a frame is one "frame" step and one "advance" step
                 dt = now() - t_step
                 self.frame_cost_s += 0.2 * (2.0 * dt - self.frame_cost_s)
@@ -393,4 +403,7 @@ class ModelWorker:
         slack = self._listener_slack(job, t)
         if slack is None:
             return float("inf"), True  # no listener: background
-        return t + slack, slack < self.guard_s
+        deadline = t + slack
+        if slack < 0:  # dry: it ran dry at t + slack, but it took its turn since then (see the docstring)
+            deadline = max(deadline, getattr(job, "t_stepped", deadline))
+        return deadline, slack < self.guard_s
