@@ -150,3 +150,24 @@ def test_windowed_decode_never_sends_short_chunks(resident, load_wav):
 
     events = _run(_audio_job(resident, load_wav, 17, config), no_lead)
     assert [e.frames for e in events if isinstance(e, AudioChunk)] == [1, 8, 8]
+
+
+def test_a_batch_of_streams_equals_each_stream_alone(resident):
+    """decode_batch: three responses' chunks through the convolutions as one batch, fresh
+    and then started, equal each response decoded alone (to float rounding)."""
+    from assistant.engine.code2wav_stream import decode_batch
+
+    codes = [_codes(9, seed=s) for s in (3, 4, 5)]
+    with torch.inference_mode():
+        streams = [StreamingCode2Wav(resident.code2wav) for _ in codes]
+        got = [[] for _ in codes]
+        for start, n in ((0, 1), (1, 2), (3, 2), (5, 4)):
+            outs = decode_batch(streams, [c[..., start : start + n] for c in codes])
+            for row, out in zip(got, outs, strict=True):
+                row.append(out.reshape(-1))
+        for row, c in zip(got, codes, strict=True):
+            torch.testing.assert_close(torch.cat(row), resident.code2wav(c).reshape(-1), atol=2e-6, rtol=0)
+        with pytest.raises(ValueError):  # one length per batch
+            decode_batch(streams[:2], [codes[0][..., :1], codes[1][..., :2]])
+        with pytest.raises(ValueError):  # a fresh stream beside a started one
+            decode_batch([streams[0], StreamingCode2Wav(resident.code2wav)], [codes[0][..., :1]] * 2)

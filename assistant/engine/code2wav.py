@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .code2wav_stream import StreamingCode2Wav
+from .code2wav_stream import StreamingCode2Wav, decode_batch
 
 FRAME_SAMPLES = 1920
 
@@ -58,11 +58,7 @@ class IncrementalCode2Wav:
         if n == self.decoded_frames or not (final or self.ready()):
             return None
         if self.stream is not None:  # the new frames only: their samples, look-ahead withheld
-            wav = self.stream(torch.stack(self.frames[self.decoded_frames : n], dim=-1).unsqueeze(0)).reshape(-1)
-            self.emitted += wav.shape[-1]
-            self.decoded_frames = n
-            self.chunks += 1
-            return wav.float().cpu().numpy()
+            return self._emit(self.stream(self._pending_codes()))
         start = max(0, self.decoded_frames - self.left_context)
         codes = torch.stack(self.frames[start:n], dim=-1).unsqueeze(0)  # [1, Q, n - start]
         wav = self.code2wav(codes).reshape(-1)  # [(n - start) * 1920 - tail]
@@ -73,7 +69,38 @@ class IncrementalCode2Wav:
         self.chunks += 1
         return out.float().cpu().numpy()
 
+    # ---------------------------------------------------------------- streaming only
+
+    def batch_key(self) -> tuple[int, bool] | None:
+        """What decoders decoded together (`decode_together`) must share: (frames pending,
+        stream started); None for the windowed decode or with nothing pending."""
+        pending = len(self.frames) - self.decoded_frames
+        if self.stream is None or pending == 0:
+            return None
+        return pending, self.stream.frames > 0
+
+    def _pending_codes(self) -> torch.Tensor:
+        return torch.stack(self.frames[self.decoded_frames :], dim=-1).unsqueeze(0)  # [1, Q, pending]
+
+    def _emit(self, wav: torch.Tensor) -> np.ndarray:
+        """Book a streaming decode of every pending frame and return its samples."""
+        wav = wav.reshape(-1)
+        self.emitted += wav.shape[-1]
+        self.decoded_frames = len(self.frames)
+        self.chunks += 1
+        return wav.float().cpu().numpy()
+
 
 def to_pcm16(samples: np.ndarray) -> bytes:
     """float32 [-1, 1] -> little-endian int16 bytes."""
     return (np.clip(samples, -1.0, 1.0) * 32767.0).round().astype("<i2").tobytes()
+
+
+def decode_together(decoders: list[IncrementalCode2Wav]) -> list[np.ndarray]:
+    """`decode(final=True)` of several streaming decoders with one `batch_key`, as one batch
+    through Code2Wav's convolutions (code2wav_stream.decode_batch): each one's samples."""
+    keys = {d.batch_key() for d in decoders}
+    if len(keys) != 1 or None in keys:
+        raise ValueError("decode_together takes streaming decoders with one batch_key")
+    outs = decode_batch([d.stream for d in decoders], [d._pending_codes() for d in decoders])
+    return [d._emit(out) for d, out in zip(decoders, outs, strict=True)]

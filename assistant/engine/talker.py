@@ -244,7 +244,10 @@ class TalkerAudio:
     def _codec(self) -> list[Event]:
         """Decode the chunk that the last frame completed and send it; the talker advances
         on the next step."""
-        audio = self._vocoder.decode(final=True)  # due: a whole chunk, or a short one (`_lead_short`)
+        return self._codec_done(self._vocoder.decode(final=True))  # due: a whole chunk, or a short one
+
+    def _codec_done(self, audio) -> list[Event]:
+        """After a chunk's decode (here, or batched with other responses' in batch.py)."""
         self._phase = "advance"
         return [self._audio_event(audio)] if audio is not None else []
 

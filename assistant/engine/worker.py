@@ -61,8 +61,9 @@ thinker advance), every other response at the same step joins it, up to `max_bat
 and they run as one batched forward (batch.py). A response before its first packet
 batches only with other first packets at its step: commits that arrive together are
 prefilled as one thinker forward, then one talker prefill, then their first frames
-together (`_group`). Responses at other steps keep going one at a time, and phases line
-up within a frame or two.
+together (`_group`). Chunk decodes ("codec" steps) of one length batch as well, with the
+streaming Code2Wav (batch.py `_codec`): their cost is mostly per call. Responses at other
+steps keep going one at a time, and phases line up within a frame or two.
 
 Bounds and drop policies:
 - `pending` (requests not yet started): `maxsize` from settings.engine_queue_size; when
@@ -266,12 +267,13 @@ class ModelWorker:
                 self.load_model.observe(phase, len(group), dt)
                 for job, _ in group:  # each row's share of the step: its real-time factor (live_load)
                     job.decode_s = getattr(job, "decode_s", 0.0) + dt / len(group)
-            elif phase == "codec":  # one response's chunk: its audio's share of the load too
+            elif phase == "codec":  # chunks of one or several responses: their audio's share of the load too
                 dt = now() - t_step
                 self.codec_cost_s += 0.2 * (dt - self.codec_cost_s)
-                frames = sum(getattr(e, "frames", 0) for e in results.get(lead) or [])
+                frames = sum(getattr(e, "frames", 0) for job, _ in group for e in results.get(job) or [])
                 self.load_model.observe_codec(max(1, frames), dt)
-                lead.decode_s = getattr(lead, "decode_s", 0.0) + dt
+                for job, _ in group:
+                    job.decode_s = getattr(job, "decode_s", 0.0) + dt / len(group)
             if costed in self.step_cost_s and len(group) == 1:
                 self.step_cost_s[costed] += 0.3 * ((now() - t_step) - self.step_cost_s[costed])
             for job, sink in group:
@@ -305,7 +307,9 @@ class ModelWorker:
         if self.max_batch == 1 or job.cancelled or job.partial or getattr(job, "background", False):
             return [entry]
         prefill = job._phase in ("prefill", "talker_prefill")
-        if not prefill and job._phase not in ("frame", "advance"):
+        codec = job._phase == "codec"
+        key = _codec_key(job) if codec else None  # streaming decodes of one chunk length batch
+        if not prefill and job._phase not in ("frame", "advance") and key is None:
             return [entry]
         if prefill and (not job.first_packet_pending or job.visual):
             return [entry]
@@ -318,6 +322,7 @@ class ModelWorker:
             and not (e[0].cancelled or e[0].done or e[0].partial or getattr(e[0], "background", False))
             and (not job.first_packet_pending or e[0].first_packet_pending)
             and not (prefill and (e[0].visual or e[0].conv.id in held))
+            and not (codec and _codec_key(e[0]) != key)
         ]
         return [entry, *same[: self.max_batch - 1]]
 
@@ -407,3 +412,10 @@ class ModelWorker:
         if slack < 0:  # dry: it ran dry at t + slack, but it took its turn since then (see the docstring)
             deadline = max(deadline, getattr(job, "t_stepped", deadline))
         return deadline, slack < self.guard_s
+
+
+def _codec_key(job) -> tuple[int, bool] | None:
+    """What a response's chunk decode must share with others' to run as one batch (code2wav.py
+    `batch_key`); None: it decodes alone (the windowed decode)."""
+    vocoder = getattr(job, "_vocoder", None)
+    return vocoder.batch_key() if vocoder is not None else None
