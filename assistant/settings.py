@@ -164,6 +164,11 @@ class Settings:
     )
     # Admission by measured load (issue #19)
     load_threshold: float = opt(0.8, "--max-sessions auto admits a session while the projected load stays under this")
+    first_packet_burst_ratio: float = opt(
+        2.0,
+        "--max-sessions auto admits a session while the first packets of all sessions committing at once are "
+        "projected within this multiple of one alone (measured at warm-up; 0 = no such bound)",
+    )
     max_session_s: int = opt(1800, "maximum session duration (0 = none)")
     idle_timeout_s: int = opt(
         300, "close a session without client events, input audio or a response for this long (0 = never)"

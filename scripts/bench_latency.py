@@ -99,6 +99,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--load-threshold", type=float, default=None, help="in-process server with --max-sessions auto (default 0.8)"
     )
     p.add_argument(
+        "--first-packet-burst-ratio",
+        type=float,
+        default=None,
+        help="in-process server with --max-sessions auto: its burst first-packet bound (default 2.0; 0 = none)",
+    )
+    p.add_argument(
         "--input-transcription",
         choices=("off", "on", "both"),
         default="off",
@@ -122,10 +128,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--stagger-ms does not apply to --arrival burst (every user starts every turn at once)")
     if args.arrival != "poisson" and args.seed is not None:
         p.error("--seed applies to --arrival poisson only")
-    if args.url and (args.max_sessions is not None or args.load_threshold is not None):
-        p.error("--max-sessions and --load-threshold configure the in-process server, not --url")
-    if args.load_threshold is not None and args.max_sessions != "auto":
-        p.error("--load-threshold applies with --max-sessions auto")
+    admission = args.load_threshold is not None or args.first_packet_burst_ratio is not None
+    if args.url and (args.max_sessions is not None or admission):
+        p.error(
+            "--max-sessions, --load-threshold and --first-packet-burst-ratio configure the in-process server, not --url"
+        )
+    if admission and args.max_sessions != "auto":
+        p.error("--load-threshold and --first-packet-burst-ratio apply with --max-sessions auto")
     if args.max_sessions not in (None, "auto"):
         try:
             args.max_sessions = int(args.max_sessions)
@@ -315,6 +324,11 @@ async def run_server_mode(args) -> dict:
             log_level="warning",
             max_sessions=max(levels) if args.max_sessions is None else args.max_sessions,
             **({} if args.load_threshold is None else {"load_threshold": args.load_threshold}),
+            **(
+                {}
+                if args.first_packet_burst_ratio is None
+                else {"first_packet_burst_ratio": args.first_packet_burst_ratio}
+            ),
             min_answer_tokens=tokens,
             max_answer_tokens=tokens,
             min_answer_frames=frames_n,  # applied when the server has this setting

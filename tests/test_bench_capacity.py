@@ -87,10 +87,12 @@ def test_arrival_flags_are_honoured_or_refused():
 def test_admission_flags_configure_only_the_in_process_server():
     bench = _bench_module()
     assert bench.parse_args(["--max-sessions", "auto", "--load-threshold", "0.7"]).load_threshold == 0.7
+    assert bench.parse_args(["--max-sessions", "auto", "--first-packet-burst-ratio", "3"]).first_packet_burst_ratio == 3
     assert bench.parse_args(["--max-sessions", "6"]).max_sessions == 6
     for bad in (
         ["--max-sessions", "lots"],
         ["--load-threshold", "0.7"],  # only with auto
+        ["--first-packet-burst-ratio", "3"],
         ["--url", "ws://h/v1/realtime", "--max-sessions", "auto"],  # a remote server's own settings apply
     ):
         with pytest.raises(SystemExit):

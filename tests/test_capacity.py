@@ -41,6 +41,36 @@ def test_load_model_interpolates_measured_batch_sizes():
     assert report.capacity_sessions == 1
 
 
+def test_a_burst_bound_caps_capacity_by_the_first_packets_of_all_at_once():
+    m = LoadModel(max_batch=8)
+    m.calibrated = True
+    m.observe("frame", 1, 0.002)
+    m.observe("advance", 1, 0.002)
+    m.observe("frame", 4, 0.004)
+    m.observe("advance", 4, 0.004)
+    assert m.capacity(0.8) >= 8 and m.first_packet_ratio(3) == 1.0  # no first packet timed: no bound yet
+    m.observe_first_packets(1, 0.020)
+    assert m.first_packet_ratio(2) == pytest.approx(2.0)  # one size known: no batching gain assumed
+    m.observe_first_packets(4, 0.050)
+    # 20 ms alone, 50 ms for 4 at once: 1.5x at 2, 2.0x at 3, 2.5x at 4, 4.5x at 8 (along the last two), twice that at 16 (two batches)
+    assert [round(m.first_packet_ratio(n), 3) for n in (1, 2, 3, 4, 8)] == [1.0, 1.5, 2.0, 2.5, 4.5]
+    assert m.first_packet_ratio(16) == pytest.approx(2 * m.first_packet_ratio(8))
+    assert m.capacity(0.8, 2.0) == 3 and m.capacity(0.8, 0.0) == m.capacity(0.8)
+    within = m.report(sessions=2, live=0.0, speaking=0, threshold=0.8, max_first_packet_ratio=2.0)
+    assert within.first_packet_ratio == pytest.approx(2.0) and within.has_room() and within.capacity_sessions == 3
+    past = m.report(sessions=3, live=0.0, speaking=0, threshold=0.8, max_first_packet_ratio=2.0)
+    assert past.projected < 0.8 and not past.has_room()  # the load has room; the burst bound does not
+    assert m.report(sessions=3, live=0.0, speaking=0, threshold=0.8).has_room()  # without the bound
+    assert past.as_dict()["projected_first_packet_ratio"] == 2.5 and past.as_dict()["first_packet_burst_ratio"] == 2.0
+
+
+def test_sessions_refuse_past_the_burst_bound_and_say_so():
+    auto = Sessions("auto", load=lambda n: LoadReport(0.0, 0, 0.1, 2, 0.8, True, 1.0 + 0.6 * n, 2.0), threshold=0.8)
+    # burst ratio with the new one: 1.0, 1.6, then 2.2 > 2.0, while the load stays at 0.1
+    assert [auto.admit() for _ in range(3)] == [True, True, False]
+    assert "first packets" in auto.refusal() and "2.2x" in auto.refusal()
+
+
 def _report(projected: float, measured: bool = True) -> LoadReport:
     return LoadReport(0.1, 1, projected, 3, 0.8, measured)
 
@@ -82,6 +112,7 @@ async def test_a_server_at_capacity_turns_new_sessions_away_and_reports_its_load
     health = json.loads(_get(server, "/health"))
     assert health["load_measured"] is True and health["load_threshold"] == 0.001
     assert health["max_sessions"] == "auto" and health["capacity_sessions"] == 0 and health["load"] == 0
+    assert health["first_packet_burst_ratio"] == 2.0 and health["projected_first_packet_ratio"] == 1.0  # 1 session
     url = server.url.replace("http://", "ws://") + "/v1/realtime"
     async with websockets.connect(url) as first:
         assert json.loads(await first.recv())["type"] == "session.created"

@@ -210,8 +210,9 @@ def server_markdown(run: dict) -> str:
     if srv.get("max_sessions") == "auto":
         lines += [
             "",
-            f"Server admission: `--max-sessions auto`, load threshold {srv.get('load_threshold')}, capacity measured "
-            f"at warm-up {srv.get('capacity_sessions')} sessions.",
+            f"Server admission: `--max-sessions auto`, load threshold {srv.get('load_threshold')}, burst first-packet "
+            f"bound {srv.get('first_packet_burst_ratio')}x, capacity measured at warm-up "
+            f"{srv.get('capacity_sessions')} sessions.",
         ]
     if extra:
         lines += ["", "## Turns and prefill", "", "```json", json.dumps(extra, indent=1), "```"]

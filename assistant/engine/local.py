@@ -20,6 +20,7 @@ from .api import (
     EngineInfo,
     ImagePart,
     Part,
+    ResponseStats,
     Sampling,
     TextJob,
     TextPart,
@@ -227,10 +228,13 @@ class LocalEngine:
             conv.add_user(parts)
             convs.append(conv)
 
-        async def answer(conv: Conversation) -> None:
+        async def answer(conv: Conversation) -> ResponseStats | None:
+            stats = None
             async for ev in self.respond(conv, audio=speaks):
                 if getattr(ev, "status", None) == "failed":
                     raise RuntimeError(f"warm-up failed: {ev.error}")
+                stats = getattr(ev, "stats", stats)
+            return stats
 
         try:
             await asyncio.gather(*(answer(conv) for conv in convs))
@@ -238,14 +242,17 @@ class LocalEngine:
         finally:
             for conv in convs:
                 self.forget(conv)
-        log.info("warm-up done in %.0f ms; %s", (now() - t0) * 1000, self.load_report(0, 0.8).as_dict())
+        log.info("warm-up done in %.0f ms; %s", (now() - t0) * 1000, self.load_report(0, 0.8, 2.0).as_dict())
 
     async def _measure_load(self, speech: np.ndarray, answer) -> None:
         """Issue #19: the sustainable load, from decode steps timed with one answer alone and
-        then LOAD_PROBE_ANSWERS at once (capacity.py), after the lazy initialisation above.
-        Live steps refine the figures from then on."""
-        self.worker.load_model.cost_s.clear()
-        self.worker.load_model.codec_frame_s = 0.0
+        then LOAD_PROBE_ANSWERS at once (capacity.py), after the lazy initialisation above;
+        and the first packets of both, the slowest of the batch (admission's burst bound).
+        Live steps refine the decode figures from then on."""
+        model = self.worker.load_model
+        model.cost_s.clear()
+        model.codec_frame_s = 0.0
+        model.first_packet_s.clear()
         for n in (1, min(LOAD_PROBE_ANSWERS, self.worker.max_batch)):
             convs = []
             for _ in range(n):
@@ -259,17 +266,21 @@ class LocalEngine:
                 )
                 conv.add_user([AudioPart(speech)])
                 convs.append(conv)
+            t_submit = now()
             try:
-                await asyncio.gather(*(answer(conv) for conv in convs))
+                stats = await asyncio.gather(*(answer(conv) for conv in convs))
             finally:
                 for conv in convs:
                     self.forget(conv)
-        self.worker.load_model.calibrated = True
+            first = [st.t_first_audio for st in stats if st is not None and st.t_first_audio is not None]
+            if len(first) == n:  # a text-only checkpoint has no first packet to bound
+                model.observe_first_packets(n, max(first) - t_submit)
+        model.calibrated = True
 
-    def load_report(self, sessions: int, threshold: float) -> LoadReport:
+    def load_report(self, sessions: int, threshold: float, max_first_packet_ratio: float = 0.0) -> LoadReport:
         """Live load and capacity (capacity.py) for admission, /health and /metrics."""
         live, speaking = self.worker.live_load()
-        return self.worker.load_model.report(sessions, live, speaking, threshold)
+        return self.worker.load_model.report(sessions, live, speaking, threshold, max_first_packet_ratio)
 
     async def close(self) -> None:
         await asyncio.to_thread(self.worker.stop)

@@ -43,7 +43,9 @@ class Sessions:
 
     `limit` is a number, or "auto" (issue #19): then a new session is admitted while the
     load projected with it (`load(sessions)`, the engine's measured load model,
-    engine/capacity.py) stays under `threshold`; the first session is always admitted.
+    engine/capacity.py) stays under `threshold`, and the first packets of all of them
+    committing at once stay within the engine's burst bound (`--first-packet-burst-ratio`);
+    the first session is always admitted.
     An engine that measured nothing (no warm-up, an upstream) admits up to
     AUTO_FALLBACK_SESSIONS."""
 
@@ -79,11 +81,17 @@ class Sessions:
         report = self.report()
         if report is None:
             return n < AUTO_FALLBACK_SESSIONS
-        return n == 0 or report.projected < self.threshold
+        return n == 0 or report.has_room()
 
     def refusal(self) -> str:
-        if isinstance(self.limit, int) or self.report() is None:
+        report = None if isinstance(self.limit, int) else self.report()
+        if report is None:
             return f"all {self.limit if isinstance(self.limit, int) else AUTO_FALLBACK_SESSIONS} sessions are in use"
+        if report.projected < self.threshold:  # the burst bound refused it
+            return (
+                f"the server is at capacity ({self.total} sessions: first packets of all of them at once "
+                f"projected at {report.first_packet_ratio:.1f}x one alone, bound {report.max_first_packet_ratio}x)"
+            )
         return f"the server is at capacity ({self.total} sessions, load threshold {self.threshold})"
 
     def admit(self) -> bool:
@@ -143,10 +151,14 @@ def create_app(
     app = FastAPI(title="assistant", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.settings, app.state.engine, app.state.metrics = settings, engine, metrics
     measure = getattr(engine, "load_report", None)  # engines that measure their load (local.py)
+    if not (settings.first_packet_burst_ratio == 0 or settings.first_packet_burst_ratio >= 1):
+        raise ValueError(
+            f"first_packet_burst_ratio must be 0 (no bound) or >= 1, got {settings.first_packet_burst_ratio}"
+        )
     app.state.sessions = Sessions(
         settings.max_sessions,
         other_sessions,
-        load=(lambda n: measure(n, settings.load_threshold)) if measure else None,
+        load=(lambda n: measure(n, settings.load_threshold, settings.first_packet_burst_ratio)) if measure else None,
         threshold=settings.load_threshold,
     )
     app.state.client_secrets = ClientSecrets()
