@@ -279,6 +279,27 @@ def test_speaking_responses_catch_up_before_a_decode_step(monkeypatch):
     assert w._pick()[0] is urgent
 
 
+def test_commits_of_a_burst_catch_up_with_the_first(monkeypatch):
+    """A commit that came while the first of a burst was prefilling (within one prefill
+    step of it) takes its prefill before that one's talker prefill, so that the rest of
+    their first packets batch; a later commit, or a camera turn, does not hold it back."""
+    import assistant.engine.worker as worker_mod
+
+    monkeypatch.setattr(worker_mod, "now", lambda: 100.0)
+    w = ModelWorker(4, max_batch=8, guard_s=0.16)
+    w.step_cost_s[("prefill", False)] = 0.02
+    first = FakeJob("first", t_submitted=99.90, _phase="talker_prefill")
+    second = FakeJob("second", t_submitted=99.91, _phase="prefill")
+    later = FakeJob("later", t_submitted=99.95, _phase="prefill")
+    camera = FakeJob("camera", t_submitted=99.91, _phase="prefill", visual=True)
+    w._active = [(first, None), (second, None)]
+    assert w._pick()[0] is second
+    second._phase = "talker_prefill"
+    assert [e[0].name for e in w._group(w._pick())] == ["first", "second"]
+    w._active = [(first, None), (later, None), (camera, None)]
+    assert w._pick()[0] is first
+
+
 def order_of(w: ModelWorker, jobs: list) -> list[str]:
     w._active = [(j, None) for j in jobs]
     order = []

@@ -77,7 +77,9 @@ class Metrics:
         # Admission by measured load (issue #19; engine/capacity.py), set when /metrics is read
         self.load = Gauge(PREFIX + "load", "Sum of the speaking responses' real-time factors", registry=r)
         self.capacity_sessions = Gauge(
-            PREFIX + "capacity_sessions", "Sessions whose projected load stays under the threshold", registry=r
+            PREFIX + "capacity_sessions",
+            "Sessions within the load threshold and the burst first-packet bound",
+            registry=r,
         )
 
     def observe_response(self, status: str, latency: dict[str, Any]) -> None:
