@@ -9,6 +9,7 @@ Figures (detection time, flood) are printed; run with -rP to see them.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import sys
 import time
@@ -85,6 +86,11 @@ async def test_vanished_peer_is_found_by_ice_consent_and_cleaned_up(server):
         word, call_id = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode().split()
         assert word == "connected"
         call = server.calls.calls[call_id]
+        # This call's answer outlasts detection (about 2.5 s after the cut) on any machine this runs
+        # on: the fixture's 200 frames took 2.4 s on a fast one. 600 frames, set before the peer's
+        # turn ends; the other tests keep 200 (they play their answers out in real time).
+        conv = call.session.conversation
+        conv.sampling = dataclasses.replace(conv.sampling, min_frames=600, max_frames=600)
         assert (await asyncio.wait_for(proc.stdout.readline(), 60)).strip() == b"response"
         await asyncio.sleep(0.3)
         responses = [r for r in call._responses.values() if not r.job.done]
@@ -214,7 +220,6 @@ async def test_drain_lets_the_answer_play_out_then_hangs_up(server):
 async def test_session_limits_end_a_call_as_they_end_a_websocket_session(server):
     """The call's watchdog asks the session (`check_limits`): past max_session_s the client
     gets `error` session_expired on the channel, then the call closes."""
-    import dataclasses
 
     client = ClientPeer()
     try:
