@@ -83,8 +83,8 @@ class LoadModel:
         self.cost_s[key] = seconds if old is None else old + EMA * (seconds - old)
 
     def observe_codec(self, frames: int, seconds: float) -> None:
-        """A "codec" step decoded one response's chunk of `frames` frames in `seconds`: it runs
-        per response (not batched), so its cost grows with the responses speaking."""
+        """A "codec" step decoded `frames` frames in `seconds`, of one response's chunk or of
+        several batched (worker.py); its cost grows with the responses speaking."""
         per_frame = seconds / max(1, frames)
         self.codec_frame_s = (
             per_frame if not self.codec_frame_s else self.codec_frame_s + EMA * (per_frame - self.codec_frame_s)

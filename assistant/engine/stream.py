@@ -35,7 +35,6 @@ from dataclasses import dataclass
 import torch
 
 from .api import (
-    OUTPUT_SAMPLE_RATE,
     Conversation,
     EngineError,
     Event,
@@ -195,7 +194,7 @@ class StreamJob(ThinkerPrefill, ThinkerDecode, TalkerAudio):
             return float("inf")
         if self.stats.t_first_audio is None or getattr(self, "_vocoder", None) is None:
             return 0.0
-        ahead = self.stats.t_first_audio + self.stats.audio_samples / OUTPUT_SAMPLE_RATE - t
+        ahead = self._lead_s(t)
         pending = self._frames - self._vocoder.decoded_frames
         # The chunk goes out when it is full or when the answer ends, whichever comes first;
         # with the streaming decode, also after the next frame once the lead runs short.

@@ -234,12 +234,17 @@ class TalkerAudio:
         at 4 users on the tiny CPU model a batched frame took 60-70 ms."""
         if self._vocoder.stream is None or self.stats.t_first_audio is None or not self.flush_lead_s:
             return False
-        ahead = self.stats.t_first_audio + self.stats.audio_samples / OUTPUT_SAMPLE_RATE - now()
+        ahead = self._lead_s(now())
         # Two frames at least while the lead is over half of it: a decode call has a fixed cost
         # (8 of the 9.5 ms of a one-frame chunk, tiny CPU model), which one-frame chunks for
         # four listeners turned into half of the worker's time.
         pending = self._frames - self._vocoder.decoded_frames
         return ahead < self.flush_lead_s and (pending >= 2 or ahead < self.flush_lead_s / 2)
+
+    def _lead_s(self, t: float) -> float:
+        """The listener's audio ahead of real-time playback at `t` (negative: dry), counted
+        from the first chunk; the response must have sent one."""
+        return self.stats.t_first_audio + self.stats.audio_samples / OUTPUT_SAMPLE_RATE - t
 
     def _codec(self) -> list[Event]:
         """Decode the chunk that the last frame completed and send it; the talker advances

@@ -54,7 +54,7 @@ few tens of ms (prefill.py), so a commit arriving meanwhile waits for one of the
 
 Catching up (`_catch_up`): before a decode step, the speaking responses one step behind it
 take theirs, so that the decode steps keep batching (a chunk's Code2Wav decode, the "codec"
-step, runs per response and would otherwise split the batch). Likewise a commit that came
+step, comes due for each response at its own frame and would otherwise split the batch). Likewise a commit that came
 while the first of a burst was prefilling takes its prefill before that one's later steps,
 so that the burst's first packets go on as one batch (`_first_packets_together`).
 
@@ -261,20 +261,18 @@ class ModelWorker:
                 results = {job: job._finish("failed", err) for job, _ in group if not job.done}
             self.steps += 1
             t_done = now()
+            dt = t_done - t_step
             for job, _ in group:
                 job.t_stepped = t_done
             if decode:  # a frame is one "frame" step and one "advance" step
-                dt = now() - t_step
                 self.frame_cost_s += 0.2 * (2.0 * dt - self.frame_cost_s)
                 self.load_model.observe(phase, len(group), dt)
-                for job, _ in group:  # each row's share of the step: its real-time factor (live_load)
-                    job.decode_s = getattr(job, "decode_s", 0.0) + dt / len(group)
             elif phase == "codec":  # chunks of one or several responses: their audio's share of the load too
-                dt = now() - t_step
                 self.codec_cost_s += 0.2 * (dt - self.codec_cost_s)
                 frames = sum(getattr(e, "frames", 0) for job, _ in group for e in results.get(job) or [])
                 self.load_model.observe_codec(max(1, frames), dt)
-                for job, _ in group:
+            if decode or phase == "codec":
+                for job, _ in group:  # each row's share of the step: its real-time factor (live_load)
                     job.decode_s = getattr(job, "decode_s", 0.0) + dt / len(group)
             if costed in self.step_cost_s and len(group) == 1:
                 self.step_cost_s[costed] += 0.3 * ((now() - t_step) - self.step_cost_s[costed])
