@@ -40,11 +40,11 @@ def _outcome(job: StreamJob, events: list) -> tuple:
     return job._tokens, torch.stack(job._vocoder.frames, -1), audio
 
 
-def test_batched_decode_equals_each_response_alone(resident, load_wav):
+def test_batched_decode_equals_each_response_alone(resident, load_wav, monkeypatch):
     """Four responses with different prompts and lengths (so caches differ in length and
     rows leave the batch at different steps) give, batched, what each gives alone: their
-    first packets prefilled together (thinker, then talker, then the first frames) and
-    their decode steps batched."""
+    first packets prefilled together (one audio-encoder call for clips of four lengths,
+    the thinker, then the talker, then the first frames) and their decode steps batched."""
     frames = [6, 9, 12, 15]
     solo = []
     for clip, n in zip(CLIPS, frames, strict=True):
@@ -54,6 +54,9 @@ def test_batched_decode_equals_each_response_alone(resident, load_wav):
             events += job.step()
         solo.append(_outcome(job, events))
 
+    encode = resident.thinker.get_audio_features
+    encoded = []  # clips per audio-encoder call
+    monkeypatch.setattr(resident.thinker, "get_audio_features", lambda f, m: encoded.append(f.shape[0]) or encode(f, m))
     jobs = [_job(resident, load_wav, clip, n) for clip, n in zip(CLIPS, frames, strict=True)]
     events = {job: [] for job in jobs}
     batched_rows, codec_batches = [], 0
@@ -72,6 +75,7 @@ def test_batched_decode_equals_each_response_alone(resident, load_wav):
             else:
                 for job in group:
                     events[job] += job.step()
+    assert encoded == [4]
     assert max(batched_rows) == 4 and 2 in batched_rows  # full batches, then rows leaving
     assert batched_rows[:2] == [4, 4]  # the thinker's and the talker's prefill, one forward each
     assert codec_batches >= 3  # chunk decodes batched too (the streaming Code2Wav)

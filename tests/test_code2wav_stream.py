@@ -153,18 +153,24 @@ def test_windowed_decode_never_sends_short_chunks(resident, load_wav):
 
 
 def test_a_batch_of_streams_equals_each_stream_alone(resident):
-    """decode_batch: three responses' chunks through the convolutions as one batch, fresh
-    and then started, equal each response decoded alone (to float rounding)."""
-    from assistant.engine.code2wav_stream import decode_batch
+    """decode_batch: three responses' chunks through the pre-transformer and the
+    convolutions as one batch, fresh and then started, equal each response decoded alone
+    (to float rounding). 80 frames pass the 72-frame attention window, where the
+    pre-transformer goes back to one run per stream."""
+    from assistant.engine.code2wav_stream import _window_holds_all, decode_batch
 
-    codes = [_codes(9, seed=s) for s in (3, 4, 5)]
+    chunks = ((0, 1), (1, 2), (3, 2), (5, 4), (9, 30), (39, 30), (69, 11))
+    codes = [_codes(80, seed=s) for s in (3, 4, 5)]
     with torch.inference_mode():
         streams = [StreamingCode2Wav(resident.code2wav) for _ in codes]
         got = [[] for _ in codes]
-        for start, n in ((0, 1), (1, 2), (3, 2), (5, 4)):
+        batched = []
+        for start, n in chunks:
+            batched.append(_window_holds_all(streams, n))
             outs = decode_batch(streams, [c[..., start : start + n] for c in codes])
             for row, out in zip(got, outs, strict=True):
                 row.append(out.reshape(-1))
+        assert batched == [True] * 6 + [False]  # 69 + 11 frames overflow the 71 the window keeps
         for row, c in zip(got, codes, strict=True):
             torch.testing.assert_close(torch.cat(row), resident.code2wav(c).reshape(-1), atol=2e-6, rtol=0)
         with pytest.raises(ValueError):  # one length per batch

@@ -133,15 +133,23 @@ def step_jobs(jobs) -> dict[object, list[Event]]:
 
 def _prefill(jobs) -> dict[object, list[Event]]:
     """First packets of commits that arrived together (issue #19): each response's
-    processor, cached prefix and audio encoder as alone, then one thinker forward over all
-    their new tokens. Audio-only tails: the worker runs camera and image turns alone, and a
+    processor and cached prefix as alone, one audio-encoder call for all their audio
+    tails (`_audio_together`), then one thinker forward over all their new tokens. Audio-only tails: the worker runs camera and image turns alone, and a
     tail that still holds vision (an earlier camera turn the cache no longer covers) runs
     its forward alone here (vision features and DeepStack rows are per prompt)."""
     events: dict[object, list[Event]] = {}
-    live, inputs = [], []
+    tails = {}
     for job in jobs:
         try:
-            prepared = job._prefill_inputs()
+            tails[job] = job._prefill_tail()
+        except STEP_ERRORS as exc:  # this response fails alone
+            events[job] = job._finish("failed", step_error(exc))
+    audio = _audio_together(tails)
+    live, inputs = [], []
+    for job, (tail_ids, tail, pos) in tails.items():
+        try:
+            embeds, mm_outputs = job._encode(tail_ids, tail, audio.get(job))
+            prepared = job._prefill_ready(tail_ids, embeds, mm_outputs, tail, pos)
             if prepared[2] is not None:  # vision in the tail (an earlier camera turn the cache lost): alone
                 events[job] = job._prefill_forward(*prepared)
                 continue
@@ -166,6 +174,44 @@ def _prefill(jobs) -> dict[object, list[Event]]:
         last = out.last_hidden_state[row : row + 1, n - 1 : n]  # [1, 1, D]
         events[job] = job._prefill_done(hs[0][row : row + 1, :n], hs[layer][row : row + 1, :n], last)
     return events
+
+
+def _audio_together(tails: dict) -> dict[object, torch.Tensor]:
+    """The audio encoder over several responses' audio tails in one call: {job: its rows
+    [N_i, D]}; {} when fewer than two have audio to encode, or when the one call fails
+    (each response then encodes alone, and fails alone if it must). The encoder attends
+    within each window of each clip (Qwen3OmniMoeAudioEncoder's chunked attention), so
+    clips side by side give the rows each gives alone; the clips' mel frames are padded to
+    one width and masked, as the processor pads several clips of one prompt. Per call the
+    encoder cost about 2 ms on the tiny CPU model whatever the clips, so four commits
+    together paid 6 ms for nothing."""
+    rows = [
+        (job, ids, tail)
+        for job, (ids, tail, _) in tails.items()
+        if "input_features" in tail and not getattr(job, "audio_from", None)
+    ]
+    if len(rows) < 2:
+        return {}
+    res = rows[0][0].res
+    audio_id = res.cfg.thinker_config.audio_token_id
+    width = max(tail["input_features"].shape[-1] for _, _, tail in rows)
+    feats = torch.cat(
+        [torch.nn.functional.pad(t["input_features"], (0, width - t["input_features"].shape[-1])) for _, _, t in rows]
+    )  # [clips, mel, width]
+    masks = torch.cat(
+        [
+            torch.nn.functional.pad(t["feature_attention_mask"], (0, width - t["feature_attention_mask"].shape[-1]))
+            for _, _, t in rows
+        ]
+    )  # [clips, width]
+    counts = [int((ids == audio_id).sum()) for _, ids, _ in rows]  # each tail's audio tokens
+    try:
+        out = res.thinker.get_audio_features(feats, masks).last_hidden_state  # [sum counts, D]
+    except STEP_ERRORS:
+        return {}
+    if out.shape[0] != sum(counts):
+        return {}  # not the tails' tokens: each encodes alone, and its own scatter says what is wrong
+    return {job: part for (job, _, _), part in zip(rows, torch.split(out, counts), strict=True)}
 
 
 def _talker_prefill(jobs) -> dict[object, list[Event]]:

@@ -81,6 +81,14 @@ class ThinkerPrefill:
         prefix, the encoders. Returns (tail ids [1, T], tail embeddings [1, T, D], vision
         encoder outputs or None, the tail's media, tail positions [3, 1, T]); the thinker
         cache to extend is `self._thinker_cache` (batch.py runs several tails as one forward)."""
+        tail_ids, tail, pos = self._prefill_tail()
+        embeds, mm_outputs = self._encode(tail_ids, tail)
+        return self._prefill_ready(tail_ids, embeds, mm_outputs, tail, pos)
+
+    def _prefill_tail(self) -> tuple:
+        """The processor and the cached prefix: (tail ids [1, T], the tail's media on the
+        device, tail positions [3, 1, T]), for `_encode` (batch.py encodes several
+        responses' audio tails in one call)."""
         res = self.res
         self.stats.t_started = now()
         prepared = self._prepare_in_context()
@@ -110,11 +118,14 @@ class ThinkerPrefill:
         self._prefix = prefix
         self._talker_prefix = prefix.talker if prefix else None  # extended by _talker_prefill
         tail_ids = ids[:, n:]  # [1, P - n]
-        tail = self._tail_media(host, id_list, n)
-        embeds, mm_outputs = self._encode(tail_ids, tail)
+        return tail_ids, self._tail_media(host, id_list, n), pos[:, :, n:]
+
+    def _prefill_ready(self, tail_ids, embeds, mm_outputs, tail: dict, pos) -> tuple:
+        """After the encoders: the thinker cache to extend, and `_prefill_inputs`' tuple."""
         self.stats.t_preprocessed = now()
-        self._thinker_cache = prefix.kv if prefix else DynamicCache(config=res.thinker.config.text_config)
-        return tail_ids, embeds, mm_outputs, tail, pos[:, :, n:]
+        prefix = self._prefix
+        self._thinker_cache = prefix.kv if prefix else DynamicCache(config=self.res.thinker.config.text_config)
+        return tail_ids, embeds, mm_outputs, tail, pos
 
     def _prefill_done(self, embed: torch.Tensor, hidden: torch.Tensor, last: torch.Tensor) -> list[Event]:
         """After the thinker's forward over the tail: its layer-0 inputs and talker-read
@@ -390,14 +401,19 @@ class ThinkerPrefill:
         self.reused_audio_tokens = n
         return entry.embed[0, a : a + n]
 
-    def _encode(self, ids: torch.Tensor, t: dict) -> tuple[torch.Tensor, dict | None]:
+    def _encode(
+        self, ids: torch.Tensor, t: dict, audio: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict | None]:
         """Run the audio and vision encoders on the tail's media (Table 2's preprocessing)
         and scatter audio into the token embeddings; vision outputs go to the thinker as
-        `mm_encoder_outputs`, which also carries their DeepStack features."""
+        `mm_encoder_outputs`, which also carries their DeepStack features. `audio` [N, D]:
+        the audio encoder's output for this tail, when batch.py ran it for several."""
         res = self.res
         embeds = res.embed(ids)  # [1, L, D]
         if "input_features" in t:
-            feats = self._reused_audio(ids) if getattr(self, "audio_from", None) else None
+            feats = audio
+            if feats is None and getattr(self, "audio_from", None):
+                feats = self._reused_audio(ids)
             if feats is None:
                 feats = res.thinker.get_audio_features(
                     t["input_features"], t["feature_attention_mask"]
