@@ -19,6 +19,7 @@ import numpy as np
 import soxr
 import torch
 
+from . import audio_prompt
 from .api import INPUT_SAMPLE_RATE, AudioPart, Conversation, ImagePart, TextPart, VideoPart
 
 MAX_VIDEO_FPS = 2.0
@@ -174,27 +175,23 @@ def prepare(processor, conv: Conversation, pixels_from_turn: int = 0, cached_vid
     `video_pixel_offset` then says how many leading patch rows are missing
     (resident.media_after, which asks for every pixel again if the cache turns out shorter)."""
     msgs, media = messages(conv)
-    text = processor.apply_chat_template(
-        msgs, tools=tool_schemas(conv) or None, add_generation_prompt=True, tokenize=False
-    )
-    kwargs: dict = {}
-    if media.audios:
-        kwargs["audio"] = media.audios
-    if media.images:
-        kwargs["images"] = media.images
-    live = any(media.interleaved)
-    if media.videos:
-        kwargs["videos"] = media.videos
-        # The processor takes one fps for the batch; frames were already thinned to <= 2 fps.
-        # cap_pixels_per_frame=False: with the cap, a frame's size would depend on how many
-        # frames the video has, and a camera turn's early grids would change as it grows.
-        kwargs["videos_kwargs"] = {"fps": min(media.fps), "do_sample_frames": False, "cap_pixels_per_frame": False}
-    if live:
-        # Qwen's time-interleaved audio+video layout (processing_qwen3_omni_moe.py
-        # replace_video_with_audio_token): each 2-frame grid at its start time, then the
-        # audio tokens up to the next grid.
-        kwargs["load_audio_from_video"] = True
-        kwargs["audio_from_video_indices"] = media.audio_from_video
+    tools = tool_schemas(conv) or None
+    _install_hooks(processor)
+    tensors = None
+    if not media.images and not media.videos:
+        tensors = audio_prompt.tensors(processor, msgs, tools, media.audios)  # None: the processor's own call
+    if tensors is None:
+        tensors = _processor_tensors(processor, msgs, tools, media, pixels_from_turn, cached_video_tokens)
+    spoken = [t.token_ids for t in conv.turns if t.role == "assistant"]
+    if any(spoken):
+        ids = splice_assistant_ids(tensors["input_ids"][0].tolist(), spoken, processor.tokenizer)
+        tensors["input_ids"] = torch.tensor([ids])
+        tensors["attention_mask"] = torch.ones_like(tensors["input_ids"])
+    return Prepared(tensors, len(media.audios), len(media.images), len(media.videos), any(media.interleaved))
+
+
+def _install_hooks(processor) -> None:
+    """Our per-clip audio and grid-only video steps in place of the processor's own."""
     if not isinstance(getattr(processor, "_process_audio", None), types.MethodType) or (
         processor._process_audio.__func__ is not per_clip_process_audio
     ):
@@ -203,6 +200,30 @@ def prepare(processor, conv: Conversation, pixels_from_turn: int = 0, cached_vid
         processor._process_videos.__func__ is not grid_only_process_videos
     ):
         processor._process_videos = types.MethodType(grid_only_process_videos, processor)
+
+
+def _processor_tensors(
+    processor, msgs: list[dict], tools, media: Media, pixels_from_turn: int, cached_video_tokens: int
+) -> dict[str, torch.Tensor]:
+    """The processor's own call over the rendered chat template."""
+    text = processor.apply_chat_template(msgs, tools=tools, add_generation_prompt=True, tokenize=False)
+    kwargs: dict = {}
+    if media.audios:
+        kwargs["audio"] = media.audios
+    if media.images:
+        kwargs["images"] = media.images
+    if media.videos:
+        kwargs["videos"] = media.videos
+        # The processor takes one fps for the batch; frames were already thinned to <= 2 fps.
+        # cap_pixels_per_frame=False: with the cap, a frame's size would depend on how many
+        # frames the video has, and a camera turn's early grids would change as it grows.
+        kwargs["videos_kwargs"] = {"fps": min(media.fps), "do_sample_frames": False, "cap_pixels_per_frame": False}
+    if any(media.interleaved):
+        # Qwen's time-interleaved audio+video layout (processing_qwen3_omni_moe.py
+        # replace_video_with_audio_token): each 2-frame grid at its start time, then the
+        # audio tokens up to the next grid.
+        kwargs["load_audio_from_video"] = True
+        kwargs["audio_from_video_indices"] = media.audio_from_video
     # The leading videos only: media_after can then skip their rows by one offset.
     dry = 0
     while dry < len(media.videos) and media.video_turn[dry] < pixels_from_turn:
@@ -216,12 +237,7 @@ def prepare(processor, conv: Conversation, pixels_from_turn: int = 0, cached_vid
         processor._assistant_dry_videos = processor._assistant_cached_video_tokens = 0
     if processor._assistant_missing_rows:
         tensors["video_pixel_offset"] = torch.tensor([processor._assistant_missing_rows])  # patch rows not computed
-    spoken = [t.token_ids for t in conv.turns if t.role == "assistant"]
-    if any(spoken):
-        ids = splice_assistant_ids(tensors["input_ids"][0].tolist(), spoken, processor.tokenizer)
-        tensors["input_ids"] = torch.tensor([ids])
-        tensors["attention_mask"] = torch.ones_like(tensors["input_ids"])
-    return Prepared(tensors, len(media.audios), len(media.images), len(media.videos), live)
+    return tensors
 
 
 FEATURE_MEMO_PIECES = 256  # ~100 KB each for 2 s windows: earlier turns are not featurised again
@@ -372,6 +388,15 @@ def per_clip_process_audio(self, audio, **kwargs):
     it: the same earlier turn would get a different number of audio tokens once a longer
     turn follows, and the conversation's cached prefix would stop matching. Per clip, a
     turn's tokens never change; the clips are then padded into one tensor as before."""
+    audio_prompt.remember_audio_kwargs(self, kwargs)
+    audio_inputs = audio_features(self, audio, **kwargs)
+    replacements = [self.replace_audio_token(audio_inputs, audio_idx=i) for i in range(len(audio))]
+    return audio_inputs, replacements
+
+
+def audio_features(self, audio, **kwargs) -> dict:
+    """The processor's audio tensors (input_features [C, mel, T], feature_attention_mask
+    [C, T], num_audio_tokens [C]) of clips featurised one by one (per_clip_process_audio)."""
     from transformers.models.qwen3_omni_moe.processing_qwen3_omni_moe import _get_feat_extract_output_lengths
 
     n_window = kwargs.pop("n_window", self.n_window)
@@ -395,8 +420,7 @@ def per_clip_process_audio(self, audio, **kwargs):
         features, mask = torch.from_numpy(features), torch.from_numpy(mask)
     audio_inputs = {"input_features": features, "feature_attention_mask": mask}
     audio_inputs["num_audio_tokens"] = _get_feat_extract_output_lengths(mask.sum(-1), n_window)
-    replacements = [self.replace_audio_token(audio_inputs, audio_idx=i) for i in range(len(audio))]
-    return audio_inputs, replacements
+    return audio_inputs
 
 
 def splice_assistant_ids(ids: list[int], spoken: list[list[int]], tokenizer) -> list[int]:
