@@ -284,22 +284,28 @@ def test_speaking_responses_catch_up_before_a_decode_step(monkeypatch):
 
 
 def test_commits_of_a_burst_catch_up_with_the_first(monkeypatch):
-    """A commit that came while the first of a burst was prefilling (within one prefill
-    step of it) takes its prefill before that one's talker prefill, so that the rest of
-    their first packets batch; a later commit, or a camera turn, does not hold it back."""
+    """A commit that came while an earlier first packet was under way (within the
+    estimated cost of one first packet: the four steps' costs) takes its steps before that
+    one's next, phase by phase, the furthest behind first, until they batch; a later
+    commit, or a camera turn, does not hold it back."""
     import assistant.engine.worker as worker_mod
 
     monkeypatch.setattr(worker_mod, "now", lambda: 100.0)
     w = ModelWorker(4, max_batch=8, guard_s=0.16)
-    w.step_cost_s[("prefill", False)] = 0.02
-    first = FakeJob("first", t_submitted=99.90, _phase="talker_prefill")
-    second = FakeJob("second", t_submitted=99.91, _phase="prefill")
-    later = FakeJob("later", t_submitted=99.95, _phase="prefill")
+    w.step_cost_s.update(
+        {("prefill", False): 0.02, ("talker_prefill", False): 0.01, ("frame", False): 0.01, ("codec", False): 0.01}
+    )  # a first packet: 50 ms
+    first = FakeJob("first", t_submitted=99.90, _phase="frame")
+    second = FakeJob("second", t_submitted=99.91, _phase="talker_prefill")
+    third = FakeJob("third", t_submitted=99.94, _phase="prefill")
+    later = FakeJob("later", t_submitted=99.96, _phase="prefill")
     camera = FakeJob("camera", t_submitted=99.91, _phase="prefill", visual=True)
-    w._active = [(first, None), (second, None)]
-    assert w._pick()[0] is second
-    second._phase = "talker_prefill"
-    assert [e[0].name for e in w._group(w._pick())] == ["first", "second"]
+    w._active = [(first, None), (second, None), (third, None)]
+    assert w._pick()[0] is third  # furthest behind first
+    third._phase = "talker_prefill"
+    assert [e[0].name for e in w._group(w._pick())] == ["second", "third"]
+    second._phase = third._phase = "frame"
+    assert [e[0].name for e in w._group(w._pick())] == ["first", "second", "third"]
     w._active = [(first, None), (later, None), (camera, None)]
     assert w._pick()[0] is first
 

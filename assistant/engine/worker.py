@@ -54,8 +54,9 @@ few tens of ms (prefill.py), so a commit arriving meanwhile waits for one of the
 
 Catching up (`_catch_up`): before a decode step, the speaking responses one step behind it
 take theirs, so that the decode steps keep batching (a chunk's Code2Wav decode, the "codec"
-step, comes due for each response at its own frame and would otherwise split the batch). Likewise a commit that came
-while the first of a burst was prefilling takes its prefill before that one's later steps,
+step, comes due for each response at its own frame and would otherwise split the batch).
+Likewise a commit that came while an earlier first packet was under way (within the
+estimated cost of one) takes its steps before that one's next, until it has caught up,
 so that the burst's first packets go on as one batch (`_first_packets_together`).
 
 Batching: when the chosen response is at a decode step (code predictor or talker and
@@ -112,6 +113,10 @@ STEP_COST_S = {
     ("codec", False): 0.01,
     ("codec", True): 0.01,
 }
+# A first packet's steps in order (the chunk ramp's first chunk is one frame by default;
+# a longer one repeats frame and advance before its decode).
+FIRST_PACKET_STEPS = ("prefill", "talker_prefill", "frame", "codec")
+FIRST_PACKET_ORDER = {"prefill": 0, "talker_prefill": 1, "frame": 2, "advance": 2, "codec": 3}
 STEAL_MARGIN_S = 0.03  # slack every listener keeps after a borrowed step, for estimate errors
 
 
@@ -395,28 +400,31 @@ class ModelWorker:
 
     def _first_packets_together(self, best: tuple[StreamJob, Sink], rank) -> tuple[StreamJob, Sink]:
         """Commits that arrived together go through their first packet together. A commit
-        that came while the first of a burst was being prefilled (within that step's
-        estimated cost of it: it would have joined the batch had it come a little earlier)
-        takes its prefill before the first one's later steps, so that the talker prefill,
-        the first frame and the first chunk's decode run as one batch for all of them. In
-        a burst of 4 on the tiny CPU model the first user's first packet went out alone
-        in 54 ms and the other three waited for it, then prefilled together: 145 ms for
-        them. The window is one prefill step, so an arrival that is merely close (a
-        staggered user) never holds a first packet back by more than that step."""
+        that came while an earlier one's first packet was under way, within the estimated
+        cost of a whole first packet after it (it would have joined that batch had it
+        come a little earlier), takes its own steps first, phase by phase, until it has
+        caught up; from there they run as one batch (`_group`). In a burst of 4 on the
+        tiny CPU model, a commit that missed the first batch waited for that batch's
+        whole first packet and then went through its own: 45-48 ms of queue, twice the
+        others' first packet. Catching up holds the earlier ones back by the newcomer's
+        steps alone (its prefill, and its talker prefill and frame when they are ahead of
+        it), and the window bounds how many newcomers may do so; an arrival that is
+        merely close (a staggered user) is outside it."""
         job = best[0]
-        if job._phase == "prefill" or job.visual:
+        order = FIRST_PACKET_ORDER.get(job._phase)
+        if order is None or job.visual:
             return best
-        window = self.step_cost_s.get(("prefill", False), 0.0)
+        window = sum(self.step_cost_s.get((phase, False), 0.0) for phase in FIRST_PACKET_STEPS)
         behind = [
             e
             for e in self._active
             if e[0] is not job
             and self._first_packet(e[0])
-            and e[0]._phase == "prefill"
+            and FIRST_PACKET_ORDER.get(e[0]._phase, order) < order
             and not (e[0].cancelled or e[0].visual)
             and 0.0 <= e[0].t_submitted - job.t_submitted <= window
         ]
-        return min(behind, key=rank) if behind else best
+        return min(behind, key=lambda e: (FIRST_PACKET_ORDER[e[0]._phase], rank(e))) if behind else best
 
     def _first_packet(self, job: StreamJob) -> bool:
         """A response with a listener waiting for its first packet."""
