@@ -61,7 +61,7 @@ def test_batched_decode_equals_each_response_alone(resident, load_wav, monkeypat
     events = {job: [] for job in jobs}
     batched_rows, codec_batches = [], 0
     while not all(job.done for job in jobs):
-        for phase in ("prefill", "talker_prefill", "frame", "codec", "advance"):
+        for phase in ("prefill", "thinker_forward", "talker_prefill", "frame", "codec", "advance"):
             group = [job for job in jobs if not job.done and job._phase == phase]
             if phase == "codec":  # chunk decodes batch when their chunks have one length (as `_group`)
                 group = [job for job in group if job._vocoder.batch_key() == group[0]._vocoder.batch_key()]
@@ -77,7 +77,7 @@ def test_batched_decode_equals_each_response_alone(resident, load_wav, monkeypat
                     events[job] += job.step()
     assert encoded == [4]
     assert max(batched_rows) == 4 and 2 in batched_rows  # full batches, then rows leaving
-    assert batched_rows[:2] == [4, 4]  # the thinker's and the talker's prefill, one forward each
+    assert batched_rows[:3] == [4, 4, 4]  # the processors and audio encoder, the thinker's and the talker's prefill
     assert codec_batches >= 3  # chunk decodes batched too (the streaming Code2Wav)
     for job, (tokens, codes, audio) in zip(jobs, solo, strict=True):
         b_tokens, b_codes, b_audio = _outcome(job, events[job])
@@ -115,7 +115,7 @@ def test_batched_first_packets_with_cached_prefixes_equal_each_alone(resident, l
             conv.add_user([AudioPart(load_wav(second), 16000)])
             jobs.append(StreamJob(resident, conv, cache=cache))
         events = {job: [] for job in jobs}
-        for phase in ("prefill", "talker_prefill", "frame"):
+        for phase in ("prefill", "thinker_forward", "talker_prefill", "frame"):
             assert all(job._phase == phase for job in jobs)
             if batched:
                 for job, evs in batch.step_jobs(jobs).items():
@@ -135,6 +135,29 @@ def test_batched_first_packets_with_cached_prefixes_equal_each_alone(resident, l
     for solo, batched in zip(*states, strict=True):
         for a, b in zip(solo, batched, strict=True):
             torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+
+
+def test_a_response_cancelled_between_its_prefill_steps_gives_the_prefix_back(resident, load_wav):
+    """The prefill's first step checks the conversation's cached prefix out; cancelled
+    before its thinker forward, the response checks it back in, cropped to what the two
+    prompts share, and the next response reuses it."""
+    from assistant.engine.convcache import ConversationCache
+
+    sampling = Sampling(greedy=True, min_tokens=3, max_tokens=5, min_frames=4, max_frames=4)
+    cache = ConversationCache(capacity=4)
+    conv = Conversation(sampling=sampling)
+    conv.add_user([AudioPart(load_wav(CLIPS[0]), 16000)])
+    _turn(resident, conv, cache)
+    conv.add_user([AudioPart(load_wav(CLIPS[1]), 16000)])
+    job = StreamJob(resident, conv, cache=cache)
+    assert job.step() == [] and job._phase == "thinker_forward"
+    assert cache.peek(conv.id) is None  # checked out
+    job.cancelled = True
+    assert job.step()[-1].status == "cancelled"
+    kept = cache.peek(conv.id)
+    assert kept is not None and kept.ids == job._prompt_ids[0, : len(kept.ids)].tolist()
+    again = _turn(resident, conv, cache)
+    assert 0 < again.stats.prefill_tokens == job._prompt_ids.shape[1] - len(kept.ids)
 
 
 def _kv(cache) -> torch.Tensor:
@@ -285,7 +308,7 @@ def test_speaking_responses_catch_up_before_a_decode_step(monkeypatch):
 
 def test_commits_of_a_burst_catch_up_with_the_first(monkeypatch):
     """A commit that came while an earlier first packet was under way (within the
-    estimated cost of one first packet: the four steps' costs) takes its steps before that
+    estimated cost of one first packet: the five steps' costs) takes its steps before that
     one's next, phase by phase, the furthest behind first, until they batch; a later
     commit, or a camera turn, does not hold it back."""
     import assistant.engine.worker as worker_mod
@@ -293,7 +316,13 @@ def test_commits_of_a_burst_catch_up_with_the_first(monkeypatch):
     monkeypatch.setattr(worker_mod, "now", lambda: 100.0)
     w = ModelWorker(4, max_batch=8, guard_s=0.16)
     w.step_cost_s.update(
-        {("prefill", False): 0.02, ("talker_prefill", False): 0.01, ("frame", False): 0.01, ("codec", False): 0.01}
+        {
+            ("prefill", False): 0.01,
+            ("thinker_forward", False): 0.01,
+            ("talker_prefill", False): 0.01,
+            ("frame", False): 0.01,
+            ("codec", False): 0.01,
+        }
     )  # a first packet: 50 ms
     first = FakeJob("first", t_submitted=99.90, _phase="frame")
     second = FakeJob("second", t_submitted=99.91, _phase="talker_prefill")
@@ -302,6 +331,8 @@ def test_commits_of_a_burst_catch_up_with_the_first(monkeypatch):
     camera = FakeJob("camera", t_submitted=99.91, _phase="prefill", visual=True)
     w._active = [(first, None), (second, None), (third, None)]
     assert w._pick()[0] is third  # furthest behind first
+    third._phase = "thinker_forward"
+    assert w._pick()[0] is third
     third._phase = "talker_prefill"
     assert [e[0].name for e in w._group(w._pick())] == ["second", "third"]
     second._phase = third._phase = "frame"

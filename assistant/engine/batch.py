@@ -112,12 +112,15 @@ def prefill_step(module, caches: list[DynamicCache], config, embeds: list[torch.
 
 def step_jobs(jobs) -> dict[object, list[Event]]:
     """One batched unit of work for responses that are all in the same phase ("prefill",
-    "talker_prefill", "frame", "advance" or "codec"); returns each response's events."""
+    "thinker_forward", "talker_prefill", "frame", "advance" or "codec"); returns each
+    response's events."""
     phase = jobs[0]._phase
     try:
         with torch.inference_mode():  # as StreamJob.step
             if phase == "prefill":
                 return _prefill(jobs)
+            if phase == "thinker_forward":
+                return _thinker_forward(jobs)
             if phase == "talker_prefill":
                 return _talker_prefill(jobs)
             if phase == "frame":
@@ -132,11 +135,9 @@ def step_jobs(jobs) -> dict[object, list[Event]]:
 
 
 def _prefill(jobs) -> dict[object, list[Event]]:
-    """First packets of commits that arrived together (issue #19): each response's
-    processor and cached prefix as alone, one audio-encoder call for all their audio
-    tails (`_audio_together`), then one thinker forward over all their new tokens. Audio-only tails: the worker runs camera and image turns alone, and a
-    tail that still holds vision (an earlier camera turn the cache no longer covers) runs
-    its forward alone here (vision features and DeepStack rows are per prompt)."""
+    """First packets of commits that arrived together (issue #19), their first step: each
+    response's processor and cached prefix as alone, then one audio-encoder call for all
+    their audio tails (`_audio_together`). Their thinker forward is the next step."""
     events: dict[object, list[Event]] = {}
     tails = {}
     for job in jobs:
@@ -145,28 +146,41 @@ def _prefill(jobs) -> dict[object, list[Event]]:
         except STEP_ERRORS as exc:  # this response fails alone
             events[job] = job._finish("failed", step_error(exc))
     audio = _audio_together(tails)
-    live, inputs = [], []
     for job, (tail_ids, tail, pos) in tails.items():
         try:
             embeds, mm_outputs = job._encode(tail_ids, tail, audio.get(job))
-            prepared = job._prefill_ready(tail_ids, embeds, mm_outputs, tail, pos)
-            if prepared[2] is not None:  # vision in the tail (an earlier camera turn the cache lost): alone
-                events[job] = job._prefill_forward(*prepared)
-                continue
+            job._prepared_tail = job._prefill_ready(tail_ids, embeds, mm_outputs, tail, pos)
+            job._phase = "thinker_forward"
+            events[job] = []
         except STEP_ERRORS as exc:  # this response fails alone
             events[job] = job._finish("failed", step_error(exc))
-            continue
-        live.append(job)
-        inputs.append((prepared[1], prepared[4]))
+    return events
+
+
+def _thinker_forward(jobs) -> dict[object, list[Event]]:
+    """One thinker forward over the new tokens of several prepared prompts. Audio-only
+    tails: the worker runs camera and image turns alone, and a tail that still holds
+    vision (an earlier camera turn the cache no longer covers) runs its forward alone here
+    (vision features and DeepStack rows are per prompt)."""
+    events: dict[object, list[Event]] = {}
+    live = []
+    for job in jobs:
+        if job._prepared_tail[2] is not None:
+            events[job] = job._thinker_forward()
+        else:
+            live.append(job)
     if not live:
         return events
+    inputs = [job._prepared_tail for job in live]
+    for job in live:
+        job._prepared_tail = None
     res = live[0].res
     out, lengths = prefill_step(
         res.thinker.model,
         [job._thinker_cache for job in live],
         res.thinker.config.text_config,
-        [e for e, _ in inputs],
-        [p for _, p in inputs],
+        [prepared[1] for prepared in inputs],  # [1, T_i, D]
+        [prepared[4] for prepared in inputs],  # [3, 1, T_i]
         output_hidden_states=True,
     )
     hs, layer = out.hidden_states, res.talker_layer

@@ -53,7 +53,17 @@ class ThinkerPrefill:
     """The prefill steps of StreamJob (a mixin: the state lives on the job)."""
 
     def _prefill(self) -> list[Event]:
-        return self._prefill_forward(*self._prefill_inputs())
+        """The processor, the cached prefix and the encoders. The thinker's forward is a
+        step of its own ("thinker_forward"): commits that arrive meanwhile prepare theirs
+        and join it as one batch (worker `_first_packets_together`) instead of waiting for
+        this one's whole first packet, or for its forward alone."""
+        self._prepared_tail = self._prefill_inputs()
+        self._phase = "thinker_forward"
+        return []
+
+    def _thinker_forward(self) -> list[Event]:
+        prepared, self._prepared_tail = self._prepared_tail, None
+        return self._prefill_forward(*prepared)
 
     def _prefill_forward(self, tail_ids, embeds, mm_outputs, tail, pos) -> list[Event]:
         """The thinker's forward over the tail (what `_prefill_inputs` returns), alone."""

@@ -163,6 +163,8 @@ class StreamJob(ThinkerPrefill, ThinkerDecode, TalkerAudio):
                     return self._finish("cancelled")
                 if self._phase == "prefill":
                     return self._partial_prefill() if self.partial else self._prefill()
+                if self._phase == "thinker_forward":
+                    return self._thinker_forward()
                 if self._phase == "early_encode":
                     return self._early_encode()
                 if self._phase == "early_forward":
@@ -210,6 +212,13 @@ class StreamJob(ThinkerPrefill, ThinkerDecode, TalkerAudio):
         fed back (all but the last). Layer-0 inputs of fed tokens are their embeddings; the
         talker never reads their deep hidden states (assistant positions), so zeros."""
         cache_kv = getattr(self, "_thinker_cache", None)
+        prefix = getattr(self, "_prefix", None)
+        if self.cache is not None and prefix is not None and status != "failed":
+            # Cancelled between the prefill's two steps: the prefix, checked out and cropped
+            # to what this prompt shares with it, goes back as it is (no forward touched it).
+            self._prefix = None
+            self.cache.checkin(self.conv.id, prefix)
+            return
         if self.cache is None or cache_kv is None or status == "failed":
             return
         fed = self._tokens[:-1]

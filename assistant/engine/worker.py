@@ -100,8 +100,10 @@ Sink = Callable[[list[Event]], None]
 # by a moving average as they run. Tiny CPU model figures; on a GPU they shrink within
 # a few steps.
 STEP_COST_S = {
-    ("prefill", False): 0.02,
-    ("prefill", True): 0.05,
+    ("prefill", False): 0.01,
+    ("prefill", True): 0.03,
+    ("thinker_forward", False): 0.01,
+    ("thinker_forward", True): 0.02,
     ("early_encode", False): 0.005,
     ("early_encode", True): 0.03,
     ("early_forward", False): 0.015,
@@ -115,8 +117,8 @@ STEP_COST_S = {
 }
 # A first packet's steps in order (the chunk ramp's first chunk is one frame by default;
 # a longer one repeats frame and advance before its decode).
-FIRST_PACKET_STEPS = ("prefill", "talker_prefill", "frame", "codec")
-FIRST_PACKET_ORDER = {"prefill": 0, "talker_prefill": 1, "frame": 2, "advance": 2, "codec": 3}
+FIRST_PACKET_STEPS = ("prefill", "thinker_forward", "talker_prefill", "frame", "codec")
+FIRST_PACKET_ORDER = {"prefill": 0, "thinker_forward": 1, "talker_prefill": 2, "frame": 3, "advance": 3, "codec": 4}
 STEAL_MARGIN_S = 0.03  # slack every listener keeps after a borrowed step, for estimate errors
 
 
@@ -311,7 +313,7 @@ class ModelWorker:
         job = entry[0]
         if self.max_batch == 1 or job.cancelled or job.partial or getattr(job, "background", False):
             return [entry]
-        prefill = job._phase in ("prefill", "talker_prefill")
+        prefill = job._phase in ("prefill", "thinker_forward", "talker_prefill")
         codec = job._phase == "codec"
         key = _codec_key(job) if codec else None  # streaming decodes of one chunk length batch
         if not prefill and job._phase not in ("frame", "advance") and key is None:
