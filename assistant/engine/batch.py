@@ -273,7 +273,7 @@ def _frames(jobs) -> dict[object, list[Event]]:
         residual, codec_sum = res.predictor.run(hidden, e0, lambda step, logits: pick_rows(pickers, logits))
     for row, job in enumerate(live):
         codes = torch.cat([c0[row], residual[row]])  # [16]
-        events[job] = job._frame_finish(codes, codec_sum[row : row + 1], inline_advance=False)
+        events[job] = job._frame_finish(codes, codec_sum[row : row + 1])
     return events
 
 
