@@ -146,12 +146,9 @@ def _prefill(jobs) -> dict[object, list[Event]]:
         except STEP_ERRORS as exc:  # this response fails alone
             events[job] = job._finish("failed", step_error(exc))
     audio = _audio_together(tails)
-    for job, (tail_ids, tail, pos) in tails.items():
+    for job, tail in tails.items():
         try:
-            embeds, mm_outputs = job._encode(tail_ids, tail, audio.get(job))
-            job._prepared_tail = job._prefill_ready(tail_ids, embeds, mm_outputs, tail, pos)
-            job._phase = "thinker_forward"
-            events[job] = []
+            events[job] = job._prefill_encoded(tail, audio.get(job))
         except STEP_ERRORS as exc:  # this response fails alone
             events[job] = job._finish("failed", step_error(exc))
     return events

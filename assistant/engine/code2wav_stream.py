@@ -125,9 +125,10 @@ def decode_batch(streams: list[StreamingCode2Wav], codes: list[torch.Tensor]) ->
     The pre-transformer runs as one batch too while the streams are at one position and
     its sliding window still holds every frame (`_window_holds_all`), and per stream after.
     Most of a call's time is per call, not per frame (tiny CPU model: 8 of the 9.5 ms of
-    a one-frame chunk), so each part run once for B rows saves nearly all of B - 1 calls. The chunks must have one length and the streams
-    must all have started or all be fresh (a fresh stream returns the look-ahead fewer
-    samples). Returns each stream's samples, [1, 1, S] as a call would."""
+    a one-frame chunk), so each part run once for B rows saves nearly all of B - 1 calls.
+    The chunks must have one length and the streams must all have started or all be fresh
+    (a fresh stream returns the look-ahead fewer samples). Returns each stream's samples,
+    [1, 1, S] as a call would."""
     n = {c.shape[-1] for c in codes}
     if len(n) != 1 or len({s.frames > 0 for s in streams}) != 1 or len({id(s.m) for s in streams}) != 1:
         raise ValueError("decode_batch takes chunks of one length, from streams all started or all fresh")

@@ -57,7 +57,20 @@ class ThinkerPrefill:
         step of its own ("thinker_forward"): commits that arrive meanwhile prepare theirs
         and join it as one batch (worker `_first_packets_together`) instead of waiting for
         this one's whole first packet, or for its forward alone."""
-        self._prepared_tail = self._prefill_inputs()
+        return self._prefill_encoded(self._prefill_tail())
+
+    def _prefill_encoded(self, tail: tuple, audio: torch.Tensor | None = None) -> list[Event]:
+        """The encoders over `_prefill_tail()`'s media (`audio` [N, D]: the audio encoder's
+        output, when batch.py ran it for several responses at once), then the thinker cache
+        to extend; `_prepared_tail` keeps (tail ids [1, T], tail embeddings [1, T, D],
+        vision encoder outputs or None, the tail's media, tail positions [3, 1, T]) for the
+        "thinker_forward" step (batch.py runs several tails as one forward)."""
+        tail_ids, media, pos = tail
+        embeds, mm_outputs = self._encode(tail_ids, media, audio)
+        self.stats.t_preprocessed = now()
+        prefix = self._prefix
+        self._thinker_cache = prefix.kv if prefix else DynamicCache(config=self.res.thinker.config.text_config)
+        self._prepared_tail = (tail_ids, embeds, mm_outputs, media, pos)
         self._phase = "thinker_forward"
         return []
 
@@ -66,7 +79,7 @@ class ThinkerPrefill:
         return self._prefill_forward(*prepared)
 
     def _prefill_forward(self, tail_ids, embeds, mm_outputs, tail, pos) -> list[Event]:
-        """The thinker's forward over the tail (what `_prefill_inputs` returns), alone."""
+        """The thinker's forward over the tail (`_prepared_tail`), alone."""
         res = self.res
         # The thinker's own forward (transformers 5.24) takes no logits_to_keep and runs
         # lm_head over every prompt position: on the tiny model that was 250 ms of a
@@ -86,19 +99,10 @@ class ThinkerPrefill:
         hs = out.hidden_states
         return self._prefill_done(hs[0], hs[res.talker_layer], out.last_hidden_state[:, -1:])
 
-    def _prefill_inputs(self) -> tuple:
-        """Everything of the prefill before the thinker's forward: the processor, the cached
-        prefix, the encoders. Returns (tail ids [1, T], tail embeddings [1, T, D], vision
-        encoder outputs or None, the tail's media, tail positions [3, 1, T]); the thinker
-        cache to extend is `self._thinker_cache` (batch.py runs several tails as one forward)."""
-        tail_ids, tail, pos = self._prefill_tail()
-        embeds, mm_outputs = self._encode(tail_ids, tail)
-        return self._prefill_ready(tail_ids, embeds, mm_outputs, tail, pos)
-
     def _prefill_tail(self) -> tuple:
-        """The processor and the cached prefix: (tail ids [1, T], the tail's media on the
-        device, tail positions [3, 1, T]), for `_encode` (batch.py encodes several
-        responses' audio tails in one call)."""
+        """The processor and the cached prefix (checked out into `_prefix`): (tail ids
+        [1, T], the tail's media on the device, tail positions [3, 1, T]) for
+        `_prefill_encoded`."""
         res = self.res
         self.stats.t_started = now()
         prepared = self._prepare_in_context()
@@ -129,13 +133,6 @@ class ThinkerPrefill:
         self._talker_prefix = prefix.talker if prefix else None  # extended by _talker_prefill
         tail_ids = ids[:, n:]  # [1, P - n]
         return tail_ids, self._tail_media(host, id_list, n), pos[:, :, n:]
-
-    def _prefill_ready(self, tail_ids, embeds, mm_outputs, tail: dict, pos) -> tuple:
-        """After the encoders: the thinker cache to extend, and `_prefill_inputs`' tuple."""
-        self.stats.t_preprocessed = now()
-        prefix = self._prefix
-        self._thinker_cache = prefix.kv if prefix else DynamicCache(config=self.res.thinker.config.text_config)
-        return tail_ids, embeds, mm_outputs, tail, pos
 
     def _prefill_done(self, embed: torch.Tensor, hidden: torch.Tensor, last: torch.Tensor) -> list[Event]:
         """After the thinker's forward over the tail: its layer-0 inputs and talker-read

@@ -282,7 +282,7 @@ class ModelWorker:
                 for job, _ in group:  # each row's share of the step: its real-time factor (live_load)
                     job.decode_s = getattr(job, "decode_s", 0.0) + dt / len(group)
             if costed in self.step_cost_s and len(group) == 1:
-                self.step_cost_s[costed] += 0.3 * ((now() - t_step) - self.step_cost_s[costed])
+                self.step_cost_s[costed] += 0.3 * (dt - self.step_cost_s[costed])
             for job, sink in group:
                 if results.get(job):
                     sink(results[job])
