@@ -57,6 +57,8 @@ def test_batched_decode_equals_each_response_alone(resident, load_wav, monkeypat
     encode = resident.thinker.get_audio_features
     encoded = []  # clips per audio-encoder call
     monkeypatch.setattr(resident.thinker, "get_audio_features", lambda f, m: encoded.append(f.shape[0]) or encode(f, m))
+    heads = []  # rows per thinker lm_head call
+    hook = resident.thinker.lm_head.register_forward_hook(lambda mod, args, out: heads.append(out.shape[0]))
     jobs = [_job(resident, load_wav, clip, n) for clip, n in zip(CLIPS, frames, strict=True)]
     events = {job: [] for job in jobs}
     batched_rows, codec_batches = [], 0
@@ -75,7 +77,9 @@ def test_batched_decode_equals_each_response_alone(resident, load_wav, monkeypat
             else:
                 for job in group:
                     events[job] += job.step()
+    hook.remove()
     assert encoded == [4]
+    assert heads[0] == 4  # the first tokens: one lm_head product for the four rows
     assert max(batched_rows) == 4 and 2 in batched_rows  # full batches, then rows leaving
     assert batched_rows[:3] == [4, 4, 4]  # the processors and audio encoder, the thinker's and the talker's prefill
     assert codec_batches >= 3  # chunk decodes batched too (the streaming Code2Wav)

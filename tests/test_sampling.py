@@ -126,3 +126,28 @@ def test_rows_picked_together_pick_as_each_picker_alone():
         allowed, p = Picker(greedy=False, top_k=50, top_p=0.8).candidates(logits[row])
         assert got[row] in allowed[p > 0].tolist()
     assert [p.history for p in together] == [[t] for t in got]
+
+
+def test_rows_whose_eos_is_still_masked_pick_together_as_alone():
+    """The thinker's rows under `min_new` (EOS masked until then) pick together too
+    (batch.py pick_thinker_rows): a masked row never picks EOS, an unmasked one may, and
+    greedy rows pick what each picker alone picks."""
+    from assistant.engine.sampling import Picker, pick_rows
+
+    eos = 7
+    logits = torch.randn(4, 300)
+    logits[:, eos] = 50.0  # EOS is every row's best
+    masks = [True, False, True, False]
+
+    def pickers(greedy: bool):
+        return [Picker(greedy=greedy, top_k=20, top_p=0.8, eos_id=eos, min_new=3 if masked else 0) for masked in masks]
+
+    got = pick_rows(pickers(True), logits).tolist()
+    assert got == [p.pick(logits[row]) for row, p in enumerate(pickers(True))]
+    assert got[0] != eos and got[1] == eos and got[2] != eos and got[3] == eos
+    for _ in range(20):  # sampled: a masked row draws from its nucleus without EOS
+        drawn = pick_rows(pickers(False), logits).tolist()
+        assert drawn[0] != eos and drawn[2] != eos and drawn[1] == eos and drawn[3] == eos
+        for row in (0, 2):
+            allowed, probs = pickers(False)[row].candidates(pickers(False)[row]._processed(logits[row]))
+            assert drawn[row] in allowed[probs > 0].tolist()

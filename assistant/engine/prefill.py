@@ -97,7 +97,8 @@ class ThinkerPrefill:
             output_hidden_states=True,
         )
         hs = out.hidden_states
-        return self._prefill_done(hs[0], hs[res.talker_layer], out.last_hidden_state[:, -1:])
+        self._prefill_done(hs[0], hs[res.talker_layer])
+        return self._first_token(res.thinker.lm_head(out.last_hidden_state[:, -1:])[0, -1])  # [1, 1, V] -> [V]
 
     def _prefill_tail(self) -> tuple:
         """The processor and the cached prefix (checked out into `_prefix`): (tail ids
@@ -134,12 +135,11 @@ class ThinkerPrefill:
         tail_ids = ids[:, n:]  # [1, P - n]
         return tail_ids, self._tail_media(host, id_list, n), pos[:, :, n:]
 
-    def _prefill_done(self, embed: torch.Tensor, hidden: torch.Tensor, last: torch.Tensor) -> list[Event]:
+    def _prefill_done(self, embed: torch.Tensor, hidden: torch.Tensor) -> None:
         """After the thinker's forward over the tail: its layer-0 inputs and talker-read
-        hidden states [1, T, D], and the last position's final hidden state [1, 1, D]."""
+        hidden states [1, T, D]. The first token's picker is ready after this."""
         res, s, prefix = self.res, self.sampling, self._prefix
         self._prefix = None
-        logits = res.thinker.lm_head(last)  # [1, 1, V]
         self.stats.prefill_tokens = embed.shape[1]  # what the commit still had to prefill
         if prefix:
             embed, hidden = torch.cat([prefix.embed, embed], 1), torch.cat([prefix.hidden, hidden], 1)
@@ -161,7 +161,11 @@ class ThinkerPrefill:
         if penalty != 1.0:
             self._thinker_picker.history = self._prompt_ids[0].tolist()  # stock penalises prompt ids too
             self._thinker_picker.min_new += len(self._thinker_picker.history)
-        events = self._accept_token(logits[0, -1])
+
+    def _first_token(self, logits: torch.Tensor, token: int | None = None) -> list[Event]:
+        """The answer's first token from the prompt's last logits [V] (`token`: as
+        `_accept_token`)."""
+        events = self._accept_token(logits, token)
         self.stats.t_thinker_first_token = now()
         # A turn that opens with a call has nothing to say: the talker never starts.
         self._phase = "talker_prefill" if self.audio and self._call_at is None else "text"

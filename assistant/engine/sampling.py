@@ -84,9 +84,14 @@ class Picker:
         return ids[0], probs[0]
 
 
-def _plain(p: Picker) -> bool:
-    """A picker whose scores are the raw logits (no penalty, suppression or EOS mask)."""
-    return p.repetition_penalty == 1.0 and p.suppress is None and (p.eos_id is None or len(p.history) >= p.min_new)
+def _together(p: Picker) -> bool:
+    """A picker whose scores are the raw logits, EOS masked or not (no penalty or
+    suppression): rows of such pickers are processed as one [b, V] tensor."""
+    return p.generator is None and p.repetition_penalty == 1.0 and p.suppress is None
+
+
+def _eos_masked(p: Picker) -> bool:
+    return p.eos_id is not None and len(p.history) < p.min_new
 
 
 def candidates_rows(scores: torch.Tensor, temperature: float, top_k: int, top_p: float):
@@ -112,8 +117,10 @@ def pick_rows(pickers: list[Picker], logits: torch.Tensor) -> torch.Tensor:
 
     Why: a batched code-predictor step (batch.py) picks 15 residual codes per frame for every
     response in it, and picking row by row was a sixth of the worker's time with four users on
-    the tiny CPU model (each pick is a dozen small ops). Rows that sample from the global
-    generator with the same settings draw together: one top-k, one top-p, one multinomial.
+    the tiny CPU model (each pick is a dozen small ops); the thinker's rows (152k wide) pick
+    here too. Rows that sample from the global generator with the same settings draw
+    together: one top-k, one top-p, one multinomial; an EOS that `min_new` still masks is
+    masked in its own row first.
     A row with a generator of its own (a seeded response) draws alone from it, so a seeded
     response picks the same batched or alone; greedy rows take the argmax, as `pick` does.
     Unseeded rows drawn together take other draws from the global generator than they
@@ -121,13 +128,17 @@ def pick_rows(pickers: list[Picker], logits: torch.Tensor) -> torch.Tensor:
     out = [0] * len(pickers)
     groups: dict[tuple, list[int]] = {}
     for row, p in enumerate(pickers):
-        if p.generator is None and _plain(p):
+        if _together(p):
             key = ("greedy",) if p.greedy else (p.temperature, p.top_k, p.top_p)
             groups.setdefault(key, []).append(row)
         else:
             out[row] = p.pick(logits[row])
     for key, rows in groups.items():
-        scores = logits[rows].float()  # [b, V]
+        scores = logits[rows].float()  # [b, V]: a copy (advanced indexing), edited below
+        masked = [(i, pickers[row].eos_id) for i, row in enumerate(rows) if _eos_masked(pickers[row])]
+        if masked:  # stock's min-new-tokens processor, row by row as `_processed` does it
+            at, eos = zip(*masked, strict=True)
+            scores[list(at), list(eos)] = -float("inf")
         if key == ("greedy",):
             chosen = torch.argmax(scores, dim=-1)  # [b]
         else:

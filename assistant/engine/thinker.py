@@ -39,14 +39,24 @@ class ThinkerDecode:
             (torch.arange(past, past + 1, device=self.res.device) + self._thinker_deltas).view(1, 1, 1).expand(3, 1, 1)
         )
 
-    def _accept_token(self, logits: torch.Tensor) -> list[Event]:
+    def _picks_in_batch(self) -> bool:
+        """Whether this response's next token may be picked with other rows' (batch.py
+        `pick_thinker_rows`): not under a tool-call grammar (its mask and forced tokens are
+        this response's) and not reporting log-probabilities (a transcription)."""
+        return self._tool_constraint() is None and self.stats.token_logprobs is None
+
+    def _accept_token(self, logits: torch.Tensor, token: int | None = None) -> list[Event]:
+        """logits [V]: pick the next token, or take `token`, picked from these logits with
+        other responses' rows by `sampling.pick_rows` (only when `_picks_in_batch`)."""
         res = self.res
         tools = self._tool_constraint()
         if tools is not None:
             logits = tools.mask(logits)  # [V]
             if tools.in_calls:
                 self._thinker_picker.min_new = 0  # the grammar says where the turn may end
-        if self.stats.token_logprobs is None:
+        if token is not None:
+            pass  # pick_rows appended it to the picker's history, as `pick` does
+        elif self.stats.token_logprobs is None:
             token = self._thinker_picker.pick(logits)
         else:  # a transcription: its tokens' log-probabilities are reported (avg_logprob)
             token, logprob = self._thinker_picker.pick_scored(logits)
