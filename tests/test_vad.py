@@ -63,3 +63,50 @@ def test_silero_silence_is_not_speech(silero):
     rng = np.random.default_rng(0)
     probs = silero.probabilities((rng.standard_normal(16000 * 2) * 0.001).astype(np.float32))
     assert Endpointer(VadParams()).feed(0, probs) == []
+
+
+CLIPS = ["hello_en_us.wav", "count_en_us_m3.wav", "weather_en_gb_f3.wav", "describe_en_scotland.wav"]
+
+
+def test_silero_model_scores_as_the_silero_vad_module(load_wav):
+    """SileroModel carries the state that silero-vad's own module keeps inside itself:
+    the same probabilities, bit for bit, over a clip fed in uneven pieces."""
+    import torch
+    from silero_vad import load_silero_vad
+
+    audio = load_wav("count_en_us_m3.wav")
+    module = load_silero_vad()
+    want = [module(torch.from_numpy(audio[i : i + 512].copy()), 16000).item() for i in range(0, len(audio) - 511, 512)]
+    model, got, at = SileroModel(), [], 0
+    for size in [3, 1, 0, 7, 2] * 40:
+        piece = audio[at : at + size * 512]
+        at += len(piece) // 512 * 512
+        got += model.probabilities(piece).tolist()
+    assert got == want
+
+
+def test_streams_scored_together_score_as_each_alone(load_wav):
+    """probabilities_together (one batch row per stream, each with its own state): four
+    streams fed pieces of different sizes, some none at all, give what each gives alone,
+    to float rounding, and the endpoints each finds alone."""
+    from assistant.realtime.vad import probabilities_together
+
+    clips = [load_wav(name) for name in CLIPS]
+    alone = [SileroModel().probabilities(clip) for clip in clips]
+    models = [SileroModel() for _ in clips]
+    together = [[] for _ in clips]
+    at = [0] * len(clips)
+    rng = np.random.default_rng(0)
+    while any(a < len(clip) // 512 * 512 for a, clip in zip(at, clips, strict=True)):
+        pieces = []
+        for k, clip in enumerate(clips):
+            piece = clip[at[k] : at[k] + int(rng.integers(0, 5)) * 512]
+            at[k] += len(piece)
+            pieces.append(piece)
+        for k, probs in enumerate(probabilities_together(list(zip(models, pieces, strict=True)))):
+            assert len(probs) == len(pieces[k]) // 512
+            together[k].append(probs)
+    for want, parts in zip(alone, together, strict=True):
+        got = np.concatenate(parts)
+        np.testing.assert_allclose(got, want, atol=1e-4)
+        assert Endpointer(VadParams()).feed(0, got) == Endpointer(VadParams()).feed(0, want)

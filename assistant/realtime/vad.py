@@ -2,9 +2,10 @@
 
 Two parts, so that the protocol core stays free of I/O:
 
-- `SileroModel` wraps one stream's Silero VAD (silero-vad package, `load_silero_vad()`).
-  It is blocking CPU work (~0.4 ms per 32 ms window on one core): transports call it from
-  a worker thread, never on the event loop.
+- `SileroModel` is one stream's Silero VAD (silero-vad package, `load_silero_vad()`), and
+  `probabilities_together` scores several streams' windows as one batch. Blocking CPU
+  work (~0.4 ms per 32 ms window on one core): transports call it from a worker thread,
+  never on the event loop.
 - `Endpointer` is a pure state machine over the per-window probabilities. It turns them
   into speech-started / speech-stopped events with the semantics of OpenAI's
   `server_vad` (developers.openai.com/api/docs/guides/realtime-vad):
@@ -21,6 +22,7 @@ Positions are sample offsets at 16 kHz from the start of the session's input str
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -110,33 +112,81 @@ class Endpointer:
 
 
 class SileroModel:
-    """One input stream's Silero VAD. Blocking; call from one worker thread at a time.
+    """One input stream's Silero VAD: its recurrent state and 64 samples of context, over
+    a network every stream shares (`_network`). Blocking; one thread at a time per stream.
 
-    The model keeps recurrent state and 64 samples of context between calls, so each
-    session needs its own instance (loading one takes ~0.1 s: do that off the loop too).
-    """
+    silero-vad's `load_silero_vad()` module keeps one stream's state inside itself, so each
+    stream needed a module of its own (~0.1 s to load) and one call per stream. Its 16 kHz
+    network takes the state as an argument and returns the next one (the wrapper's own
+    `forward` does only this: context + window in, last 64 samples kept, state carried), so
+    several streams' windows run as one batch (`probabilities_together`)."""
 
     def __init__(self) -> None:
-        import torch
-
-        threads = torch.get_num_threads()
-        # silero_vad.model calls torch.set_num_threads(1) at import, process-wide; that
-        # would slow the engine's CPU inference, so put the setting back.
-        from silero_vad import load_silero_vad
-
-        torch.set_num_threads(threads)
-        self._torch = torch
-        self._model = load_silero_vad()
+        self._net, self._torch = _network()
+        self.reset()
 
     def reset(self) -> None:
-        self._model.reset_states()
+        torch = self._torch
+        self._state = torch.zeros(2, 1, STATE_SIZE)  # [h; c] of the LSTM cell, as the wrapper's first call
+        self._context = torch.zeros(1, CONTEXT_SAMPLES)
 
     def probabilities(self, samples: np.ndarray) -> np.ndarray:
         """Speech probability of each 512-sample window of 16 kHz float audio."""
-        n = len(samples) // WINDOW_SAMPLES
-        out = np.empty(n, np.float32)
-        audio = self._torch.from_numpy(np.ascontiguousarray(samples[: n * WINDOW_SAMPLES], dtype=np.float32))
-        with self._torch.inference_mode():
-            for i in range(n):
-                out[i] = self._model(audio[i * WINDOW_SAMPLES : (i + 1) * WINDOW_SAMPLES], VAD_SAMPLE_RATE).item()
-        return out
+        return probabilities_together([(self, samples)])[0]
+
+
+STATE_SIZE = 128  # silero-vad v5+: the decoder's LSTMCell width
+CONTEXT_SAMPLES = 64  # the 16 kHz network's context_size_samples
+_NETWORK: tuple | None = None
+_NETWORK_LOCK = threading.Lock()
+
+
+def _network():
+    """(the 16 kHz network, torch), loaded once per process. Its forward keeps no state
+    of its own, so streams on different threads may share it."""
+    global _NETWORK
+    with _NETWORK_LOCK:
+        if _NETWORK is None:
+            import torch
+
+            threads = torch.get_num_threads()
+            # silero_vad.model calls torch.set_num_threads(1) at import, process-wide; that
+            # would slow the engine's CPU inference, so put the setting back.
+            from silero_vad import load_silero_vad
+
+            torch.set_num_threads(threads)
+            net = load_silero_vad()._model
+            if net.context_size_samples != CONTEXT_SAMPLES:
+                raise RuntimeError(f"unexpected Silero context of {net.context_size_samples} samples")
+            _NETWORK = (net, torch)
+        return _NETWORK
+
+
+def probabilities_together(streams: Sequence[tuple[SileroModel, np.ndarray]]) -> list[np.ndarray]:
+    """`SileroModel.probabilities` for several streams (distinct models) in one pass: window
+    i of every stream that has an i-th window runs as one batch row each. Each row's LSTM
+    state and convolutions are its own, so rows give what each stream gives alone (to
+    float rounding); one forward over B rows costs about what one row does (issue #19: four
+    users' endpoints were scored one after another on one thread, and their commits reached
+    the engine 2-9 ms apart, too far apart to share a first-packet batch)."""
+    if not streams:
+        return []
+    net, torch = streams[0][0]._net, streams[0][0]._torch
+    counts = [len(samples) // WINDOW_SAMPLES for _, samples in streams]
+    outs = [np.empty(n, np.float32) for n in counts]
+    audio = [
+        torch.from_numpy(np.ascontiguousarray(samples[: n * WINDOW_SAMPLES], dtype=np.float32))
+        for (_, samples), n in zip(streams, counts, strict=True)
+    ]
+    with torch.inference_mode():
+        for i in range(max(counts)):
+            rows = [k for k, n in enumerate(counts) if n > i]
+            models = [streams[k][0] for k in rows]
+            windows = torch.stack([audio[k][i * WINDOW_SAMPLES : (i + 1) * WINDOW_SAMPLES] for k in rows])  # [B, 512]
+            x = torch.cat([torch.cat([m._context for m in models]), windows], dim=1)  # [B, 64 + 512]
+            prob, state = net(x, torch.cat([m._state for m in models], dim=1))  # [B, 1], [2, B, 128]
+            for row, (k, m) in enumerate(zip(rows, models, strict=True)):
+                m._state = state[:, row : row + 1].clone()
+                m._context = x[row : row + 1, -CONTEXT_SAMPLES:].clone()
+                outs[k][i] = float(prob[row, 0])
+    return outs

@@ -6,7 +6,7 @@ model before the app exists, so no request ever waits for a load.
 
 What handlers find on `app.state`: settings, engine, metrics, sessions (the websocket
 session registry and admission control), client_secrets (auth.py), vad_pool (the VAD
-worker thread).
+worker thread) and vad (vadbatch.py: the sessions' VAD scoring, batched).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from ..settings import Settings
 from .auth import ClientSecrets, authorized, client_secrets_router, unauthorized
 from .drain import Drain
 from .metrics import CONTENT_TYPE, Metrics
+from .vadbatch import VadBatcher
 
 log = logging.getLogger("assistant.server")
 
@@ -140,12 +141,14 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # One VAD thread for all websocket sessions: Silero costs ~0.4 ms per 32 ms window,
-        # so one core serves dozens of sessions, and they never contend with each other.
+        # One VAD thread for all websocket sessions, scoring them in batches (vadbatch.py):
+        # Silero costs ~0.4 ms per 32 ms window, so one core serves dozens of sessions.
         app.state.vad_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ws-vad")
+        app.state.vad = VadBatcher(app.state.vad_pool, "ws")
         try:
             yield
         finally:
+            await app.state.vad.close()
             app.state.vad_pool.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="assistant", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)

@@ -35,6 +35,7 @@ from ..settings import Settings
 from .app import AUTO_FALLBACK_SESSIONS, MEMORY_REFUSAL_CODE, memory_refusal
 from .auth import authorized
 from .drain import SHUTTING_DOWN
+from .vadbatch import VadBatcher
 from .webrtc_call import (
     EVENTS_CHANNEL,
     MAX_CHANNEL_BUFFERED_BYTES,
@@ -82,7 +83,6 @@ class Calls:
         *,
         limits: CallLimits | None = None,
         on_metrics: Callable[[ResponseMetrics], None] | None = None,
-        vad_threads: int = 2,
     ) -> None:
         self.settings, self.engine = settings, engine
         self.limits = limits or CallLimits()
@@ -90,7 +90,9 @@ class Calls:
         set_consent_timeout(settings.webrtc_consent_timeout_s)
         self.calls: dict[str, Call] = {}
         self.tasks = TaskOwner("webrtc")
-        self.vad_pool = ThreadPoolExecutor(max_workers=vad_threads, thread_name_prefix="webrtc-vad")
+        # One VAD thread for all calls, one batched call at a time (vadbatch.py).
+        self.vad_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="webrtc-vad")
+        self.vad = VadBatcher(self.vad_pool, "webrtc")
         self._on_metrics = on_metrics
         self.active_gauge = None  # the app's active-sessions gauge, labelled "webrtc" (see `attach`)
         self.sessions = None  # the app's admission control over all transports (see `attach`)
@@ -165,6 +167,7 @@ class Calls:
     async def close_all(self) -> None:
         await asyncio.gather(*(call.close("server shutting down") for call in list(self.calls.values())))
         await self.tasks.close()
+        await self.vad.close()
         self.vad_pool.shutdown(wait=False, cancel_futures=True)
 
 

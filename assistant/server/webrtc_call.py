@@ -49,7 +49,6 @@ from ..realtime.session import (
     TranscribeItem,
     TruncateTurn,
 )
-from ..realtime.vad import SileroModel
 from .drain import SHUTTING_DOWN
 from .webrtc_media import OutboundAudioTrack, PlaybackEvent, TaskOwner, read_audio, read_video
 from .webrtc_offer import Offer
@@ -337,15 +336,14 @@ class Call:
         self.dispatch(self.session.append_frame(rgb))
 
     async def _vad_loop(self) -> None:
-        """Score new microphone audio with this call's Silero model on the VAD threads,
-        one batch at a time (the model is stateful), never on the event loop."""
-        loop = asyncio.get_running_loop()
-        model = await loop.run_in_executor(self.calls.vad_pool, SileroModel)
+        """Score new microphone audio with this call's Silero state, batched with the other
+        calls' on the VAD thread (vadbatch.py), never on the event loop."""
+        model = await self.calls.vad.new_model()
         while True:
             await self._vad_wake.wait()
             self._vad_wake.clear()
             while (work := self.session.take_vad_work()) is not None:
-                probs = await loop.run_in_executor(self.calls.vad_pool, model.probabilities, work.samples)
+                probs = await self.calls.vad.probabilities(model, work.samples)
                 self.dispatch(self.session.on_vad(work, probs))
 
     # -- liveness and closing

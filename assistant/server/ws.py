@@ -108,7 +108,7 @@ async def serve_websocket(websocket: WebSocket, state: Any) -> None:
 class WsConnection:
     def __init__(self, websocket: WebSocket, session: RealtimeSession, state: Any) -> None:
         self.ws, self.session = websocket, session
-        self.engine, self.metrics, self.vad_pool = state.engine, state.metrics, state.vad_pool
+        self.engine, self.metrics, self.vad = state.engine, state.metrics, state.vad
         # `None` is the writer's stop mark (EndSession): it ends after what was queued before.
         self.out: asyncio.Queue[Send | None] = asyncio.Queue(maxsize=state.settings.ws_outbound_queue_events)
         self.responses: dict[str, Any] = {}  # response id -> engine Response
@@ -275,13 +275,12 @@ class WsConnection:
             self.dispatch(self.session.check_limits())
 
     async def _vad(self) -> None:
-        loop = asyncio.get_running_loop()
         model: SileroModel | None = None
         while True:
             await self._vad_wake.wait()
             self._vad_wake.clear()
             while (work := self.session.take_vad_work()) is not None:
                 if model is None:
-                    model = await loop.run_in_executor(self.vad_pool, SileroModel)
-                probs = await loop.run_in_executor(self.vad_pool, model.probabilities, work.samples)
+                    model = await self.vad.new_model()
+                probs = await self.vad.probabilities(model, work.samples)  # batched with other sessions'
                 self.dispatch(self.session.on_vad(work, probs))
