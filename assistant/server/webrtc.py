@@ -72,7 +72,7 @@ log = logging.getLogger("assistant.webrtc")
 
 class Calls:
     """Every live call of one server, with admission control. Owns the close tasks and
-    the VAD threads."""
+    the VAD thread."""
 
     _ids = itertools.count(1)
 
