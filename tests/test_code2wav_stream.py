@@ -177,18 +177,3 @@ def test_a_batch_of_streams_equals_each_stream_alone(resident):
             decode_batch(streams[:2], [codes[0][..., :1], codes[1][..., :2]])
         with pytest.raises(ValueError):  # a fresh stream beside a started one
             decode_batch([streams[0], StreamingCode2Wav(resident.code2wav)], [codes[0][..., :1]] * 2)
-
-
-def test_cpu_chunks_convolve_without_onednn_and_leave_the_setting_as_it_was(resident, monkeypatch):
-    """The streaming decoder's convolutions run with oneDNN off on the CPU (a kernel built
-    per new chunk shape cost a fresh server's first 4-user burst 15-20 ms), and the
-    process-wide setting is back on afterwards for everything else."""
-    seen = []
-    conv = next(m for m in resident.code2wav.modules() if isinstance(m, torch.nn.Conv1d))
-    forward = conv.forward
-    monkeypatch.setattr(conv, "forward", lambda x: seen.append(torch.backends.mkldnn.enabled) or forward(x))
-    assert torch.backends.mkldnn.enabled
-    with torch.inference_mode():
-        StreamingCode2Wav(resident.code2wav)(_codes(3))
-    assert seen and not any(seen)
-    assert torch.backends.mkldnn.enabled

@@ -57,21 +57,13 @@ class StreamingCode2Wav:
 
     def _convs(self, x: torch.Tensor) -> torch.Tensor:
         """[B, H, n] -> [B, 1, S]: the upsampling and decoder convolutions, continuing this
-        object's states (B rows of them for a batch, `decode_batch`).
-
-        On the CPU without oneDNN (`mkldnn`): it builds a kernel for every new input shape,
-        and a chunk's shapes are new for each (rows, frames) pair not yet seen. The first
-        call of a shape cost 2-4x the next (tiny model, 2 cores: 52 against 18.5 ms for 4
-        rows of 4 frames), which put 15-20 ms on the first packets of a fresh server's
-        first 4-user burst. PyTorch's own CPU convolutions cost about the same from the
-        first call on (13-15 ms there)."""
-        with torch.backends.mkldnn.flags(enabled=x.device.type != "cpu"):
-            m = self.m
-            for trans, convnext in m.upsample:
-                x = self._convnext(convnext, self._trans(trans, x))
-            for block in m.decoder:
-                x = self._block(block, x)
-            return x.clamp(min=-1, max=1)
+        object's states (B rows of them for a batch, `decode_batch`)."""
+        m = self.m
+        for trans, convnext in m.upsample:
+            x = self._convnext(convnext, self._trans(trans, x))
+        for block in m.decoder:
+            x = self._block(block, x)
+        return x.clamp(min=-1, max=1)
 
     def _block(self, block, x: torch.Tensor) -> torch.Tensor:
         name = type(block).__name__
