@@ -177,3 +177,20 @@ def test_a_batch_of_streams_equals_each_stream_alone(resident):
             decode_batch(streams[:2], [codes[0][..., :1], codes[1][..., :2]])
         with pytest.raises(ValueError):  # a fresh stream beside a started one
             decode_batch([streams[0], StreamingCode2Wav(resident.code2wav)], [codes[0][..., :1]] * 2)
+
+
+def test_first_chunk_shapes_are_warmed_for_every_batch_size(resident, monkeypatch):
+    """warm_shapes (the CPU warm-up, local.py) decodes a fresh stream's first chunks once for
+    every batch size up to the worker's, through the batched decode serving uses."""
+    import assistant.engine.code2wav_stream as c2s
+
+    seen = []
+    decode = c2s.decode_batch
+    monkeypatch.setattr(
+        c2s,
+        "decode_batch",
+        lambda streams, codes: seen.append((len(streams), codes[0].shape[-1])) or decode(streams, codes),
+    )
+    with torch.inference_mode():
+        assert c2s.warm_shapes(resident.code2wav, [1, 2], 3) == 6
+    assert seen == [(1, 1), (1, 2), (2, 1), (2, 2), (3, 1), (3, 2)]

@@ -185,3 +185,28 @@ def _pre_rows(m, streams: list[StreamingCode2Wav], codes: torch.Tensor) -> torch
                 stream.cache.update(keys[row : row + 1, :, -n:], values[row : row + 1, :, -n:], layer)
         stream.frames += n
     return hidden.permute(0, 2, 1)
+
+
+@torch.no_grad()
+def warm_shapes(code2wav, ramp: list[int], max_rows: int) -> int:
+    """Decode a fresh stream's first chunks (`ramp`, in frames) once for every batch size up
+    to `max_rows`, so that first packets never meet these input shapes for the first time;
+    returns the calls made.
+
+    Why: on the CPU, oneDNN builds a convolution kernel for every new input shape, and a
+    chunk decode's shapes depend on its rows and frames (and on whether the stream is
+    fresh). A shape's first call cost 2-4x the next (tiny model, 2 cores: 4 rows of one
+    frame 34 ms, then 10-15 ms), and a fresh server put those 15-25 ms on the first packets
+    of its first 4-user burst. The ramp's later, longer chunks (their first calls cost
+    tens of ms each: 5 s for the whole default ramp at up to 8 rows) and chunks of other
+    lengths (a short lead's, an answer's last) are met on first use, when their listener
+    has audio ahead."""
+    calls = 0
+    q = code2wav.config.num_quantizers
+    for rows in range(1, max_rows + 1):
+        streams = [StreamingCode2Wav(code2wav) for _ in range(rows)]
+        for n in ramp:
+            codes = [torch.zeros(1, q, n, dtype=torch.long, device=code2wav.device) for _ in streams]  # [1, Q, n] each
+            decode_batch(streams, codes)
+            calls += 1
+    return calls

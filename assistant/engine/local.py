@@ -30,11 +30,13 @@ from .api import (
 )
 from .budget import GB, Costs, MemoryBudget, default_limit_bytes
 from .capacity import LoadReport
+from .code2wav_stream import warm_shapes
 from .convcache import ConversationCache
 from .resident import Resident
 from .stream import StreamConfig, StreamJob
 from .worker import LocalResponse, ModelWorker
 
+FIRST_CHUNKS_WARMED = 2  # of the codec chunk ramp, at every batch size (CPU; `_warm_codec_shapes`)
 LOAD_PROBE_ANSWERS = 4  # answers at once in the warm-up's load measurement (issue #19)
 PROBE_TOKENS = 13  # text tokens of each 16-frame probe answer (the benchmark's 50 per 63 frames)
 
@@ -237,12 +239,37 @@ class LocalEngine:
             return stats
 
         try:
+            await self._warm_codec_shapes()
             await asyncio.gather(*(answer(conv) for conv in convs))
             await self._measure_load(speech, answer)
         finally:
             for conv in convs:
                 self.forget(conv)
         log.info("warm-up done in %.0f ms; %s", (now() - t0) * 1000, self.load_report(0, 0.8, 2.0).as_dict())
+
+    async def _warm_codec_shapes(self) -> None:
+        """On the CPU, the streaming Code2Wav's first-packet chunk shapes for every batch size
+        the worker forms (code2wav_stream.warm_shapes), on the worker thread that owns the
+        model: the ramp's first two chunks (what a first packet and the chunk after it
+        decode)."""
+        res, config = self.resident, self.stream_config
+        if not res.has_talker or res.device.type != "cpu" or config.left_context:
+            return
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future = loop.create_future()
+
+        def run() -> None:
+            t0 = now()
+            try:
+                calls = warm_shapes(res.code2wav, list(config.chunk_ramp[:FIRST_CHUNKS_WARMED]), self.worker.max_batch)
+            except Exception as exc:  # the warm-up fails with it: serving would meet the same error
+                loop.call_soon_threadsafe(done.set_exception, exc)
+                return
+            log.info("codec shapes warmed: %d chunk decodes in %.0f ms", calls, (now() - t0) * 1000)
+            loop.call_soon_threadsafe(done.set_result, None)
+
+        self.worker.call_soon(run)
+        await done
 
     async def _measure_load(self, speech: np.ndarray, answer) -> None:
         """Issue #19: the sustainable load, from decode steps timed with one answer alone and
