@@ -93,7 +93,11 @@ class Settings:
     min_answer_tokens: int = opt(0, "suppress end-of-answer before this many text tokens (tests, benchmarks)")
     min_answer_frames: int = opt(0, "suppress end-of-speech before this many codec frames (tests, benchmarks)")
     greedy: bool = opt(False, "greedy decoding: the same input gives the same answer (tests, soak)")
-    chunk_ramp_frames: str = opt("1,2,4,8,16,25", "codec frames per audio chunk, ramping up (comma-separated)")
+    # Up to 16 frames (1.28 s), not 25: a chunk decode is one worker step that nothing preempts,
+    # and on the tiny CPU model 4 rows of 25 frames took 100-200 ms (4.0 ms a frame against 2.8
+    # at 8 or 16 frames), which other users' first packets and low listeners waited behind. One
+    # row loses 0.25 ms a frame (1.0 against 0.74), next to a frame's 10 ms of talker work.
+    chunk_ramp_frames: str = opt("1,2,4,8,16", "codec frames per audio chunk, ramping up (comma-separated)")
     codec_left_context_frames: int = opt(
         0,
         "0: exact streaming Code2Wav (its state carried between chunks); N > 0: decode each chunk again with N "

@@ -83,7 +83,7 @@ def test_serve_help_lists_flags_and_env_names(capsys):
 
 
 def test_chunk_ramp():
-    assert settings_mod.chunk_ramp(Settings()) == [1, 2, 4, 8, 16, 25]
+    assert settings_mod.chunk_ramp(Settings()) == [1, 2, 4, 8, 16]
     with pytest.raises(ValueError):
         settings_mod.chunk_ramp(Settings(chunk_ramp_frames="1,0"))
 

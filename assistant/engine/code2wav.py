@@ -34,7 +34,7 @@ class IncrementalCode2Wav:
         self.code2wav = code2wav
         self.stream = StreamingCode2Wav(code2wav) if left_context == 0 else None
         self.left_context = left_context
-        self.ramp = list(ramp or [1, 2, 4, 8, 16, 25])
+        self.ramp = list(ramp or [1, 2, 4, 8, 16])
         self.frames: list[torch.Tensor] = []  # each [Q] long
         self.decoded_frames = 0  # frames whose audio has been emitted (up to their look-ahead)
         self.emitted = 0  # samples emitted so far

@@ -73,7 +73,7 @@ def step_error(exc: Exception) -> EngineError:
 
 @dataclass
 class StreamConfig:
-    chunk_ramp: tuple[int, ...] = (1, 2, 4, 8, 16, 25)
+    chunk_ramp: tuple[int, ...] = (1, 2, 4, 8, 16)  # settings.chunk_ramp_frames
     left_context: int = 0  # Code2Wav: 0 streams its state; N > 0 decodes N frames of left context again
     context_tokens: int = 0  # prompt + answer budget; 0 = the thinker's max_position_embeddings (context.py)
 
