@@ -54,13 +54,12 @@ class ThinkerDecode:
             logits = tools.mask(logits)  # [V]
             if tools.in_calls:
                 self._thinker_picker.min_new = 0  # the grammar says where the turn may end
-        if token is not None:
-            pass  # pick_rows appended it to the picker's history, as `pick` does
-        elif self.stats.token_logprobs is None:
-            token = self._thinker_picker.pick(logits)
-        else:  # a transcription: its tokens' log-probabilities are reported (avg_logprob)
-            token, logprob = self._thinker_picker.pick_scored(logits)
-            self.stats.token_logprobs.append(logprob)
+        if token is None:  # else pick_rows chose it and put it in the picker's history, as `pick` does
+            if self.stats.token_logprobs is None:
+                token = self._thinker_picker.pick(logits)
+            else:  # a transcription: its tokens' log-probabilities are reported (avg_logprob)
+                token, logprob = self._thinker_picker.pick_scored(logits)
+                self.stats.token_logprobs.append(logprob)
         self._tokens.append(token)
         eos = token == res.cfg.im_end_token_id
         self._thinker_done = eos or len(self._tokens) >= self.sampling.max_tokens
